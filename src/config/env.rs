@@ -1,0 +1,396 @@
+//! Environment variables: Mia-Platform's, kept with their names and defaults so that teams can
+//! migrate without touching their deployments, plus checkpoint's own (`CHECKPOINT_*`).
+//!
+//! Every variable is a constant next to its default. [`settings_from`] reads them from a map
+//! (tests never mutate the process environment) and returns every problem at once.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::{
+    IdentitySettings, RequestHeaders, SettingError, Settings, UserHeaders, UserInfoSettings,
+    duration,
+};
+
+pub const CONFIGURATION_PATH: &str = "CONFIGURATION_PATH";
+pub const DEFAULT_CONFIGURATION_PATH: &str = "./";
+/// Required: the rule file is `<CONFIGURATION_PATH>/<CONFIGURATION_FILE_NAME>.json`.
+pub const CONFIGURATION_FILE_NAME: &str = "CONFIGURATION_FILE_NAME";
+
+/// Required unless trust mode is on.
+pub const USERINFO_URL: &str = "USERINFO_URL";
+pub const BACKOFFICE_USERINFO_URL: &str = "BACKOFFICE_USERINFO_URL";
+pub const HEADERS_TO_PROXY: &str = "HEADERS_TO_PROXY";
+pub const DEFAULT_HEADERS_TO_PROXY: &str =
+    "x-request-id,request-id,cookie,authorization,client-type,host,x-forwarded-host";
+pub const AUTHORIZATION_HEADERS_TO_PROXY: &str = "AUTHORIZATION_HEADERS_TO_PROXY";
+pub const CUSTOM_USER_ID_KEY: &str = "CUSTOM_USER_ID_KEY";
+pub const DEFAULT_CUSTOM_USER_ID_KEY: &str = "sub";
+pub const CUSTOM_PERMISSIONS_KEY: &str = "CUSTOM_PERMISSIONS_KEY";
+pub const USER_PROPERTIES_TO_PROXY: &str = "USER_PROPERTIES_TO_PROXY";
+
+pub const BACKOFFICE_HEADER_KEY: &str = "BACKOFFICE_HEADER_KEY";
+pub const DEFAULT_BACKOFFICE_HEADER_KEY: &str = "isbackoffice";
+pub const CLIENT_TYPE_HEADER_KEY: &str = "CLIENT_TYPE_HEADER_KEY";
+pub const DEFAULT_CLIENT_TYPE_HEADER_KEY: &str = "client-type";
+
+pub const AUTHORIZATION_STRICT_MODE_ENABLED: &str = "AUTHORIZATION_STRICT_MODE_ENABLED";
+pub const DEFAULT_AUTHORIZATION_STRICT_MODE_ENABLED: bool = true;
+pub const TRUST_MIA_USER_HEADERS: &str = "TRUST_MIA_USER_HEADERS";
+pub const DEFAULT_TRUST_MIA_USER_HEADERS: bool = false;
+
+pub const USERID_HEADER_KEY: &str = "USERID_HEADER_KEY";
+pub const DEFAULT_USERID_HEADER_KEY: &str = "miauserid";
+pub const GROUPS_HEADER_KEY: &str = "GROUPS_HEADER_KEY";
+pub const DEFAULT_GROUPS_HEADER_KEY: &str = "miausergroups";
+pub const USER_PROPERTIES_HEADER_KEY: &str = "USER_PROPERTIES_HEADER_KEY";
+pub const DEFAULT_USER_PROPERTIES_HEADER_KEY: &str = "miauserproperties";
+
+pub const HTTP_PORT: &str = "HTTP_PORT";
+pub const DEFAULT_HTTP_PORT: u16 = 3000;
+pub const SERVICE_VERSION: &str = "SERVICE_VERSION";
+pub const DEFAULT_SERVICE_VERSION: &str = env!("CARGO_PKG_VERSION");
+pub const LOG_LEVEL: &str = "LOG_LEVEL";
+pub const DEFAULT_LOG_LEVEL: &str = "info";
+pub const DELAY_SHUTDOWN_SECONDS: &str = "DELAY_SHUTDOWN_SECONDS";
+pub const DEFAULT_DELAY_SHUTDOWN_SECONDS: Duration = Duration::from_secs(10);
+
+pub const CHECKPOINT_GRPC_ADDR: &str = "CHECKPOINT_GRPC_ADDR";
+pub const DEFAULT_CHECKPOINT_GRPC_ADDR: SocketAddr =
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 50051);
+pub const CHECKPOINT_USERINFO_TIMEOUT: &str = "CHECKPOINT_USERINFO_TIMEOUT";
+pub const DEFAULT_CHECKPOINT_USERINFO_TIMEOUT: Duration = Duration::from_secs(5);
+pub const CHECKPOINT_DRAIN_TIMEOUT: &str = "CHECKPOINT_DRAIN_TIMEOUT";
+pub const DEFAULT_CHECKPOINT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Not a knob: an answer larger than this is not a user profile.
+pub const USERINFO_MAX_BODY_BYTES: usize = 1024 * 1024;
+pub const SERVICE_NAME: &str = "checkpoint";
+
+/// Reads and validates every variable; returns all the problems found, not just the first.
+pub fn settings_from(vars: &HashMap<String, String>) -> Result<Settings, Vec<SettingError>> {
+    let mut r = Reader {
+        vars,
+        errors: Vec::new(),
+    };
+
+    let configuration_path = r
+        .string(CONFIGURATION_PATH)
+        .unwrap_or_else(|| DEFAULT_CONFIGURATION_PATH.to_owned());
+    let file_name = r.required(CONFIGURATION_FILE_NAME);
+    let rules_file = PathBuf::from(configuration_path).join(format!(
+        "{}.json",
+        file_name.as_deref().unwrap_or_default()
+    ));
+
+    let trust = r.boolean(TRUST_MIA_USER_HEADERS, DEFAULT_TRUST_MIA_USER_HEADERS);
+    let timeout = r.duration(CHECKPOINT_USERINFO_TIMEOUT, DEFAULT_CHECKPOINT_USERINFO_TIMEOUT);
+    let headers_to_proxy = r.list(HEADERS_TO_PROXY, DEFAULT_HEADERS_TO_PROXY, true);
+    let authorization_headers = r.list(AUTHORIZATION_HEADERS_TO_PROXY, "", true);
+    let user_id_key = r
+        .string(CUSTOM_USER_ID_KEY)
+        .unwrap_or_else(|| DEFAULT_CUSTOM_USER_ID_KEY.to_owned());
+    let permissions_key = r.string(CUSTOM_PERMISSIONS_KEY);
+    let identity = if trust {
+        IdentitySettings::TrustedHeaders
+    } else {
+        let url = r.required(USERINFO_URL).and_then(|u| r.url(USERINFO_URL, &u));
+        let backoffice_url = r
+            .string(BACKOFFICE_USERINFO_URL)
+            .and_then(|u| r.url(BACKOFFICE_USERINFO_URL, &u));
+        for name in &authorization_headers {
+            if !headers_to_proxy.contains(name) {
+                r.error(
+                    AUTHORIZATION_HEADERS_TO_PROXY,
+                    format!("\"{name}\" is not in {HEADERS_TO_PROXY}, so it would never reach the user-info endpoint"),
+                );
+            }
+        }
+        match url {
+            Some(url) => IdentitySettings::UserInfo(UserInfoSettings {
+                url,
+                backoffice_url,
+                headers_to_proxy,
+                authorization_headers,
+                timeout,
+                user_id_key,
+                permissions_key,
+                max_body_bytes: USERINFO_MAX_BODY_BYTES,
+            }),
+            // The error is recorded; this value is never returned.
+            None => IdentitySettings::TrustedHeaders,
+        }
+    };
+
+    let user_headers = UserHeaders {
+        user_id: r.header_name(USERID_HEADER_KEY, DEFAULT_USERID_HEADER_KEY),
+        groups: r.header_name(GROUPS_HEADER_KEY, DEFAULT_GROUPS_HEADER_KEY),
+        properties: r.header_name(USER_PROPERTIES_HEADER_KEY, DEFAULT_USER_PROPERTIES_HEADER_KEY),
+        properties_to_proxy: r.list(USER_PROPERTIES_TO_PROXY, "", false),
+    };
+    let request_headers = RequestHeaders {
+        backoffice: r.header_name(BACKOFFICE_HEADER_KEY, DEFAULT_BACKOFFICE_HEADER_KEY),
+        client_type: r.header_name(CLIENT_TYPE_HEADER_KEY, DEFAULT_CLIENT_TYPE_HEADER_KEY),
+    };
+
+    let http_port = r.port(HTTP_PORT, DEFAULT_HTTP_PORT);
+    let grpc_addr = r.socket_addr(CHECKPOINT_GRPC_ADDR, DEFAULT_CHECKPOINT_GRPC_ADDR);
+    let settings = Settings {
+        grpc_addr,
+        http_addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), http_port),
+        service_name: SERVICE_NAME.to_owned(),
+        service_version: r
+            .string(SERVICE_VERSION)
+            .unwrap_or_else(|| DEFAULT_SERVICE_VERSION.to_owned()),
+        log_level: r
+            .string(LOG_LEVEL)
+            .unwrap_or_else(|| DEFAULT_LOG_LEVEL.to_owned()),
+        shutdown_delay: r.duration(DELAY_SHUTDOWN_SECONDS, DEFAULT_DELAY_SHUTDOWN_SECONDS),
+        drain_timeout: r.duration(CHECKPOINT_DRAIN_TIMEOUT, DEFAULT_CHECKPOINT_DRAIN_TIMEOUT),
+        strict_mode: r.boolean(
+            AUTHORIZATION_STRICT_MODE_ENABLED,
+            DEFAULT_AUTHORIZATION_STRICT_MODE_ENABLED,
+        ),
+        rules_file,
+        identity,
+        user_headers,
+        request_headers,
+    };
+    let names = [
+        &settings.user_headers.user_id,
+        &settings.user_headers.groups,
+        &settings.user_headers.properties,
+    ];
+    if names[0] == names[1] || names[0] == names[2] || names[1] == names[2] {
+        r.error(
+            USERID_HEADER_KEY,
+            "the user id, groups and properties headers must have three different names".to_owned(),
+        );
+    }
+    if r.errors.is_empty() {
+        Ok(settings)
+    } else {
+        Err(r.errors)
+    }
+}
+
+/// Reads typed values and records what is wrong with them.
+struct Reader<'a> {
+    vars: &'a HashMap<String, String>,
+    errors: Vec<SettingError>,
+}
+
+impl Reader<'_> {
+    fn error(&mut self, variable: &'static str, message: String) {
+        self.errors.push(SettingError { variable, message });
+    }
+
+    /// The trimmed value; an empty value counts as unset.
+    fn string(&self, name: &'static str) -> Option<String> {
+        self.vars
+            .get(name)
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+    }
+
+    fn required(&mut self, name: &'static str) -> Option<String> {
+        let value = self.string(name);
+        if value.is_none() {
+            self.error(name, "is required".to_owned());
+        }
+        value
+    }
+
+    fn boolean(&mut self, name: &'static str, default: bool) -> bool {
+        match self.string(name).map(|v| v.to_ascii_lowercase()).as_deref() {
+            None => default,
+            Some("true" | "1" | "yes") => true,
+            Some("false" | "0" | "no") => false,
+            Some(other) => {
+                self.error(name, format!("\"{other}\" is not a boolean (true or false)"));
+                default
+            }
+        }
+    }
+
+    fn duration(&mut self, name: &'static str, default: Duration) -> Duration {
+        match self.string(name) {
+            None => default,
+            Some(text) => duration::parse(&text).unwrap_or_else(|message| {
+                self.error(name, message);
+                default
+            }),
+        }
+    }
+
+    fn port(&mut self, name: &'static str, default: u16) -> u16 {
+        match self.string(name) {
+            None => default,
+            Some(text) => text.parse().unwrap_or_else(|_| {
+                self.error(name, format!("\"{text}\" is not a port number (0-65535)"));
+                default
+            }),
+        }
+    }
+
+    fn socket_addr(&mut self, name: &'static str, default: SocketAddr) -> SocketAddr {
+        match self.string(name) {
+            None => default,
+            Some(text) => text.parse().unwrap_or_else(|_| {
+                self.error(
+                    name,
+                    format!("\"{text}\" is not an address such as 0.0.0.0:50051 or [::]:50051"),
+                );
+                default
+            }),
+        }
+    }
+
+    fn url(&mut self, name: &'static str, text: &str) -> Option<reqwest::Url> {
+        match reqwest::Url::parse(text) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => Some(url),
+            Ok(_) => {
+                self.error(name, format!("\"{text}\" is not an http or https URL"));
+                None
+            }
+            Err(e) => {
+                self.error(name, format!("\"{text}\" is not a URL: {e}"));
+                None
+            }
+        }
+    }
+
+    /// A comma-separated list; header names are lower-cased and checked.
+    fn list(&mut self, name: &'static str, default: &str, header_names: bool) -> Vec<String> {
+        let text = self.string(name).unwrap_or_else(|| default.to_owned());
+        let mut items = Vec::new();
+        for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let item = if header_names {
+                if !is_header_name(item) {
+                    self.error(name, format!("\"{item}\" is not a valid header name"));
+                    continue;
+                }
+                item.to_ascii_lowercase()
+            } else {
+                item.to_owned()
+            };
+            if !items.contains(&item) {
+                items.push(item);
+            }
+        }
+        items
+    }
+
+    fn header_name(&mut self, name: &'static str, default: &str) -> String {
+        let value = self.string(name).unwrap_or_else(|| default.to_owned());
+        if !is_header_name(&value) {
+            self.error(name, format!("\"{value}\" is not a valid header name"));
+        }
+        value.to_ascii_lowercase()
+    }
+}
+
+/// An HTTP token (RFC 9110 `tchar`s): what Envoy accepts as a header name.
+pub fn is_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_follow_the_mia_documentation() {
+        let s = settings_from(&vars(&[
+            (CONFIGURATION_FILE_NAME, "auth"),
+            (USERINFO_URL, "http://auth-manager/userinfo"),
+        ]))
+        .expect("valid");
+        assert_eq!(s.rules_file, PathBuf::from("./auth.json"));
+        assert_eq!(s.grpc_addr, "0.0.0.0:50051".parse().expect("addr"));
+        assert_eq!(s.http_addr.port(), 3000);
+        assert!(s.strict_mode);
+        assert_eq!(s.shutdown_delay, Duration::from_secs(10));
+        assert_eq!(s.user_headers.user_id, "miauserid");
+        assert_eq!(s.user_headers.groups, "miausergroups");
+        assert_eq!(s.user_headers.properties, "miauserproperties");
+        assert_eq!(s.request_headers.backoffice, "isbackoffice");
+        assert_eq!(s.request_headers.client_type, "client-type");
+        assert_eq!(s.log_level, "info");
+        let IdentitySettings::UserInfo(u) = s.identity else {
+            panic!("userinfo expected")
+        };
+        assert_eq!(u.user_id_key, "sub");
+        assert_eq!(u.timeout, Duration::from_secs(5));
+        assert_eq!(
+            u.headers_to_proxy.join(","),
+            "x-request-id,request-id,cookie,authorization,client-type,host,x-forwarded-host"
+        );
+        assert!(u.authorization_headers.is_empty());
+        assert!(u.permissions_key.is_none());
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_variable() {
+        let errors = settings_from(&vars(&[
+            (USERINFO_URL, "ftp://x"),
+            (HTTP_PORT, "70000"),
+            (DELAY_SHUTDOWN_SECONDS, "soon"),
+            (AUTHORIZATION_STRICT_MODE_ENABLED, "maybe"),
+            (HEADERS_TO_PROXY, "authorization,bad header"),
+            (AUTHORIZATION_HEADERS_TO_PROXY, "x-token"),
+            (CHECKPOINT_GRPC_ADDR, "localhost"),
+        ]))
+        .expect_err("invalid");
+        let variables: Vec<_> = errors.iter().map(|e| e.variable).collect();
+        for expected in [
+            CONFIGURATION_FILE_NAME,
+            USERINFO_URL,
+            HTTP_PORT,
+            DELAY_SHUTDOWN_SECONDS,
+            AUTHORIZATION_STRICT_MODE_ENABLED,
+            HEADERS_TO_PROXY,
+            AUTHORIZATION_HEADERS_TO_PROXY,
+            CHECKPOINT_GRPC_ADDR,
+        ] {
+            assert!(variables.contains(&expected), "{expected} missing in {errors:?}");
+        }
+    }
+
+    #[test]
+    fn trust_mode_needs_no_userinfo_url() {
+        let s = settings_from(&vars(&[
+            (CONFIGURATION_FILE_NAME, "auth"),
+            (CONFIGURATION_PATH, "/etc/rules"),
+            (TRUST_MIA_USER_HEADERS, "true"),
+            (USERID_HEADER_KEY, "X-User"),
+        ]))
+        .expect("valid");
+        assert!(matches!(s.identity, IdentitySettings::TrustedHeaders));
+        assert_eq!(s.user_headers.user_id, "x-user");
+        assert_eq!(s.rules_file, PathBuf::from("/etc/rules/auth.json"));
+    }
+
+    #[test]
+    fn user_header_names_must_differ() {
+        let errors = settings_from(&vars(&[
+            (CONFIGURATION_FILE_NAME, "auth"),
+            (TRUST_MIA_USER_HEADERS, "true"),
+            (GROUPS_HEADER_KEY, "miauserid"),
+        ]))
+        .expect_err("clash");
+        assert_eq!(errors.len(), 1, "{errors:?}");
+    }
+}

@@ -1,0 +1,470 @@
+//! The rule file (`auth.json`): loading, validation and compilation into the route table.
+//!
+//! Called once at start-up (and by `checkpoint check-config`). Every problem in the file is
+//! collected and reported with the file, the line and column of the rule, the path and the
+//! method, so that one run of `check-config` lists everything to fix. Expressions are compiled
+//! here, never per request.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::policy::{Expression, Policy};
+use crate::request::path;
+use crate::route::{MethodKey, RouteTable};
+
+/// The rule for one path and method key.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub authorization: Policy,
+    /// Used for backoffice requests when present.
+    pub backoffice: Option<Policy>,
+}
+
+impl Rule {
+    /// The policy that applies to a request.
+    pub fn policy(&self, is_backoffice: bool) -> &Policy {
+        match (&self.backoffice, is_backoffice) {
+            (Some(backoffice), true) => backoffice,
+            _ => &self.authorization,
+        }
+    }
+}
+
+/// The compiled rule file.
+#[derive(Debug)]
+pub struct RuleSet {
+    pub file: PathBuf,
+    pub table: RouteTable<Rule>,
+}
+
+/// One problem in the rule file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleError {
+    pub file: String,
+    /// 1-based line and column in the file, when known.
+    pub position: Option<(usize, usize)>,
+    /// The path key and method key the problem is under, when it is under one.
+    pub route: Option<String>,
+    pub method: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for RuleError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file)?;
+        if let Some((line, column)) = self.position {
+            write!(f, ":{line}:{column}")?;
+        }
+        write!(f, ":")?;
+        if let Some(route) = &self.route {
+            write!(f, " rule \"{route}\"")?;
+            if let Some(method) = &self.method {
+                write!(f, " {method}")?;
+            }
+            write!(f, ":")?;
+        }
+        write!(f, " {}", self.message)
+    }
+}
+
+impl std::error::Error for RuleError {}
+
+impl RuleSet {
+    /// Reads and compiles the rule file at `file`.
+    pub fn load(file: &Path) -> Result<RuleSet, Vec<RuleError>> {
+        let label = file.display().to_string();
+        let text = std::fs::read_to_string(file).map_err(|e| {
+            vec![RuleError {
+                file: label.clone(),
+                position: None,
+                route: None,
+                method: None,
+                message: format!("cannot read the rule file: {e}"),
+            }]
+        })?;
+        let table = compile(&label, &text)?;
+        Ok(RuleSet {
+            file: file.to_path_buf(),
+            table,
+        })
+    }
+
+    /// Compiles rules from text; `label` names the source in errors.
+    pub fn parse(label: &str, text: &str) -> Result<RuleSet, Vec<RuleError>> {
+        Ok(RuleSet {
+            file: PathBuf::from(label),
+            table: compile(label, text)?,
+        })
+    }
+}
+
+const RULE_FIELDS: &[&str] = &["authorization", "backofficeAuthorization"];
+const POLICY_FIELDS: &[&str] = &["expression", "public"];
+
+fn compile(label: &str, text: &str) -> Result<RouteTable<Rule>, Vec<RuleError>> {
+    let mut errors = Vec::new();
+    let error = |position, route: Option<&str>, method: Option<&str>, message: String| RuleError {
+        file: label.to_owned(),
+        position,
+        route: route.map(str::to_owned),
+        method: method.map(str::to_owned),
+        message,
+    };
+    let document: Value = match serde_json::from_str(text) {
+        Ok(v) => v,
+        Err(e) => {
+            let message = e.to_string();
+            // serde_json appends " at line L column C"; the position is given separately.
+            let message = message
+                .split(" at line ")
+                .next()
+                .unwrap_or(&message)
+                .to_owned();
+            return Err(vec![error(
+                Some((e.line(), e.column())),
+                None,
+                None,
+                format!("invalid JSON: {message}"),
+            )]);
+        }
+    };
+    let Value::Object(routes) = document else {
+        return Err(vec![error(
+            Some((1, 1)),
+            None,
+            None,
+            "the rule file must be a JSON object whose keys are paths".to_owned(),
+        )]);
+    };
+    let positions = KeyPositions::scan(text);
+    let mut table = RouteTable::new();
+    for (route, methods) in &routes {
+        let at = positions.route(route);
+        let normalized = match path::normalize(route) {
+            Ok(p) if route.starts_with('/') => p,
+            Ok(_) | Err(_) => {
+                let reason = path::normalize(route)
+                    .err()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default();
+                errors.push(error(
+                    at,
+                    Some(route),
+                    None,
+                    format!("the path must start with \"/\" and be a plain path{reason}"),
+                ));
+                continue;
+            }
+        };
+        let Value::Object(methods) = methods else {
+            errors.push(error(
+                at,
+                Some(route),
+                None,
+                "must be an object whose keys are methods (GET, POST, PUT, PATCH, DELETE, HEAD, ALL)"
+                    .to_owned(),
+            ));
+            continue;
+        };
+        for (method, body) in methods {
+            let at = positions.method(route, method).or(at);
+            let Some(key) = MethodKey::parse(method) else {
+                errors.push(error(
+                    at,
+                    Some(route),
+                    Some(method),
+                    format!("unknown method \"{method}\" (use GET, POST, PUT, PATCH, DELETE, HEAD or ALL)"),
+                ));
+                continue;
+            };
+            let mut problems = Vec::new();
+            let rule = rule_from(body, &mut problems);
+            for message in problems {
+                errors.push(error(at, Some(route), Some(method), message));
+            }
+            if let Some(rule) = rule
+                && table.insert(&normalized, key, rule).is_err()
+            {
+                errors.push(error(
+                    at,
+                    Some(route),
+                    Some(method),
+                    format!("another path key normalises to \"{normalized}\" with the same method"),
+                ));
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(table)
+    } else {
+        Err(errors)
+    }
+}
+
+/// Compiles one method's block; records problems and returns `None` if there are any.
+fn rule_from(body: &Value, problems: &mut Vec<String>) -> Option<Rule> {
+    let Value::Object(fields) = body else {
+        problems.push("must be an object with an \"authorization\" field".to_owned());
+        return None;
+    };
+    for name in fields.keys() {
+        if !RULE_FIELDS.contains(&name.as_str()) {
+            problems.push(format!(
+                "unknown field \"{name}\" (expected authorization or backofficeAuthorization)"
+            ));
+        }
+    }
+    let before = problems.len();
+    let authorization = match fields.get("authorization") {
+        Some(value) => policy_from("authorization", value, problems),
+        None => {
+            problems.push("missing field \"authorization\"".to_owned());
+            None
+        }
+    };
+    let backoffice = fields
+        .get("backofficeAuthorization")
+        .and_then(|value| policy_from("backofficeAuthorization", value, problems));
+    if problems.len() > before {
+        return None;
+    }
+    Some(Rule {
+        authorization: authorization?,
+        backoffice,
+    })
+}
+
+fn policy_from(field: &str, value: &Value, problems: &mut Vec<String>) -> Option<Policy> {
+    let Value::Object(fields) = value else {
+        problems.push(format!(
+            "{field}: must be an object with \"expression\" and \"public\""
+        ));
+        return None;
+    };
+    for name in fields.keys() {
+        if !POLICY_FIELDS.contains(&name.as_str()) {
+            problems.push(format!(
+                "{field}: unknown field \"{name}\" (expected expression or public)"
+            ));
+        }
+    }
+    let public = match fields.get("public") {
+        None => Some(false),
+        Some(Value::Bool(b)) => Some(*b),
+        Some(other) => {
+            problems.push(format!("{field}.public: must be true or false, not {other}"));
+            None
+        }
+    };
+    let expression = match fields.get("expression") {
+        Some(Value::String(source)) => match Expression::compile(source) {
+            Ok(e) => Some(e),
+            Err(e) => {
+                problems.push(format!("{field}.expression \"{source}\": {e}"));
+                None
+            }
+        },
+        Some(other) => {
+            problems.push(format!("{field}.expression: must be a string, not {other}"));
+            None
+        }
+        None => {
+            problems.push(format!("{field}: missing field \"expression\""));
+            None
+        }
+    };
+    Some(Policy {
+        expression: expression?,
+        public: public?,
+    })
+}
+
+/// Where each path key and method key starts in the file, for error positions.
+///
+/// A small scanner over the JSON text (already known to be valid): it tracks nesting depth and
+/// records object keys at depth 1 (paths) and depth 2 (methods).
+#[derive(Default)]
+struct KeyPositions {
+    routes: HashMap<String, (usize, usize)>,
+    methods: HashMap<(String, String), (usize, usize)>,
+}
+
+impl KeyPositions {
+    fn scan(text: &str) -> KeyPositions {
+        let mut found = KeyPositions::default();
+        let mut depth = 0usize;
+        let mut current_route: Option<String> = None;
+        let (mut line, mut column) = (1usize, 0usize);
+        let mut chars = text.char_indices().peekable();
+        // Whether the next string at this depth is a key (after `{` or `,`).
+        let mut expecting_key = false;
+        while let Some((start, c)) = chars.next() {
+            column += 1;
+            match c {
+                '\n' => {
+                    line += 1;
+                    column = 0;
+                }
+                '{' => {
+                    depth += 1;
+                    expecting_key = true;
+                }
+                '}' => depth = depth.saturating_sub(1),
+                '[' => {
+                    depth += 1;
+                    expecting_key = false;
+                }
+                ']' => depth = depth.saturating_sub(1),
+                ',' => expecting_key = true,
+                ':' => expecting_key = false,
+                '"' => {
+                    let (key_line, key_column) = (line, column);
+                    let mut end = start + 1;
+                    let mut escaped = false;
+                    for (i, sc) in chars.by_ref() {
+                        column += 1;
+                        end = i + sc.len_utf8();
+                        if escaped {
+                            escaped = false;
+                        } else if sc == '\\' {
+                            escaped = true;
+                        } else if sc == '"' {
+                            break;
+                        }
+                    }
+                    if !expecting_key {
+                        continue;
+                    }
+                    let Some(raw) = text.get(start..end) else {
+                        continue;
+                    };
+                    let Ok(key) = serde_json::from_str::<String>(raw) else {
+                        continue;
+                    };
+                    match depth {
+                        1 => {
+                            found.routes.entry(key.clone()).or_insert((key_line, key_column));
+                            current_route = Some(key);
+                        }
+                        2 => {
+                            if let Some(route) = &current_route {
+                                found
+                                    .methods
+                                    .entry((route.clone(), key))
+                                    .or_insert((key_line, key_column));
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                _ => {}
+            }
+        }
+        found
+    }
+
+    fn route(&self, route: &str) -> Option<(usize, usize)> {
+        self.routes.get(route).copied()
+    }
+
+    fn method(&self, route: &str, method: &str) -> Option<(usize, usize)> {
+        self.methods
+            .get(&(route.to_owned(), method.to_owned()))
+            .copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Facts;
+    use crate::route::Method;
+
+    const MIA_EXAMPLE: &str = r#"{
+  "/":      { "GET":  { "authorization": { "expression": "true",  "public": true } },
+              "POST": { "authorization": { "expression": "false", "public": false } } },
+  "/users": { "ALL":  { "authorization":           { "expression": "groups.admin", "public": false },
+                        "backofficeAuthorization": { "expression": "groups.admin && isBackoffice", "public": false } } }
+}"#;
+
+    #[test]
+    fn the_mia_example_compiles() {
+        let rules = RuleSet::parse("auth.json", MIA_EXAMPLE).expect("valid");
+        assert_eq!(rules.table.len(), 3);
+        let found = rules
+            .table
+            .find("/users/1", Some(Method::Delete))
+            .expect("found");
+        assert_eq!(found.path, "/users");
+        let admin = ["admin".to_owned()];
+        let facts = Facts {
+            groups: &admin,
+            is_backoffice: true,
+            ..Facts::default()
+        };
+        assert!(found.rule.policy(true).expression.evaluate(&facts));
+        assert_eq!(
+            found.rule.policy(true).expression.source(),
+            "groups.admin && isBackoffice"
+        );
+        assert_eq!(found.rule.policy(false).expression.source(), "groups.admin");
+    }
+
+    #[test]
+    fn every_problem_is_listed_with_file_rule_method_and_position() {
+        let text = r#"{
+  "/ok": { "GET": { "authorization": { "expression": "true", "public": true } } },
+  "/bad-expr": { "GET": { "authorization": { "expression": "groups.admin &&", "public": false } } },
+  "/bad-method": { "get": { "authorization": { "expression": "true" } } },
+  "no-slash": { "GET": { "authorization": { "expression": "true" } } },
+  "/missing": { "POST": { "backofficeAuthorization": { "expression": "true" } } },
+  "/types": { "PUT": { "authorization": { "expression": 3, "public": "yes", "extra": 1 } } },
+  "/dup": { "GET": { "authorization": { "expression": "true" } } },
+  "/./dup": { "GET": { "authorization": { "expression": "true" } } }
+}"#;
+        let errors = RuleSet::parse("auth.json", text).expect_err("invalid");
+        let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        let expect = [
+            r#"auth.json:3:19: rule "/bad-expr" GET: authorization.expression "groups.admin &&": invalid expression at column"#,
+            r#"auth.json:4:21: rule "/bad-method" get: unknown method "get""#,
+            r#"auth.json:5:3: rule "no-slash": the path must start with "/""#,
+            r#"auth.json:6:18: rule "/missing" POST: missing field "authorization""#,
+            r#"auth.json:7:16: rule "/types" PUT: authorization: unknown field "extra""#,
+            r#"auth.json:7:16: rule "/types" PUT: authorization.public: must be true or false"#,
+            r#"auth.json:7:16: rule "/types" PUT: authorization.expression: must be a string"#,
+            r#"rule "/dup" GET: another path key normalises to "/dup""#,
+        ];
+        for want in expect {
+            assert!(
+                lines.iter().any(|l| l.contains(want)),
+                "missing {want:?} in {lines:#?}"
+            );
+        }
+        assert_eq!(lines.len(), expect.len(), "{lines:#?}");
+    }
+
+    #[test]
+    fn invalid_json_names_line_and_column() {
+        let errors = RuleSet::parse("auth.json", "{\n  \"/a\": { \"GET\": }\n}").expect_err("bad");
+        assert_eq!(errors.len(), 1);
+        let text = errors[0].to_string();
+        assert!(text.starts_with("auth.json:2:"), "{text}");
+        assert!(text.contains("invalid JSON"), "{text}");
+    }
+
+    #[test]
+    fn a_missing_file_is_reported() {
+        let errors = RuleSet::load(Path::new("/nonexistent/auth.json")).expect_err("missing");
+        assert!(errors[0].to_string().contains("cannot read the rule file"));
+    }
+
+    #[test]
+    fn non_object_documents_are_refused() {
+        for text in ["[]", "\"x\"", "null", "{\"/a\": []}", "{\"/a\": {\"GET\": 1}}"] {
+            assert!(RuleSet::parse("auth.json", text).is_err(), "{text}");
+        }
+    }
+}

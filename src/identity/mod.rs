@@ -1,0 +1,261 @@
+//! Stage 2: identity. Finds out who the caller is.
+//!
+//! Identity sources sit behind one interface, [`Source`], and are tried in order by the
+//! [`Resolver`]: the first source that finds a credential it understands decides; a source that
+//! finds none passes on ([`Resolution::NoCredential`]); when every source passes on, the caller
+//! is anonymous. Today's sources are the authentication manager's user-info endpoint
+//! ([`userinfo`]) and Mia's trust mode ([`trusted`]); local JWT validation, introspection, API
+//! keys and mTLS are further implementations of the same trait.
+//!
+//! Called by the pipeline (`check`) after a rule was found. Must never log a credential, and
+//! never turn a failure into a user: a timeout, an unreadable answer or an outage is
+//! [`Resolution::Unavailable`], and the policy stage decides what that means.
+
+pub mod trusted;
+pub mod userinfo;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
+use crate::config::{IdentitySettings, Settings};
+use crate::request::Request;
+
+/// A known, logged-in caller. Built once per identity answer, with the values that go upstream
+/// already encoded, so that each allowed request only copies them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub id: String,
+    pub groups: Vec<String>,
+    pub permissions: Vec<String>,
+    /// `groups` joined with `,`: the groups header's value.
+    pub groups_header: String,
+    /// A JSON object, ASCII only: the properties header's value.
+    pub properties_header: String,
+}
+
+/// Why an identity answer was refused as a user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum UserError {
+    #[error("empty user id")]
+    EmptyId,
+    #[error("a value holds a control character")]
+    ControlCharacter,
+    #[error("a group name holds a comma")]
+    CommaInGroup,
+    #[error("the user headers would exceed {MAX_USER_HEADER_BYTES} bytes")]
+    TooLarge,
+}
+
+/// Security: identity headers are bounded so that one user's profile cannot push the upstream
+/// request past Envoy's header limit (about 60 KiB).
+pub const MAX_USER_HEADER_BYTES: usize = 16 * 1024;
+
+impl User {
+    /// Validates the values so that they are safe as header values: no CR, LF or other control
+    /// characters (Envoy rejects them, or worse, they split headers), no comma inside a group
+    /// (the groups header is comma-joined).
+    pub fn new(
+        id: String,
+        groups: Vec<String>,
+        permissions: Vec<String>,
+        properties_header: String,
+    ) -> Result<User, UserError> {
+        if id.is_empty() {
+            return Err(UserError::EmptyId);
+        }
+        let has_control = |s: &str| s.chars().any(char::is_control);
+        if has_control(&id) || groups.iter().any(|g| has_control(g)) || has_control(&properties_header) {
+            return Err(UserError::ControlCharacter);
+        }
+        if groups.iter().any(|g| g.contains(',')) {
+            return Err(UserError::CommaInGroup);
+        }
+        let groups_header = groups.join(",");
+        if id.len() + groups_header.len() + properties_header.len() > MAX_USER_HEADER_BYTES {
+            return Err(UserError::TooLarge);
+        }
+        Ok(User {
+            id,
+            groups,
+            permissions,
+            groups_header,
+            properties_header,
+        })
+    }
+}
+
+/// A failure that is logged with a fixed, low-cardinality reason and a free-form detail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// For logs and metrics: `userinfo_timeout`, `userinfo_status`, ...
+    pub reason: &'static str,
+    /// For logs only; never holds a credential.
+    pub detail: String,
+}
+
+impl Failure {
+    pub fn new(reason: &'static str, detail: impl Into<String>) -> Failure {
+        Failure {
+            reason,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// What one source, or the whole resolver, concludes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resolution {
+    /// A logged-in user.
+    User(Arc<User>),
+    /// The source looked and the caller is definitely nobody (user-info answered 4xx, an empty
+    /// body, or no id).
+    Anonymous,
+    /// The source found no credential it understands; the next source is asked.
+    NoCredential,
+    /// A credential was presented and is invalid: always 401, even on public routes.
+    Invalid(Failure),
+    /// Identity could not be established (outage, timeout, unreadable answer).
+    Unavailable(Failure),
+}
+
+/// What a source may know about the Check beyond the request itself.
+#[derive(Debug, Clone, Copy)]
+pub struct Context {
+    /// When the Check's caller gives up (from `grpc-timeout`); outbound calls must end sooner.
+    pub deadline: Option<Instant>,
+    pub is_backoffice: bool,
+}
+
+impl Context {
+    /// The time an outbound call may take: its own bound, cut to the Check's deadline.
+    pub fn budget(&self, bound: std::time::Duration) -> std::time::Duration {
+        match self.deadline {
+            Some(deadline) => bound.min(deadline.saturating_duration_since(Instant::now())),
+            None => bound,
+        }
+    }
+}
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// One way of finding out who the caller is.
+pub trait Source: Send + Sync {
+    /// The name used in logs, `check-config` and (later) per-rule source lists.
+    fn name(&self) -> &'static str;
+
+    fn resolve<'a>(&'a self, request: &'a Request, context: &'a Context)
+    -> BoxFuture<'a, Resolution>;
+}
+
+/// The identity sources, in order.
+pub struct Resolver {
+    sources: Vec<Box<dyn Source>>,
+}
+
+/// The resolver's answer, with the name of the source that decided (for logs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    pub resolution: Resolution,
+    pub source: &'static str,
+}
+
+impl Resolver {
+    pub fn new(sources: Vec<Box<dyn Source>>) -> Resolver {
+        Resolver { sources }
+    }
+
+    /// Builds the sources the settings name.
+    pub fn from_settings(settings: &Settings) -> Result<Resolver, reqwest::Error> {
+        let source: Box<dyn Source> = match &settings.identity {
+            IdentitySettings::UserInfo(userinfo) => Box::new(userinfo::UserInfo::new(
+                userinfo.clone(),
+                settings.user_headers.properties_to_proxy.clone(),
+            )?),
+            IdentitySettings::TrustedHeaders => {
+                Box::new(trusted::TrustedHeaders::new(settings.user_headers.clone()))
+            }
+        };
+        Ok(Resolver::new(vec![source]))
+    }
+
+    /// Asks each source in turn; the first that does not pass on decides.
+    pub async fn resolve(&self, request: &Request, context: &Context) -> Resolved {
+        for source in &self.sources {
+            match source.resolve(request, context).await {
+                Resolution::NoCredential => continue,
+                resolution => {
+                    return Resolved {
+                        resolution,
+                        source: source.name(),
+                    };
+                }
+            }
+        }
+        Resolved {
+            resolution: Resolution::Anonymous,
+            source: "none",
+        }
+    }
+}
+
+/// Encodes a JSON value as ASCII-only JSON (non-ASCII characters as `\u` escapes), so that the
+/// result is a safe header value whatever the user's profile holds.
+pub fn ascii_json(value: &serde_json::Value) -> String {
+    let text = value.to_string();
+    if text.is_ascii() {
+        return text;
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    let mut units = [0u16; 2];
+    for c in text.chars() {
+        if c.is_ascii() {
+            out.push(c);
+        } else {
+            for unit in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{unit:04x}"));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn users_with_unsafe_values_are_refused() {
+        let user = |id: &str, groups: &[&str]| {
+            User::new(
+                id.to_owned(),
+                groups.iter().map(|g| (*g).to_owned()).collect(),
+                vec![],
+                "{}".to_owned(),
+            )
+        };
+        assert!(user("alice", &["a", "b"]).is_ok());
+        assert_eq!(user("", &[]), Err(UserError::EmptyId));
+        assert_eq!(user("al\r\nice", &[]), Err(UserError::ControlCharacter));
+        assert_eq!(user("alice", &["a\nb"]), Err(UserError::ControlCharacter));
+        assert_eq!(user("alice", &["a,b"]), Err(UserError::CommaInGroup));
+        assert_eq!(
+            user(&"x".repeat(MAX_USER_HEADER_BYTES + 1), &[]),
+            Err(UserError::TooLarge)
+        );
+        assert_eq!(user("alice", &["a", "b"]).map(|u| u.groups_header), Ok("a,b".to_owned()));
+    }
+
+    #[test]
+    fn json_for_headers_is_ascii() {
+        let value = json!({"name": "Zoë 😀", "line": "a\nb"});
+        let text = ascii_json(&value);
+        assert!(text.is_ascii(), "{text}");
+        assert!(!text.contains('\n'));
+        let back: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+        assert_eq!(back, value);
+    }
+}

@@ -1,0 +1,479 @@
+//! Stage 1, route: find the rule that governs a request.
+//!
+//! The rule loader builds a [`RouteTable`] once, at start-up, from the keys and methods of the
+//! rule file. For every `Check` the request stage normalises the path
+//! ([`crate::request::path::normalize`]) and the pipeline then calls [`RouteTable::find`] with
+//! that path and the parsed [`Method`]. The table is generic over the rule, so this stage knows
+//! nothing of policy.
+//!
+//! It must never match a path it was not given normalised, never fall back to a shorter key when
+//! the longest matching key lacks the method (that would let a rule for `/` silently govern
+//! `/admin`), and never allocate or panic on the request path.
+
+use std::collections::HashMap;
+use std::fmt;
+
+/// An HTTP method a request may carry and a rule may govern.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Method {
+    Get,
+    Post,
+    Put,
+    Patch,
+    Delete,
+    Head,
+    Options,
+}
+
+impl Method {
+    const ALL: [Method; 7] = [
+        Method::Get,
+        Method::Post,
+        Method::Put,
+        Method::Patch,
+        Method::Delete,
+        Method::Head,
+        Method::Options,
+    ];
+
+    /// Parses the method of a request, exactly as sent.
+    ///
+    /// Methods are case-sensitive (RFC 9110 section 9.1): `get` is not `GET`. Anything unknown
+    /// (`TRACE`, `CONNECT`, extension methods) is `None`, and no rule ever matches it.
+    pub fn parse(s: &str) -> Option<Method> {
+        Method::ALL.into_iter().find(|m| m.as_str() == s)
+    }
+
+    /// The method as it is spelled on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Post => "POST",
+            Method::Put => "PUT",
+            Method::Patch => "PATCH",
+            Method::Delete => "DELETE",
+            Method::Head => "HEAD",
+            Method::Options => "OPTIONS",
+        }
+    }
+}
+
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The methods a rule file may name under a path key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MethodKey {
+    Exact(Method),
+    /// Every [`Method`], `OPTIONS` included.
+    All,
+}
+
+impl MethodKey {
+    /// Parses a method key of the rule file: `GET POST PUT PATCH DELETE HEAD` or `ALL`.
+    ///
+    /// `OPTIONS` cannot be named on its own, as in Mia-Platform's rule file: it is only reached
+    /// through `ALL`. Lower-case spellings are refused rather than silently accepted.
+    pub fn parse(s: &str) -> Option<MethodKey> {
+        match s {
+            "ALL" => Some(MethodKey::All),
+            "OPTIONS" => None,
+            s => Method::parse(s).map(MethodKey::Exact),
+        }
+    }
+
+    /// The key as it is spelled in the rule file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MethodKey::Exact(method) => method.as_str(),
+            MethodKey::All => "ALL",
+        }
+    }
+
+    /// The slot of this key in [`Entry::rules`].
+    fn slot(self) -> usize {
+        match self {
+            MethodKey::Exact(method) => method as usize,
+            MethodKey::All => SLOT_ALL,
+        }
+    }
+
+    fn from_slot(slot: usize) -> MethodKey {
+        Method::ALL
+            .get(slot)
+            .map_or(MethodKey::All, |&m| MethodKey::Exact(m))
+    }
+}
+
+impl fmt::Display for MethodKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One slot per [`Method`], then one for `ALL`.
+const SLOTS: usize = Method::ALL.len() + 1;
+const SLOT_ALL: usize = Method::ALL.len();
+
+/// The same (path, method key) pair was inserted twice.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("route \"{path}\" {method}: defined twice")]
+pub struct DuplicateRoute {
+    pub path: String,
+    pub method: MethodKey,
+}
+
+/// The rules of the rule file, indexed by path key and method key.
+#[derive(Debug)]
+pub struct RouteTable<T> {
+    /// Path key -> index in `entries`. Looked up by `&str`, so `find` never allocates.
+    index: HashMap<Box<str>, usize>,
+    /// In insertion order, so that `iter` is deterministic.
+    entries: Vec<Entry<T>>,
+    /// Number of (path, method key) rules.
+    len: usize,
+}
+
+#[derive(Debug)]
+struct Entry<T> {
+    path: Box<str>,
+    /// Indexed by [`MethodKey::slot`]; a fixed array because there are only eight keys.
+    rules: [Option<T>; SLOTS],
+}
+
+/// The rule that governs a request, with the key it was found under (for logs and spans).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Found<'a, T> {
+    /// The matched path key, as written in the rule file.
+    pub path: &'a str,
+    pub method: MethodKey,
+    pub rule: &'a T,
+}
+
+impl<T> Default for RouteTable<T> {
+    fn default() -> Self {
+        RouteTable {
+            index: HashMap::new(),
+            entries: Vec::new(),
+            len: 0,
+        }
+    }
+}
+
+impl<T> RouteTable<T> {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds the rule for `path` and `method`. `path` must already be normalised
+    /// ([`crate::request::path::normalize`]), or no request will ever reach it.
+    ///
+    /// # Errors
+    ///
+    /// [`DuplicateRoute`] when the pair is already present; the rule inserted first is kept.
+    pub fn insert(&mut self, path: &str, method: MethodKey, rule: T) -> Result<(), DuplicateRoute> {
+        let entry = match self.index.get(path) {
+            Some(&i) => &mut self.entries[i],
+            None => {
+                self.index.insert(path.into(), self.entries.len());
+                self.entries.push(Entry {
+                    path: path.into(),
+                    rules: std::array::from_fn(|_| None),
+                });
+                let last = self.entries.len() - 1;
+                &mut self.entries[last]
+            }
+        };
+        let slot = &mut entry.rules[method.slot()];
+        if slot.is_some() {
+            return Err(DuplicateRoute {
+                path: path.to_owned(),
+                method,
+            });
+        }
+        *slot = Some(rule);
+        self.len += 1;
+        Ok(())
+    }
+
+    /// Finds the rule for a normalised request path and its method (`None` when
+    /// [`Method::parse`] refused it).
+    ///
+    /// The longest key that the path equals or continues at a segment boundary wins; on it an
+    /// exact method beats `ALL`. If that key has neither, there is no rule.
+    pub fn find(&self, path: &str, method: Option<Method>) -> Option<Found<'_, T>> {
+        // Security: an unknown method (TRACE, CONNECT, `get`) is never covered by `ALL`.
+        let method = method?;
+        let entry = self.longest_key(path)?;
+        // Security: no fallback to a shorter key when the longest one lacks the method.
+        [MethodKey::Exact(method), MethodKey::All]
+            .into_iter()
+            .find_map(|key| {
+                let rule = entry.rules.get(key.slot())?.as_ref()?;
+                Some(Found {
+                    path: &entry.path,
+                    method: key,
+                    rule,
+                })
+            })
+    }
+
+    /// The entry of the longest key that `path` equals or continues at a segment boundary.
+    fn longest_key(&self, path: &str) -> Option<&Entry<T>> {
+        let lookup = |key: &str| self.index.get(key).and_then(|&i| self.entries.get(i));
+        if let Some(entry) = lookup(path) {
+            return Some(entry);
+        }
+        // Candidates from longest to shortest: at each `/` from the right, the prefix with the
+        // slash (key `/foo/` matches `/foo/x`) then without it (key `/foo` matches `/foo/x`, and
+        // never `/foo-bar`, which has no `/` after `/foo`).
+        let mut rest = path;
+        while let Some(slash) = rest.rfind('/') {
+            let with_slash = path.get(..=slash)?;
+            // Equal to `path` only when the path ends with `/`: already looked up.
+            if with_slash.len() < path.len()
+                && let Some(entry) = lookup(with_slash)
+            {
+                return Some(entry);
+            }
+            rest = path.get(..slash)?;
+            if !rest.is_empty()
+                && let Some(entry) = lookup(rest)
+            {
+                return Some(entry);
+            }
+        }
+        None
+    }
+
+    /// Number of (path, method key) rules.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Every rule, by path key in insertion order, then by method key.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, MethodKey, &T)> {
+        self.entries.iter().flat_map(|entry| {
+            entry.rules.iter().enumerate().filter_map(|(slot, rule)| {
+                rule.as_ref()
+                    .map(|rule| (&*entry.path, MethodKey::from_slot(slot), rule))
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::request::path::normalize;
+
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Cases {
+        rules: Vec<(String, String)>,
+        cases: Vec<Case>,
+    }
+
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Case {
+        path: String,
+        method: String,
+        expect: Option<(String, String)>,
+    }
+
+    #[test]
+    fn check_case() {
+        let data: Cases =
+            serde_json::from_str(include_str!("../tests/cases/routes.json")).expect("routes.json");
+        assert!(data.cases.len() >= 30, "only {} cases", data.cases.len());
+        let mut table = RouteTable::new();
+        for (path, method) in &data.rules {
+            let key = MethodKey::parse(method).expect("method key of a rule");
+            // The rule is its own description, so a match can be checked against the data.
+            table
+                .insert(path, key, (path.clone(), method.clone()))
+                .expect("no duplicate rules");
+        }
+        assert_eq!(table.len(), data.rules.len());
+        let mut failures = Vec::new();
+        for case in &data.cases {
+            let found = table.find(&case.path, Method::parse(&case.method));
+            let got = found.map(|f| {
+                assert_eq!((f.path, f.method.as_str()), (&*f.rule.0, &*f.rule.1));
+                f.rule.clone()
+            });
+            if got != case.expect {
+                failures.push(format!(
+                    "{} {}: got {got:?}, want {:?}",
+                    case.method, case.path, case.expect
+                ));
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
+    #[test]
+    fn duplicate_insert_errors() {
+        let mut table = RouteTable::new();
+        table.insert("/users", MethodKey::All, 1).expect("first");
+        table
+            .insert("/users", MethodKey::Exact(Method::Get), 2)
+            .expect("another method on the same key");
+        let err = table.insert("/users", MethodKey::All, 3).unwrap_err();
+        assert_eq!(
+            err,
+            DuplicateRoute {
+                path: "/users".into(),
+                method: MethodKey::All
+            }
+        );
+        assert_eq!(err.to_string(), "route \"/users\" ALL: defined twice");
+        // The first rule is kept.
+        let found = table.find("/users", Some(Method::Post)).expect("found");
+        assert_eq!(*found.rule, 1);
+        assert_eq!(table.len(), 2);
+    }
+
+    #[test]
+    fn iter_lists_every_rule() {
+        let mut table = RouteTable::new();
+        assert!(table.is_empty());
+        table.insert("/b", MethodKey::All, 1).expect("insert");
+        table
+            .insert("/a", MethodKey::Exact(Method::Head), 2)
+            .expect("insert");
+        table
+            .insert("/b", MethodKey::Exact(Method::Get), 3)
+            .expect("insert");
+        let rules: Vec<_> = table.iter().collect();
+        assert_eq!(
+            rules,
+            [
+                ("/b", MethodKey::Exact(Method::Get), &3),
+                ("/b", MethodKey::All, &1),
+                ("/a", MethodKey::Exact(Method::Head), &2),
+            ]
+        );
+        assert_eq!(table.len(), 3);
+        assert!(!table.is_empty());
+    }
+
+    #[test]
+    fn method_parsing() {
+        for (s, method, key) in [
+            (
+                "GET",
+                Some(Method::Get),
+                Some(MethodKey::Exact(Method::Get)),
+            ),
+            (
+                "POST",
+                Some(Method::Post),
+                Some(MethodKey::Exact(Method::Post)),
+            ),
+            (
+                "PUT",
+                Some(Method::Put),
+                Some(MethodKey::Exact(Method::Put)),
+            ),
+            (
+                "PATCH",
+                Some(Method::Patch),
+                Some(MethodKey::Exact(Method::Patch)),
+            ),
+            (
+                "DELETE",
+                Some(Method::Delete),
+                Some(MethodKey::Exact(Method::Delete)),
+            ),
+            (
+                "HEAD",
+                Some(Method::Head),
+                Some(MethodKey::Exact(Method::Head)),
+            ),
+            ("OPTIONS", Some(Method::Options), None),
+            ("ALL", None, Some(MethodKey::All)),
+            ("get", None, None),
+            ("All", None, None),
+            ("TRACE", None, None),
+            ("CONNECT", None, None),
+            ("", None, None),
+        ] {
+            assert_eq!(Method::parse(s), method, "Method::parse({s:?})");
+            assert_eq!(MethodKey::parse(s), key, "MethodKey::parse({s:?})");
+        }
+    }
+
+    /// Security: however `/admin` is spelled, it is never governed by the `/public` rule.
+    #[test]
+    fn tricky_spellings_of_admin_never_reach_public() {
+        #[derive(Debug, PartialEq)]
+        enum Rule {
+            Permissive,
+            Strict,
+        }
+        let mut table = RouteTable::new();
+        table
+            .insert("/public", MethodKey::All, Rule::Permissive)
+            .expect("insert");
+        table
+            .insert("/admin", MethodKey::All, Rule::Strict)
+            .expect("insert");
+
+        let spellings = [
+            "/admin",
+            "/admin/",
+            "/admin?x=/public",
+            "/public/../admin",
+            "/public/../admin/",
+            "/public/./../admin",
+            "/public/x/../../admin",
+            "/public/%2e%2e/admin",
+            "/public/%2E%2E/admin",
+            "/public/.%2e/admin",
+            "/public/%2e./admin",
+            "/public/%2e%2e%2fadmin",
+            "/public/..%2Fadmin",
+            "/public/..%5cadmin",
+            "/public/..\\admin",
+            "/public\\..\\admin",
+            "/public/..;/admin",
+            "/public;/../admin",
+            "/public/%2e%2e;/admin",
+            "/public/..%00/admin",
+            "/public/..%zz/admin",
+            "/public/..\u{0}/admin",
+            "/public/..\t/admin",
+            "//admin",
+            "///admin",
+            "/./admin",
+            "/../admin",
+            "/%61dmin",
+            "/%61%64%6d%69%6e",
+            "/public/../../../admin",
+            "/public//../admin",
+            "http://host/public/../admin",
+        ];
+        for spelling in spellings {
+            // Refusing the spelling is safe; accepting it must lead to the /admin rule.
+            if let Ok(path) = normalize(spelling) {
+                let found = table
+                    .find(&path, Some(Method::Get))
+                    .map(|f| (f.path, f.rule));
+                assert_eq!(
+                    found,
+                    Some(("/admin", &Rule::Strict)),
+                    "{spelling:?} normalised to {path:?}"
+                );
+            }
+        }
+    }
+}

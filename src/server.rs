@@ -1,0 +1,144 @@
+//! [`run`]: serves Check, gRPC health, reflection and the status routes on listeners the caller
+//! bound, until `shutdown` completes; then shuts down in the order Kubernetes expects.
+//!
+//! Shutdown: the moment `shutdown` resolves, gRPC health turns NOT_SERVING and `/-/ready` 503,
+//! so load balancers stop sending; serving goes on for `shutdown_delay` (Envoy and kube-proxy
+//! take a while to notice); then the servers stop accepting, in-flight Checks finish (bounded by
+//! `drain_timeout`), and `run` returns.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic_health::ServingStatus;
+
+use crate::check::Checker;
+use crate::config::Config;
+use crate::identity::Resolver;
+use crate::response::Responder;
+use crate::service::{AuthorizationService, DESCRIPTOR_SET};
+use crate::status::{self, Readiness};
+
+/// The sockets `run` serves on, bound by the caller (tests bind `127.0.0.1:0`).
+pub struct Listeners {
+    pub grpc: TcpListener,
+    pub http: TcpListener,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot build the user-info HTTP client: {0}")]
+    HttpClient(#[from] reqwest::Error),
+    #[error("cannot build the reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("the gRPC server failed: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+    #[error("the status server failed: {0}")]
+    Status(std::io::Error),
+    #[error("a server task ended unexpectedly: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// The gRPC service name whose health is reported, besides the overall `""`.
+const AUTHORIZATION_SERVICE: &str = "envoy.service.auth.v3.Authorization";
+
+/// Serves until `shutdown` completes, then drains and returns.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), RunError> {
+    let settings = config.settings;
+    let checker = Arc::new(Checker {
+        rules: config.rules,
+        identity: Resolver::from_settings(&settings)?,
+        request_headers: settings.request_headers.clone(),
+    });
+    let responder = Arc::new(Responder::new(settings.strict_mode, &settings.user_headers));
+    let readiness = Readiness::new(&settings.service_name, &settings.service_version);
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+
+    let grpc = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(AuthorizationServer::new(AuthorizationService::new(
+            checker, responder,
+        )))
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(listeners.grpc),
+            stopped(stop_rx.clone()),
+        );
+    let mut grpc_task = tokio::spawn(grpc);
+
+    let http = axum::serve(listeners.http, status::router(readiness.clone()))
+        .with_graceful_shutdown(stopped(stop_rx));
+    let mut http_task = tokio::spawn(async move { http.await.map_err(RunError::Status) });
+
+    health
+        .set_service_status(AUTHORIZATION_SERVICE, ServingStatus::Serving)
+        .await;
+    health.set_service_status("", ServingStatus::Serving).await;
+    readiness.set_ready(true);
+    tracing::info!(
+        grpc_rules = "loaded",
+        version = %settings.service_version,
+        "serving"
+    );
+
+    // A server that ends before shutdown was asked for is an error worth exiting on.
+    tokio::select! {
+        () = shutdown => {}
+        result = &mut grpc_task => return result?.map_err(RunError::from),
+        result = &mut http_task => return result?,
+    }
+
+    readiness.set_ready(false);
+    health
+        .set_service_status(AUTHORIZATION_SERVICE, ServingStatus::NotServing)
+        .await;
+    health
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    tracing::info!(
+        delay_ms = settings.shutdown_delay.as_millis() as u64,
+        "shutdown requested: reporting not ready, still serving"
+    );
+    tokio::time::sleep(settings.shutdown_delay).await;
+    let _ = stop_tx.send(true);
+    tracing::info!("draining in-flight checks");
+    let drained = tokio::time::timeout(settings.drain_timeout, async {
+        let grpc = grpc_task.await;
+        let http = http_task.await;
+        (grpc, http)
+    })
+    .await;
+    match drained {
+        Ok((grpc, http)) => {
+            grpc??;
+            http??;
+            tracing::info!("stopped");
+        }
+        Err(_) => tracing::warn!(
+            timeout_ms = settings.drain_timeout.as_millis() as u64,
+            "drain timed out; exiting with checks still in flight"
+        ),
+    }
+    Ok(())
+}
