@@ -126,6 +126,7 @@ start checkpoint env \
   USER_PROPERTIES_TO_PROXY=email,preferred_username,properties \
   CHECKPOINT_GRPC_ADDR="127.0.0.1:$grpc_port" \
   HTTP_PORT="$status_port" \
+  CHECKPOINT_USERINFO_TIMEOUT=400ms \
   LOG_LEVEL="${LOG_LEVEL:-info}" \
   DELAY_SHUTDOWN_SECONDS=0 \
   "$checkpoint_bin"

@@ -60,6 +60,9 @@ pub const DEFAULT_DELAY_SHUTDOWN_SECONDS: Duration = Duration::from_secs(10);
 pub const CHECKPOINT_GRPC_ADDR: &str = "CHECKPOINT_GRPC_ADDR";
 pub const DEFAULT_CHECKPOINT_GRPC_ADDR: SocketAddr =
     SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 50051);
+/// Overrides `HTTP_PORT` with a full address, e.g. `127.0.0.1:3000` to keep the status routes
+/// off the network.
+pub const CHECKPOINT_HTTP_ADDR: &str = "CHECKPOINT_HTTP_ADDR";
 pub const CHECKPOINT_USERINFO_TIMEOUT: &str = "CHECKPOINT_USERINFO_TIMEOUT";
 pub const DEFAULT_CHECKPOINT_USERINFO_TIMEOUT: Duration = Duration::from_secs(5);
 pub const CHECKPOINT_DRAIN_TIMEOUT: &str = "CHECKPOINT_DRAIN_TIMEOUT";
@@ -136,10 +139,14 @@ pub fn settings_from(vars: &HashMap<String, String>) -> Result<Settings, Vec<Set
     };
 
     let http_port = r.port(HTTP_PORT, DEFAULT_HTTP_PORT);
+    let http_addr = r.socket_addr(
+        CHECKPOINT_HTTP_ADDR,
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), http_port),
+    );
     let grpc_addr = r.socket_addr(CHECKPOINT_GRPC_ADDR, DEFAULT_CHECKPOINT_GRPC_ADDR);
     let settings = Settings {
         grpc_addr,
-        http_addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), http_port),
+        http_addr,
         service_name: SERVICE_NAME.to_owned(),
         service_version: r
             .string(SERVICE_VERSION)

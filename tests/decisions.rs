@@ -1,0 +1,106 @@
+//! The response table of MIA.md, row by row, against the real server: each case in
+//! `tests/cases/decisions.json` is one Check sent over gRPC to checkpoint, which asks the test
+//! user-info server who the caller is.
+
+mod support;
+
+use std::collections::HashMap;
+
+use serde_json::Value;
+use support::userinfo::UserInfoServer;
+use support::{Server, answer, request};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decisions_table() {
+    let table: Value = serde_json::from_str(include_str!("cases/decisions.json")).expect("valid JSON");
+    let userinfo = UserInfoServer::start().await;
+    let base = format!("http://{}", userinfo.addr.expect("addr"));
+    let rules = table["rules"].to_string();
+    let mut servers: HashMap<String, Server> = HashMap::new();
+    let mut failures = Vec::new();
+    let cases = table["cases"].as_array().expect("cases");
+    for case in cases {
+        if let Err(e) = check_case(case, &table, &rules, &base, &userinfo, &mut servers).await {
+            failures.push(format!("{}: {e}", case["name"]));
+        }
+    }
+    assert!(failures.is_empty(), "{} of {} cases failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
+}
+
+async fn check_case(
+    case: &Value,
+    table: &Value,
+    rules: &str,
+    userinfo_base: &str,
+    userinfo: &UserInfoServer,
+    servers: &mut HashMap<String, Server>,
+) -> Result<(), String> {
+    let variant = case["settings"].as_str().ok_or("no settings")?;
+    if !servers.contains_key(variant) {
+        let vars: Vec<(String, String)> = table["settings"][variant]
+            .as_object()
+            .ok_or_else(|| format!("unknown settings {variant}"))?
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().replace("${USERINFO}", userinfo_base)))
+            .collect();
+        let borrowed: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        servers.insert(variant.to_owned(), Server::start(rules, &borrowed).await);
+    }
+    let server = &servers[variant];
+    let req = &case["request"];
+    let headers: Vec<(String, String)> = req["headers"]
+        .as_object()
+        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned())).collect())
+        .unwrap_or_default();
+    let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let calls_before = userinfo.count();
+    let response = server
+        .check(request(req["method"].as_str().unwrap_or_default(), req["path"].as_str().unwrap_or_default(), &headers))
+        .await;
+    let got = answer(&response);
+    let expect = &case["expect"];
+    let status = expect["status"].as_u64().ok_or("expect.status missing")?;
+    if u64::from(got.http_status) != status {
+        return Err(format!("status {} instead of {status} ({got:?})", got.http_status));
+    }
+    if let Some(grpc) = expect["grpc"].as_i64()
+        && i64::from(got.grpc_code) != grpc
+    {
+        return Err(format!("gRPC code {} instead of {grpc}", got.grpc_code));
+    }
+    if let Some(set) = expect["set"].as_object() {
+        for (name, value) in set {
+            if got.headers.get(name).map(String::as_str) != value.as_str() {
+                return Err(format!("header {name} is {:?}, expected {value}", got.headers.get(name)));
+            }
+        }
+        // An empty "set" on an allow means: no identity header at all.
+        if set.is_empty() && got.http_status == 200 {
+            for name in ["miauserid", "miausergroups", "miauserproperties"] {
+                if got.headers.contains_key(name) {
+                    return Err(format!("{name} set for an anonymous caller"));
+                }
+            }
+        }
+    }
+    for name in expect["removed"].as_array().into_iter().flatten() {
+        let name = name.as_str().unwrap_or_default();
+        if !got.removed.iter().any(|r| r == name) {
+            return Err(format!("{name} not in headers_to_remove {:?}", got.removed));
+        }
+    }
+    if let Some(body) = expect.get("body") {
+        let parsed: Value = serde_json::from_str(&got.body).map_err(|e| format!("body {:?} is not JSON: {e}", got.body))?;
+        if &parsed != body {
+            return Err(format!("body {parsed} instead of {body}"));
+        }
+    }
+    if let Some(path) = expect["userinfo_path"].as_str() {
+        let calls = userinfo.calls();
+        let last = calls.get(calls_before..).and_then(|c| c.last()).ok_or("user-info was not called")?;
+        if last.path != path {
+            return Err(format!("user-info called at {} instead of {path}", last.path));
+        }
+    }
+    Ok(())
+}
