@@ -51,14 +51,21 @@ fn main() -> Result<()> {
 /// Cargo.lock pins (no subprocess), else wherever `cargo metadata` says it is (vendored sources,
 /// other registries).
 fn envoy_types_dir() -> Result<PathBuf> {
-    let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR")?);
+    let manifest_dir =
+        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR")?);
     if let Some(dir) = from_registry_cache(&manifest_dir) {
         return Ok(dir);
     }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let target = std::env::var("TARGET").context("TARGET is not set")?;
     let output = Command::new(cargo)
-        .args(["metadata", "--format-version", "1", "--filter-platform", &target])
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--filter-platform",
+            &target,
+        ])
         .current_dir(&manifest_dir)
         .output()
         .context("running cargo metadata")?;
@@ -70,7 +77,9 @@ fn envoy_types_dir() -> Result<PathBuf> {
     }
     let meta: serde_json::Value =
         serde_json::from_slice(&output.stdout).context("parsing cargo metadata")?;
-    let packages = meta["packages"].as_array().context("no packages in metadata")?;
+    let packages = meta["packages"]
+        .as_array()
+        .context("no packages in metadata")?;
     let manifest = packages
         .iter()
         .find(|p| p["name"] == "envoy-types")

@@ -58,7 +58,10 @@ fn load() -> Result<Config, ConfigErrors> {
 }
 
 fn report(errors: &ConfigErrors) {
-    eprintln!("checkpoint: invalid configuration ({} problem(s)):", errors.problems.len());
+    eprintln!(
+        "checkpoint: invalid configuration ({} problem(s)):",
+        errors.problems.len()
+    );
     for problem in &errors.problems {
         eprintln!("  - {problem}");
     }
@@ -72,11 +75,19 @@ fn check_config() -> ExitCode {
             println!("  rule file:       {}", config.rules.file.display());
             println!("  rules:           {}", config.rules.table.len());
             for (path, method, rule) in config.rules.table.iter() {
-                let backoffice = if rule.backoffice.is_some() { " (+backoffice)" } else { "" };
+                let backoffice = if rule.backoffice.is_some() {
+                    " (+backoffice)"
+                } else {
+                    ""
+                };
                 println!(
-                    "    {method:?} {path}: {}{}{backoffice}",
+                    "    {method} {path}: {}{}{backoffice}",
                     rule.authorization.expression.source(),
-                    if rule.authorization.public { " [public]" } else { "" },
+                    if rule.authorization.public {
+                        " [public]"
+                    } else {
+                        ""
+                    },
                 );
             }
             println!("  identity source: {}", s.identity.source_name());
@@ -112,7 +123,10 @@ fn serve() -> ExitCode {
         eprintln!("checkpoint: cannot set up logging: {e}");
         return ExitCode::FAILURE;
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("checkpoint: cannot start the runtime: {e}");
@@ -147,7 +161,10 @@ async fn serve_async(config: Config) -> anyhow::Result<()> {
 /// Completes on SIGTERM or SIGINT.
 async fn termination() {
     use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
                 _ = term.recv() => tracing::info!(signal = "SIGTERM", "signal received"),

@@ -9,11 +9,13 @@
 //! - every injected header says `OVERWRITE_IF_EXISTS_OR_ADD`, because the enum's default appends;
 //! - `headers_to_remove` is applied after the added headers, so it never names a header we set.
 
-use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption, header_value_option::HeaderAppendAction};
-use envoy_types::pb::envoy::r#type::v3::HttpStatus;
+use envoy_types::pb::envoy::config::core::v3::{
+    HeaderValue, HeaderValueOption, header_value_option::HeaderAppendAction,
+};
 use envoy_types::pb::envoy::service::auth::v3::{
     CheckResponse, DeniedHttpResponse, OkHttpResponse, check_response::HttpResponse,
 };
+use envoy_types::pb::envoy::r#type::v3::HttpStatus;
 use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
 use envoy_types::pb::google::rpc;
 
@@ -37,11 +39,36 @@ mod code {
 /// The status table: gRPC code, HTTP status, HTTP reason phrase, and the message of the body.
 pub fn status_of(denial: Denial) -> (i32, u16, &'static str, &'static str) {
     match denial {
-        Denial::BadRequest => (code::INVALID_ARGUMENT, 400, "Bad Request", "the request path cannot be safely interpreted"),
-        Denial::NotFound => (code::NOT_FOUND, 404, "Not Found", "no route matches this path and method"),
-        Denial::Unauthenticated => (code::UNAUTHENTICATED, 401, "Unauthorized", "a valid login is required"),
-        Denial::Forbidden => (code::PERMISSION_DENIED, 403, "Forbidden", "the caller is not allowed to do this"),
-        Denial::Unavailable => (code::UNAVAILABLE, 503, "Service Unavailable", "the caller's identity cannot be verified right now"),
+        Denial::BadRequest => (
+            code::INVALID_ARGUMENT,
+            400,
+            "Bad Request",
+            "the request path cannot be safely interpreted",
+        ),
+        Denial::NotFound => (
+            code::NOT_FOUND,
+            404,
+            "Not Found",
+            "no route matches this path and method",
+        ),
+        Denial::Unauthenticated => (
+            code::UNAUTHENTICATED,
+            401,
+            "Unauthorized",
+            "a valid login is required",
+        ),
+        Denial::Forbidden => (
+            code::PERMISSION_DENIED,
+            403,
+            "Forbidden",
+            "the caller is not allowed to do this",
+        ),
+        Denial::Unavailable => (
+            code::UNAVAILABLE,
+            503,
+            "Service Unavailable",
+            "the caller's identity cannot be verified right now",
+        ),
     }
 }
 
@@ -78,7 +105,8 @@ impl Responder {
     pub fn new(strict: bool, headers: &UserHeaders) -> Responder {
         let bodies = DENIALS.map(|denial| {
             let (_, http, error, message) = status_of(denial);
-            serde_json::json!({ "statusCode": http, "error": error, "message": message }).to_string()
+            serde_json::json!({ "statusCode": http, "error": error, "message": message })
+                .to_string()
         });
         Responder {
             strict,
@@ -93,9 +121,9 @@ impl Responder {
     pub fn build(&self, outcome: &Outcome<'_>) -> CheckResponse {
         let mut response = match outcome.decision {
             Decision::Allow => self.allow(outcome.user.as_deref(), true),
-            Decision::Deny(denial @ (Denial::NotFound | Denial::Unauthenticated | Denial::Forbidden))
-                if !self.strict =>
-            {
+            Decision::Deny(
+                denial @ (Denial::NotFound | Denial::Unauthenticated | Denial::Forbidden),
+            ) if !self.strict => {
                 // Non-strict mode: Mia's gateway lets the request through marked not allowed,
                 // with the user headers of whoever was identified.
                 let _ = denial;
@@ -160,7 +188,9 @@ impl Responder {
                 details: Vec::new(),
             }),
             http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
-                status: Some(HttpStatus { code: i32::from(http) }),
+                status: Some(HttpStatus {
+                    code: i32::from(http),
+                }),
                 headers,
                 body: self.bodies[index(denial)].clone(),
             })),

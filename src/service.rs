@@ -20,7 +20,8 @@ use crate::response::Responder;
 
 /// The encoded `FileDescriptorSet` of `envoy/service/auth/v3/external_auth.proto` and its
 /// imports.
-pub const DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/ext_authz_descriptor.bin"));
+pub const DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/ext_authz_descriptor.bin"));
 
 /// Answers Envoy's Check calls.
 pub struct AuthorizationService {

@@ -51,7 +51,11 @@ impl Readiness {
         } else {
             StatusCode::SERVICE_UNAVAILABLE
         };
-        (code, [(header::CONTENT_TYPE, "application/json")], body.to_string())
+        (
+            code,
+            [(header::CONTENT_TYPE, "application/json")],
+            body.to_string(),
+        )
     }
 }
 

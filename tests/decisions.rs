@@ -1,6 +1,7 @@
 //! The response table of MIA.md, row by row, against the real server: each case in
 //! `tests/cases/decisions.json` is one Check sent over gRPC to checkpoint, which asks the test
 //! user-info server who the caller is.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // Tests: a failed step should stop the test loudly.
 
 mod support;
 
@@ -12,7 +13,8 @@ use support::{Server, answer, request};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn decisions_table() {
-    let table: Value = serde_json::from_str(include_str!("cases/decisions.json")).expect("valid JSON");
+    let table: Value =
+        serde_json::from_str(include_str!("cases/decisions.json")).expect("valid JSON");
     let userinfo = UserInfoServer::start().await;
     let base = format!("http://{}", userinfo.addr.expect("addr"));
     let rules = table["rules"].to_string();
@@ -24,7 +26,13 @@ async fn decisions_table() {
             failures.push(format!("{}: {e}", case["name"]));
         }
     }
-    assert!(failures.is_empty(), "{} of {} cases failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
 }
 
 async fn check_case(
@@ -41,27 +49,49 @@ async fn check_case(
             .as_object()
             .ok_or_else(|| format!("unknown settings {variant}"))?
             .iter()
-            .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().replace("${USERINFO}", userinfo_base)))
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    v.as_str()
+                        .unwrap_or_default()
+                        .replace("${USERINFO}", userinfo_base),
+                )
+            })
             .collect();
-        let borrowed: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let borrowed: Vec<(&str, &str)> =
+            vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         servers.insert(variant.to_owned(), Server::start(rules, &borrowed).await);
     }
     let server = &servers[variant];
     let req = &case["request"];
     let headers: Vec<(String, String)> = req["headers"]
         .as_object()
-        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned())).collect())
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+                .collect()
+        })
         .unwrap_or_default();
-    let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let headers: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
     let calls_before = userinfo.count();
     let response = server
-        .check(request(req["method"].as_str().unwrap_or_default(), req["path"].as_str().unwrap_or_default(), &headers))
+        .check(request(
+            req["method"].as_str().unwrap_or_default(),
+            req["path"].as_str().unwrap_or_default(),
+            &headers,
+        ))
         .await;
     let got = answer(&response);
     let expect = &case["expect"];
     let status = expect["status"].as_u64().ok_or("expect.status missing")?;
     if u64::from(got.http_status) != status {
-        return Err(format!("status {} instead of {status} ({got:?})", got.http_status));
+        return Err(format!(
+            "status {} instead of {status} ({got:?})",
+            got.http_status
+        ));
     }
     if let Some(grpc) = expect["grpc"].as_i64()
         && i64::from(got.grpc_code) != grpc
@@ -71,7 +101,10 @@ async fn check_case(
     if let Some(set) = expect["set"].as_object() {
         for (name, value) in set {
             if got.headers.get(name).map(String::as_str) != value.as_str() {
-                return Err(format!("header {name} is {:?}, expected {value}", got.headers.get(name)));
+                return Err(format!(
+                    "header {name} is {:?}, expected {value}",
+                    got.headers.get(name)
+                ));
             }
         }
         // An empty "set" on an allow means: no identity header at all.
@@ -90,16 +123,23 @@ async fn check_case(
         }
     }
     if let Some(body) = expect.get("body") {
-        let parsed: Value = serde_json::from_str(&got.body).map_err(|e| format!("body {:?} is not JSON: {e}", got.body))?;
+        let parsed: Value = serde_json::from_str(&got.body)
+            .map_err(|e| format!("body {:?} is not JSON: {e}", got.body))?;
         if &parsed != body {
             return Err(format!("body {parsed} instead of {body}"));
         }
     }
     if let Some(path) = expect["userinfo_path"].as_str() {
         let calls = userinfo.calls();
-        let last = calls.get(calls_before..).and_then(|c| c.last()).ok_or("user-info was not called")?;
+        let last = calls
+            .get(calls_before..)
+            .and_then(|c| c.last())
+            .ok_or("user-info was not called")?;
         if last.path != path {
-            return Err(format!("user-info called at {} instead of {path}", last.path));
+            return Err(format!(
+                "user-info called at {} instead of {path}",
+                last.path
+            ));
         }
     }
     Ok(())

@@ -10,7 +10,9 @@ pub fn parse(text: &str) -> Result<Duration, String> {
         .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
     if number.is_empty() {
-        return Err(format!("invalid duration \"{text}\": expected a number such as 500ms, 5s or 1m"));
+        return Err(format!(
+            "invalid duration \"{text}\": expected a number such as 500ms, 5s or 1m"
+        ));
     }
     let value: f64 = number
         .parse()
@@ -26,7 +28,8 @@ pub fn parse(text: &str) -> Result<Duration, String> {
             ));
         }
     };
-    Duration::try_from_secs_f64(seconds).map_err(|_| format!("invalid duration \"{text}\": out of range"))
+    Duration::try_from_secs_f64(seconds)
+        .map_err(|_| format!("invalid duration \"{text}\": out of range"))
 }
 
 #[cfg(test)]

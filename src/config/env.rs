@@ -72,6 +72,20 @@ pub const DEFAULT_CHECKPOINT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 pub const USERINFO_MAX_BODY_BYTES: usize = 1024 * 1024;
 pub const SERVICE_NAME: &str = "checkpoint";
 
+/// The rule file the variables name, if they name one.
+pub fn rules_file(vars: &HashMap<String, String>) -> Option<PathBuf> {
+    let name = vars
+        .get(CONFIGURATION_FILE_NAME)
+        .map(|v| v.trim())
+        .filter(|v| !v.is_empty())?;
+    let dir = vars
+        .get(CONFIGURATION_PATH)
+        .map(|v| v.trim())
+        .filter(|v| !v.is_empty())
+        .unwrap_or(DEFAULT_CONFIGURATION_PATH);
+    Some(PathBuf::from(dir).join(format!("{name}.json")))
+}
+
 /// Reads and validates every variable; returns all the problems found, not just the first.
 pub fn settings_from(vars: &HashMap<String, String>) -> Result<Settings, Vec<SettingError>> {
     let mut r = Reader {
@@ -79,17 +93,14 @@ pub fn settings_from(vars: &HashMap<String, String>) -> Result<Settings, Vec<Set
         errors: Vec::new(),
     };
 
-    let configuration_path = r
-        .string(CONFIGURATION_PATH)
-        .unwrap_or_else(|| DEFAULT_CONFIGURATION_PATH.to_owned());
-    let file_name = r.required(CONFIGURATION_FILE_NAME);
-    let rules_file = PathBuf::from(configuration_path).join(format!(
-        "{}.json",
-        file_name.as_deref().unwrap_or_default()
-    ));
+    r.required(CONFIGURATION_FILE_NAME);
+    let rules_file = rules_file(vars).unwrap_or_default();
 
     let trust = r.boolean(TRUST_MIA_USER_HEADERS, DEFAULT_TRUST_MIA_USER_HEADERS);
-    let timeout = r.duration(CHECKPOINT_USERINFO_TIMEOUT, DEFAULT_CHECKPOINT_USERINFO_TIMEOUT);
+    let timeout = r.duration(
+        CHECKPOINT_USERINFO_TIMEOUT,
+        DEFAULT_CHECKPOINT_USERINFO_TIMEOUT,
+    );
     let headers_to_proxy = r.list(HEADERS_TO_PROXY, DEFAULT_HEADERS_TO_PROXY, true);
     let authorization_headers = r.list(AUTHORIZATION_HEADERS_TO_PROXY, "", true);
     let user_id_key = r
@@ -99,7 +110,9 @@ pub fn settings_from(vars: &HashMap<String, String>) -> Result<Settings, Vec<Set
     let identity = if trust {
         IdentitySettings::TrustedHeaders
     } else {
-        let url = r.required(USERINFO_URL).and_then(|u| r.url(USERINFO_URL, &u));
+        let url = r
+            .required(USERINFO_URL)
+            .and_then(|u| r.url(USERINFO_URL, &u));
         let backoffice_url = r
             .string(BACKOFFICE_USERINFO_URL)
             .and_then(|u| r.url(BACKOFFICE_USERINFO_URL, &u));
@@ -112,7 +125,7 @@ pub fn settings_from(vars: &HashMap<String, String>) -> Result<Settings, Vec<Set
             }
         }
         match url {
-            Some(url) => IdentitySettings::UserInfo(UserInfoSettings {
+            Some(url) => IdentitySettings::UserInfo(Box::new(UserInfoSettings {
                 url,
                 backoffice_url,
                 headers_to_proxy,
@@ -121,7 +134,7 @@ pub fn settings_from(vars: &HashMap<String, String>) -> Result<Settings, Vec<Set
                 user_id_key,
                 permissions_key,
                 max_body_bytes: USERINFO_MAX_BODY_BYTES,
-            }),
+            })),
             // The error is recorded; this value is never returned.
             None => IdentitySettings::TrustedHeaders,
         }
@@ -130,7 +143,10 @@ pub fn settings_from(vars: &HashMap<String, String>) -> Result<Settings, Vec<Set
     let user_headers = UserHeaders {
         user_id: r.header_name(USERID_HEADER_KEY, DEFAULT_USERID_HEADER_KEY),
         groups: r.header_name(GROUPS_HEADER_KEY, DEFAULT_GROUPS_HEADER_KEY),
-        properties: r.header_name(USER_PROPERTIES_HEADER_KEY, DEFAULT_USER_PROPERTIES_HEADER_KEY),
+        properties: r.header_name(
+            USER_PROPERTIES_HEADER_KEY,
+            DEFAULT_USER_PROPERTIES_HEADER_KEY,
+        ),
         properties_to_proxy: r.list(USER_PROPERTIES_TO_PROXY, "", false),
     };
     let request_headers = RequestHeaders {
@@ -216,7 +232,10 @@ impl Reader<'_> {
             Some("true" | "1" | "yes") => true,
             Some("false" | "0" | "no") => false,
             Some(other) => {
-                self.error(name, format!("\"{other}\" is not a boolean (true or false)"));
+                self.error(
+                    name,
+                    format!("\"{other}\" is not a boolean (true or false)"),
+                );
                 default
             }
         }
@@ -302,9 +321,9 @@ impl Reader<'_> {
 /// An HTTP token (RFC 9110 `tchar`s): what Envoy accepts as a header name.
 pub fn is_header_name(name: &str) -> bool {
     !name.is_empty()
-        && name.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-        })
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 #[cfg(test)]
@@ -372,7 +391,10 @@ mod tests {
             AUTHORIZATION_HEADERS_TO_PROXY,
             CHECKPOINT_GRPC_ADDR,
         ] {
-            assert!(variables.contains(&expected), "{expected} missing in {errors:?}");
+            assert!(
+                variables.contains(&expected),
+                "{expected} missing in {errors:?}"
+            );
         }
     }
 

@@ -47,7 +47,7 @@ pub struct Settings {
 #[derive(Debug, Clone)]
 pub enum IdentitySettings {
     /// Ask the customer's authentication manager (Mia's default flow).
-    UserInfo(UserInfoSettings),
+    UserInfo(Box<UserInfoSettings>),
     /// Mia's trust mode: take the user from the request's user headers.
     TrustedHeaders,
 }
@@ -124,14 +124,27 @@ pub struct ConfigErrors {
 }
 
 impl Config {
-    /// Reads settings from `vars`, then the rule file they name. Reports every problem.
+    /// Reads settings from `vars`, then the rule file they name. Reports every problem: those
+    /// of the settings and those of the rule file together, whenever the file can be named.
     pub fn load(vars: &std::collections::HashMap<String, String>) -> Result<Config, ConfigErrors> {
-        let settings = env::settings_from(vars).map_err(|errors| ConfigErrors {
-            problems: errors.iter().map(ToString::to_string).collect(),
-        })?;
-        let rules = RuleSet::load(&settings.rules_file).map_err(|errors| ConfigErrors {
-            problems: errors.iter().map(ToString::to_string).collect(),
-        })?;
-        Ok(Config { settings, rules })
+        let settings = env::settings_from(vars);
+        let rules_file = match &settings {
+            Ok(s) => Some(s.rules_file.clone()),
+            Err(_) => env::rules_file(vars),
+        };
+        let rules = rules_file.map(|file| RuleSet::load(&file));
+        match (settings, rules) {
+            (Ok(settings), Some(Ok(rules))) => Ok(Config { settings, rules }),
+            (settings, rules) => {
+                let mut problems: Vec<String> = match settings {
+                    Err(errors) => errors.iter().map(ToString::to_string).collect(),
+                    Ok(_) => Vec::new(),
+                };
+                if let Some(Err(errors)) = rules {
+                    problems.extend(errors.iter().map(ToString::to_string));
+                }
+                Err(ConfigErrors { problems })
+            }
+        }
     }
 }

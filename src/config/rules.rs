@@ -255,7 +255,9 @@ fn policy_from(field: &str, value: &Value, problems: &mut Vec<String>) -> Option
         None => Some(false),
         Some(Value::Bool(b)) => Some(*b),
         Some(other) => {
-            problems.push(format!("{field}.public: must be true or false, not {other}"));
+            problems.push(format!(
+                "{field}.public: must be true or false, not {other}"
+            ));
             None
         }
     };
@@ -346,7 +348,10 @@ impl KeyPositions {
                     };
                     match depth {
                         1 => {
-                            found.routes.entry(key.clone()).or_insert((key_line, key_column));
+                            found
+                                .routes
+                                .entry(key.clone())
+                                .or_insert((key_line, key_column));
                             current_route = Some(key);
                         }
                         2 => {
@@ -463,7 +468,13 @@ mod tests {
 
     #[test]
     fn non_object_documents_are_refused() {
-        for text in ["[]", "\"x\"", "null", "{\"/a\": []}", "{\"/a\": {\"GET\": 1}}"] {
+        for text in [
+            "[]",
+            "\"x\"",
+            "null",
+            "{\"/a\": []}",
+            "{\"/a\": {\"GET\": 1}}",
+        ] {
             assert!(RuleSet::parse("auth.json", text).is_err(), "{text}");
         }
     }

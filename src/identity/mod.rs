@@ -67,7 +67,10 @@ impl User {
             return Err(UserError::EmptyId);
         }
         let has_control = |s: &str| s.chars().any(char::is_control);
-        if has_control(&id) || groups.iter().any(|g| has_control(g)) || has_control(&properties_header) {
+        if has_control(&id)
+            || groups.iter().any(|g| has_control(g))
+            || has_control(&properties_header)
+        {
             return Err(UserError::ControlCharacter);
         }
         if groups.iter().any(|g| g.contains(',')) {
@@ -130,14 +133,22 @@ pub struct Context {
 }
 
 impl Context {
-    /// The time an outbound call may take: its own bound, cut to the Check's deadline.
+    /// The time an outbound call may take: its own bound, cut to the Check's deadline less a
+    /// margin, so that our "unavailable" answer reaches Envoy before Envoy gives up on us.
     pub fn budget(&self, bound: std::time::Duration) -> std::time::Duration {
         match self.deadline {
-            Some(deadline) => bound.min(deadline.saturating_duration_since(Instant::now())),
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let margin = (left / 20).max(DEADLINE_MARGIN);
+                bound.min(left.saturating_sub(margin))
+            }
             None => bound,
         }
     }
 }
+
+/// The least time kept back from the Check's deadline to send the answer.
+pub const DEADLINE_MARGIN: std::time::Duration = std::time::Duration::from_millis(5);
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -146,8 +157,11 @@ pub trait Source: Send + Sync {
     /// The name used in logs, `check-config` and (later) per-rule source lists.
     fn name(&self) -> &'static str;
 
-    fn resolve<'a>(&'a self, request: &'a Request, context: &'a Context)
-    -> BoxFuture<'a, Resolution>;
+    fn resolve<'a>(
+        &'a self,
+        request: &'a Request,
+        context: &'a Context,
+    ) -> BoxFuture<'a, Resolution>;
 }
 
 /// The identity sources, in order.
@@ -171,7 +185,7 @@ impl Resolver {
     pub fn from_settings(settings: &Settings) -> Result<Resolver, reqwest::Error> {
         let source: Box<dyn Source> = match &settings.identity {
             IdentitySettings::UserInfo(userinfo) => Box::new(userinfo::UserInfo::new(
-                userinfo.clone(),
+                (**userinfo).clone(),
                 settings.user_headers.properties_to_proxy.clone(),
             )?),
             IdentitySettings::TrustedHeaders => {
@@ -246,7 +260,10 @@ mod tests {
             user(&"x".repeat(MAX_USER_HEADER_BYTES + 1), &[]),
             Err(UserError::TooLarge)
         );
-        assert_eq!(user("alice", &["a", "b"]).map(|u| u.groups_header), Ok("a,b".to_owned()));
+        assert_eq!(
+            user("alice", &["a", "b"]).map(|u| u.groups_header),
+            Ok("a,b".to_owned())
+        );
     }
 
     #[test]

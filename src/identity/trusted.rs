@@ -116,7 +116,10 @@ mod tests {
             Resolution::NoCredential
         );
         assert!(matches!(
-            source().read(&request(&[("miauserid", "a"), ("miauserproperties", "[1]")])),
+            source().read(&request(&[
+                ("miauserid", "a"),
+                ("miauserproperties", "[1]")
+            ])),
             Resolution::Invalid(_)
         ));
     }

@@ -168,7 +168,12 @@ impl UserInfo {
             .iter()
             .filter_map(|key| fields.get(key).map(|v| (key.clone(), v.clone())))
             .collect();
-        match User::new(id, groups, permissions, ascii_json(&Value::Object(properties))) {
+        match User::new(
+            id,
+            groups,
+            permissions,
+            ascii_json(&Value::Object(properties)),
+        ) {
             Ok(user) => Resolution::User(Arc::new(user)),
             Err(e) => malformed(e.to_string()),
         }
@@ -202,7 +207,10 @@ async fn read_bounded(mut response: reqwest::Response, limit: usize) -> Result<V
             format!("user-info body is larger than {limit} bytes"),
         )
     };
-    if response.content_length().is_some_and(|len| len > limit as u64) {
+    if response
+        .content_length()
+        .is_some_and(|len| len > limit as u64)
+    {
         return Err(too_large());
     }
     let mut body = Vec::new();
@@ -245,7 +253,11 @@ impl Source for UserInfo {
         "userinfo"
     }
 
-    fn resolve<'a>(&'a self, request: &'a Request, context: &'a Context) -> BoxFuture<'a, Resolution> {
+    fn resolve<'a>(
+        &'a self,
+        request: &'a Request,
+        context: &'a Context,
+    ) -> BoxFuture<'a, Resolution> {
         Box::pin(self.call(request, context))
     }
 }
@@ -286,8 +298,20 @@ mod tests {
         assert_eq!(user.permissions, ["p.1"]);
         assert_eq!(user.properties_header, r#"{"email":"a@x"}"#);
 
-        for anonymous in [&b""[..], b"  \n", b"{}", br#"{"sub":""}"#, br#"{"sub":null}"#, b"[]", b"null"] {
-            assert_eq!(a.interpret(anonymous), Resolution::Anonymous, "{anonymous:?}");
+        for anonymous in [
+            &b""[..],
+            b"  \n",
+            b"{}",
+            br#"{"sub":""}"#,
+            br#"{"sub":null}"#,
+            b"[]",
+            b"null",
+        ] {
+            assert_eq!(
+                a.interpret(anonymous),
+                Resolution::Anonymous,
+                "{anonymous:?}"
+            );
         }
         let numeric = a.interpret(br#"{"sub":42}"#);
         assert!(matches!(numeric, Resolution::User(u) if u.id == "42"));

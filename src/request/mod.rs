@@ -109,16 +109,16 @@ impl Request {
         };
         let headers = match &http.header_map {
             // Envoy fills one form or the other; `header_map` wins when it has entries.
-            Some(map) if !map.headers.is_empty() => Headers::from_pairs(map.headers.iter().map(
-                |h| {
+            Some(map) if !map.headers.is_empty() => {
+                Headers::from_pairs(map.headers.iter().map(|h| {
                     let value = if h.raw_value.is_empty() {
                         h.value.clone()
                     } else {
                         String::from_utf8_lossy(&h.raw_value).into_owned()
                     };
                     (h.key.as_str(), value)
-                },
-            )),
+                }))
+            }
             _ => Headers::from_pairs(http.headers.iter().map(|(k, v)| (k.as_str(), v.clone()))),
         };
         let method_text = non_empty(&http.method).or_else(|| headers.get(":method"));
@@ -160,8 +160,10 @@ pub fn is_truthy_flag(value: Option<&str>) -> bool {
 mod tests {
     use super::*;
     use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
-    use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request as AttrRequest};
     use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+    use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
+        HttpRequest, Request as AttrRequest,
+    };
 
     fn check_with(http: HttpRequest) -> CheckRequest {
         CheckRequest {
@@ -183,7 +185,8 @@ mod tests {
             id: "req-1".into(),
             ..Default::default()
         };
-        http.headers.insert("authorization".into(), "Bearer t".into());
+        http.headers
+            .insert("authorization".into(), "Bearer t".into());
         let req = Request::from_check(&check_with(http));
         assert_eq!(req.method, Some(Method::Get));
         assert_eq!(req.path.as_deref(), Ok("/users/42"));

@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use checkpoint::config::Config;
 use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request as AttrRequest};
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
+    HttpRequest, Request as AttrRequest,
+};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
 use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, CheckResponse};
@@ -37,12 +39,20 @@ impl Server {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
-        env.insert("CONFIGURATION_PATH".into(), dir.path().display().to_string());
+        env.insert(
+            "CONFIGURATION_PATH".into(),
+            dir.path().display().to_string(),
+        );
         env.insert("CONFIGURATION_FILE_NAME".into(), "auth".into());
-        env.entry("DELAY_SHUTDOWN_SECONDS".into()).or_insert_with(|| "0".into());
+        env.entry("DELAY_SHUTDOWN_SECONDS".into())
+            .or_insert_with(|| "0".into());
         let config = Config::load(&env).unwrap_or_else(|e| panic!("config: {:?}", e.problems));
-        let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let grpc = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let http = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let (grpc_addr, http_addr) = (grpc.local_addr().unwrap(), http.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(checkpoint::run(
@@ -83,12 +93,21 @@ impl Server {
     }
 
     /// Sends one Check with the given deadline (None: no grpc-timeout).
-    pub async fn check_with_deadline(&self, request: CheckRequest, deadline: Option<Duration>) -> CheckResponse {
+    pub async fn check_with_deadline(
+        &self,
+        request: CheckRequest,
+        deadline: Option<Duration>,
+    ) -> CheckResponse {
         let mut request = tonic::Request::new(request);
         if let Some(d) = deadline {
             request.set_timeout(d);
         }
-        self.client().await.check(request).await.expect("Check must not fail at the gRPC level").into_inner()
+        self.client()
+            .await
+            .check(request)
+            .await
+            .expect("Check must not fail at the gRPC level")
+            .into_inner()
     }
 
     pub async fn check(&self, request: CheckRequest) -> CheckResponse {
@@ -121,8 +140,16 @@ pub fn request(method: &str, path: &str, headers: &[(&str, &str)]) -> CheckReque
 /// proxyless gRPC client: method and path only as pseudo-headers.
 pub fn request_pairs(method: &str, path: &str, headers: &[(&str, &[u8])]) -> CheckRequest {
     let mut pairs = vec![
-        HeaderValue { key: ":method".into(), raw_value: method.as_bytes().to_vec(), ..Default::default() },
-        HeaderValue { key: ":path".into(), raw_value: path.as_bytes().to_vec(), ..Default::default() },
+        HeaderValue {
+            key: ":method".into(),
+            raw_value: method.as_bytes().to_vec(),
+            ..Default::default()
+        },
+        HeaderValue {
+            key: ":path".into(),
+            raw_value: path.as_bytes().to_vec(),
+            ..Default::default()
+        },
     ];
     pairs.extend(headers.iter().map(|(k, v)| HeaderValue {
         key: (*k).to_owned(),
@@ -138,7 +165,10 @@ pub fn request_pairs(method: &str, path: &str, headers: &[(&str, &[u8])]) -> Che
 fn wrap(http: HttpRequest) -> CheckRequest {
     CheckRequest {
         attributes: Some(AttributeContext {
-            request: Some(AttrRequest { http: Some(http), ..Default::default() }),
+            request: Some(AttrRequest {
+                http: Some(http),
+                ..Default::default()
+            }),
             ..Default::default()
         }),
     }
@@ -157,22 +187,36 @@ pub struct Answer {
 
 pub fn answer(response: &CheckResponse) -> Answer {
     let grpc_code = response.status.as_ref().map(|s| s.code).unwrap_or_default();
-    let mut a = Answer { grpc_code, ..Default::default() };
+    let mut a = Answer {
+        grpc_code,
+        ..Default::default()
+    };
     match &response.http_response {
         Some(HttpResponse::OkResponse(ok)) => {
             a.http_status = 200;
             for h in &ok.headers {
                 let hv = h.header.as_ref().unwrap();
-                assert_eq!(h.append_action, 2, "every injected header overwrites: {}", hv.key);
+                assert_eq!(
+                    h.append_action, 2,
+                    "every injected header overwrites: {}",
+                    hv.key
+                );
                 a.headers.insert(hv.key.clone(), hv.value.clone());
             }
             a.removed = ok.headers_to_remove.clone();
             for removed in &a.removed {
-                assert!(!a.headers.contains_key(removed), "{removed} is both set and removed");
+                assert!(
+                    !a.headers.contains_key(removed),
+                    "{removed} is both set and removed"
+                );
             }
         }
         Some(HttpResponse::DeniedResponse(denied)) => {
-            a.http_status = denied.status.as_ref().map(|s| s.code as u16).unwrap_or_default();
+            a.http_status = denied
+                .status
+                .as_ref()
+                .map(|s| s.code as u16)
+                .unwrap_or_default();
             for h in &denied.headers {
                 let hv = h.header.as_ref().unwrap();
                 a.headers.insert(hv.key.clone(), hv.value.clone());

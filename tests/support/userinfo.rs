@@ -31,8 +31,13 @@ pub struct UserInfoServer {
 
 impl UserInfoServer {
     pub async fn start() -> UserInfoServer {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let mut server = UserInfoServer { addr: Some(listener.local_addr().expect("addr")), ..Default::default() };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let mut server = UserInfoServer {
+            addr: Some(listener.local_addr().expect("addr")),
+            ..Default::default()
+        };
         let calls = server.calls.clone();
         let app = Router::new().fallback(move |uri: Uri, headers: HeaderMap| {
             let calls = calls.clone();
@@ -59,9 +64,17 @@ impl UserInfoServer {
 async fn answer(calls: &Mutex<Vec<Call>>, uri: Uri, headers: HeaderMap) -> Response {
     let recorded: HashMap<String, String> = headers
         .iter()
-        .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
         .collect();
-    calls.lock().expect("lock").push(Call { path: uri.path().to_owned(), headers: recorded });
+    calls.lock().expect("lock").push(Call {
+        path: uri.path().to_owned(),
+        headers: recorded,
+    });
     let token = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
@@ -77,12 +90,14 @@ async fn answer(calls: &Mutex<Vec<Call>>, uri: Uri, headers: HeaderMap) -> Respo
         return axum::Json(alice).into_response();
     }
     if let Some(code) = token.strip_prefix("status-") {
-        let code = StatusCode::from_u16(code.parse().unwrap_or(500)).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let code = StatusCode::from_u16(code.parse().unwrap_or(500))
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         return (code, [("location", "http://127.0.0.1:9/elsewhere")], "{}").into_response();
     }
     match token.as_str() {
         "alice" => axum::Json(alice).into_response(),
-        "bob" => axum::Json(json!({"sub": "bob", "groups": ["viewers"], "tenant": "acme"})).into_response(),
+        "bob" => axum::Json(json!({"sub": "bob", "groups": ["viewers"], "tenant": "acme"}))
+            .into_response(),
         "carol" => axum::Json(json!({"sub": "carol"})).into_response(),
         "empty" => (StatusCode::OK, "").into_response(),
         "noid" => axum::Json(json!({"name": "nobody"})).into_response(),
@@ -91,7 +106,8 @@ async fn answer(calls: &Mutex<Vec<Call>>, uri: Uri, headers: HeaderMap) -> Respo
         "unicode" => axum::Json(json!({"sub": "zoë", "tenant": "Zürich 😀"})).into_response(),
         "huge" => {
             let chunk = vec![b' '; 64 * 1024];
-            let stream = tokio_stream::iter((0..64).map(move |_| Ok::<_, std::io::Error>(chunk.clone())));
+            let stream =
+                tokio_stream::iter((0..64).map(move |_| Ok::<_, std::io::Error>(chunk.clone())));
             Response::new(Body::from_stream(stream))
         }
         "huge-cl" => (StatusCode::OK, vec![b' '; 4 * 1024 * 1024]).into_response(),
