@@ -12,7 +12,7 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 use crate::config::{RequestHeaders, RuleSet};
-use crate::identity::{Context, Failure, Resolution, Resolver, User};
+use crate::identity::{Context, Failure, Lookup, Resolution, Resolver, User};
 use crate::policy::{self, Facts, Verdict};
 use crate::request::{Request, is_truthy_flag};
 use crate::route::MethodKey;
@@ -54,6 +54,10 @@ pub struct Outcome<'a> {
     pub identity_source: &'static str,
     /// The identity stage's failure, for the log line.
     pub failure: Option<Failure>,
+    /// How the identity cache answered, when it was asked.
+    pub identity_cache: Option<Lookup>,
+    /// How long the identity source took, when it was called.
+    pub identity_latency: Option<std::time::Duration>,
 }
 
 impl Outcome<'_> {
@@ -65,6 +69,8 @@ impl Outcome<'_> {
             user: None,
             identity_source: "none",
             failure: None,
+            identity_cache: None,
+            identity_latency: None,
         }
     }
 }
@@ -104,6 +110,8 @@ impl Checker {
             user: None,
             identity_source: resolved.source,
             failure: None,
+            identity_cache: resolved.cache,
+            identity_latency: resolved.latency,
         };
         let anonymous = Facts {
             groups: &[],

@@ -58,6 +58,8 @@ impl Authorization for AuthorizationService {
             decision = match outcome.decision { Decision::Allow => "allow", Decision::Deny(_) => "deny" },
             reason = outcome.reason,
             identity_source = outcome.identity_source,
+            identity_cache = outcome.identity_cache.map(|l| l.as_str()),
+            identity_latency_us = outcome.identity_latency.map(|d| d.as_micros() as u64),
             identity_failure = outcome.failure.as_ref().map(|f| f.reason),
             detail = outcome.failure.as_ref().map(|f| f.detail.as_str()),
             user_id = outcome.user.as_ref().map(|u| u.id.as_str()),

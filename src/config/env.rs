@@ -65,6 +65,12 @@ pub const DEFAULT_CHECKPOINT_GRPC_ADDR: SocketAddr =
 pub const CHECKPOINT_HTTP_ADDR: &str = "CHECKPOINT_HTTP_ADDR";
 pub const CHECKPOINT_USERINFO_TIMEOUT: &str = "CHECKPOINT_USERINFO_TIMEOUT";
 pub const DEFAULT_CHECKPOINT_USERINFO_TIMEOUT: Duration = Duration::from_secs(5);
+pub const CHECKPOINT_IDENTITY_CACHE_TTL: &str = "CHECKPOINT_IDENTITY_CACHE_TTL";
+pub const DEFAULT_CHECKPOINT_IDENTITY_CACHE_TTL: Duration = Duration::from_secs(30);
+pub const CHECKPOINT_NEGATIVE_CACHE_TTL: &str = "CHECKPOINT_NEGATIVE_CACHE_TTL";
+pub const DEFAULT_CHECKPOINT_NEGATIVE_CACHE_TTL: Duration = Duration::from_secs(5);
+pub const CHECKPOINT_IDENTITY_CACHE_MAX_ENTRIES: &str = "CHECKPOINT_IDENTITY_CACHE_MAX_ENTRIES";
+pub const DEFAULT_CHECKPOINT_IDENTITY_CACHE_MAX_ENTRIES: u64 = 100_000;
 pub const CHECKPOINT_DRAIN_TIMEOUT: &str = "CHECKPOINT_DRAIN_TIMEOUT";
 pub const DEFAULT_CHECKPOINT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -178,6 +184,20 @@ pub fn settings_from(vars: &HashMap<String, String>) -> Result<Settings, Vec<Set
         ),
         rules_file,
         identity,
+        identity_cache: crate::identity::CacheSettings {
+            ttl: r.duration(
+                CHECKPOINT_IDENTITY_CACHE_TTL,
+                DEFAULT_CHECKPOINT_IDENTITY_CACHE_TTL,
+            ),
+            negative_ttl: r.duration(
+                CHECKPOINT_NEGATIVE_CACHE_TTL,
+                DEFAULT_CHECKPOINT_NEGATIVE_CACHE_TTL,
+            ),
+            max_entries: r.count(
+                CHECKPOINT_IDENTITY_CACHE_MAX_ENTRIES,
+                DEFAULT_CHECKPOINT_IDENTITY_CACHE_MAX_ENTRIES,
+            ),
+        },
         user_headers,
         request_headers,
     };
@@ -256,6 +276,16 @@ impl Reader<'_> {
             None => default,
             Some(text) => text.parse().unwrap_or_else(|_| {
                 self.error(name, format!("\"{text}\" is not a port number (0-65535)"));
+                default
+            }),
+        }
+    }
+
+    fn count(&mut self, name: &'static str, default: u64) -> u64 {
+        match self.string(name) {
+            None => default,
+            Some(text) => text.parse().unwrap_or_else(|_| {
+                self.error(name, format!("\"{text}\" is not a whole number"));
                 default
             }),
         }

@@ -39,6 +39,8 @@ pub struct Settings {
     /// The rule file (`<CONFIGURATION_PATH>/<CONFIGURATION_FILE_NAME>.json`).
     pub rules_file: PathBuf,
     pub identity: IdentitySettings,
+    /// How long identity answers are reused; a zero TTL turns the cache off.
+    pub identity_cache: crate::identity::CacheSettings,
     pub user_headers: UserHeaders,
     pub request_headers: RequestHeaders,
 }

@@ -11,6 +11,7 @@
 //! never turn a failure into a user: a timeout, an unreadable answer or an outage is
 //! [`Resolution::Unavailable`], and the policy stage decides what that means.
 
+pub mod cache;
 pub mod trusted;
 pub mod userinfo;
 
@@ -19,6 +20,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use tokio::time::Instant;
+
+pub use cache::{CacheSettings, CacheStats, IdentityCache, KeyHasher, Lookup};
 
 use crate::config::{IdentitySettings, Settings};
 use crate::request::Request;
@@ -162,23 +165,41 @@ pub trait Source: Send + Sync {
         request: &'a Request,
         context: &'a Context,
     ) -> BoxFuture<'a, Resolution>;
+
+    /// Feeds everything that identifies the caller's credential for this source into `key`
+    /// (length-prefixed fields), so that its answers can be cached. Returns false when the
+    /// answer must not be cached or the request carries no credential for this source.
+    fn cache_key(&self, _request: &Request, _context: &Context, _key: &mut KeyHasher) -> bool {
+        false
+    }
 }
 
-/// The identity sources, in order.
+/// The identity sources, in order, and the cache of their answers.
 pub struct Resolver {
     sources: Vec<Box<dyn Source>>,
+    cache: Option<IdentityCache>,
 }
 
-/// The resolver's answer, with the name of the source that decided (for logs).
+/// The resolver's answer, with what the decision log wants to know about how it was found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Resolved {
     pub resolution: Resolution,
+    /// The source that decided (`none` when every source passed on).
     pub source: &'static str,
+    /// How the cache answered, when the deciding source was looked up in it.
+    pub cache: Option<Lookup>,
+    /// How long the source itself took, when it was called (not on a cache hit).
+    pub latency: Option<std::time::Duration>,
 }
 
 impl Resolver {
-    pub fn new(sources: Vec<Box<dyn Source>>) -> Resolver {
-        Resolver { sources }
+    pub fn new(sources: Vec<Box<dyn Source>>, cache: Option<IdentityCache>) -> Resolver {
+        Resolver { sources, cache }
+    }
+
+    /// The cache's counters, when the cache is on.
+    pub fn cache_stats(&self) -> Option<&CacheStats> {
+        self.cache.as_ref().map(|c| &*c.stats)
     }
 
     /// Builds the sources the settings name.
@@ -192,25 +213,63 @@ impl Resolver {
                 Box::new(trusted::TrustedHeaders::new(settings.user_headers.clone()))
             }
         };
-        Ok(Resolver::new(vec![source]))
+        Ok(Resolver::new(
+            vec![source],
+            IdentityCache::new(settings.identity_cache),
+        ))
     }
 
-    /// Asks each source in turn; the first that does not pass on decides.
+    /// Asks each source in turn, through the cache where the source can name its credential;
+    /// the first that does not pass on decides.
     pub async fn resolve(&self, request: &Request, context: &Context) -> Resolved {
         for source in &self.sources {
-            match source.resolve(request, context).await {
-                Resolution::NoCredential => continue,
-                resolution => {
-                    return Resolved {
-                        resolution,
-                        source: source.name(),
-                    };
+            let timed = async {
+                let started = Instant::now();
+                let resolution = source.resolve(request, context).await;
+                (resolution, started.elapsed())
+            };
+            let (resolution, cache, latency) = match &self.cache {
+                Some(cache) => {
+                    let mut key = cache.key_hasher();
+                    key.field(source.name().as_bytes());
+                    if source.cache_key(request, context, &mut key) {
+                        let latency = std::sync::Mutex::new(None);
+                        let call = async {
+                            let (resolution, took) = timed.await;
+                            if let Ok(mut slot) = latency.lock() {
+                                *slot = Some(took);
+                            }
+                            resolution
+                        };
+                        let (resolution, lookup) = cache
+                            .get_or_resolve(IdentityCache::key(&key), request, call)
+                            .await;
+                        let took = latency.lock().ok().and_then(|slot| *slot);
+                        (resolution, Some(lookup), took)
+                    } else {
+                        let (resolution, took) = timed.await;
+                        (resolution, None, Some(took))
+                    }
                 }
+                None => {
+                    let (resolution, took) = timed.await;
+                    (resolution, None, Some(took))
+                }
+            };
+            if resolution != Resolution::NoCredential {
+                return Resolved {
+                    resolution,
+                    source: source.name(),
+                    cache,
+                    latency,
+                };
             }
         }
         Resolved {
             resolution: Resolution::Anonymous,
             source: "none",
+            cache: None,
+            latency: None,
         }
     }
 }

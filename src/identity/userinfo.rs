@@ -15,7 +15,7 @@ use std::sync::Arc;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Map, Value};
 
-use super::{BoxFuture, Context, Failure, Resolution, Source, User, ascii_json};
+use super::{BoxFuture, Context, Failure, KeyHasher, Resolution, Source, User, ascii_json};
 use crate::config::UserInfoSettings;
 use crate::request::Request;
 
@@ -68,20 +68,28 @@ impl UserInfo {
         headers
     }
 
-    async fn call(&self, request: &Request, context: &Context) -> Resolution {
-        if !self.settings.authorization_headers.is_empty()
-            && !self
+    /// Whether `AUTHORIZATION_HEADERS_TO_PROXY` lets the call happen at all.
+    fn has_credential(&self, request: &Request) -> bool {
+        self.settings.authorization_headers.is_empty()
+            || self
                 .settings
                 .authorization_headers
                 .iter()
                 .any(|name| request.headers.contains(name))
-        {
-            return Resolution::NoCredential;
-        }
-        let url = match (&self.settings.backoffice_url, context.is_backoffice) {
+    }
+
+    fn url_for(&self, context: &Context) -> &reqwest::Url {
+        match (&self.settings.backoffice_url, context.is_backoffice) {
             (Some(url), true) => url,
             _ => &self.settings.url,
-        };
+        }
+    }
+
+    async fn call(&self, request: &Request, context: &Context) -> Resolution {
+        if !self.has_credential(request) {
+            return Resolution::NoCredential;
+        }
+        let url = self.url_for(context);
         let budget = context.budget(self.settings.timeout);
         if budget.is_zero() {
             return Resolution::Unavailable(Failure::new(
@@ -259,6 +267,19 @@ impl Source for UserInfo {
         context: &'a Context,
     ) -> BoxFuture<'a, Resolution> {
         Box::pin(self.call(request, context))
+    }
+
+    /// The answer depends on the URL asked and on every header sent to it, nothing else.
+    fn cache_key(&self, request: &Request, context: &Context, key: &mut KeyHasher) -> bool {
+        if !self.has_credential(request) {
+            return false;
+        }
+        key.field(self.url_for(context).as_str().as_bytes());
+        for (name, value) in self.proxied_headers(request).iter() {
+            key.field(name.as_str().as_bytes());
+            key.field(value.as_bytes());
+        }
+        true
     }
 }
 

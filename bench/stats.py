@@ -1,0 +1,139 @@
+#!/usr/bin/env python3
+"""Numbers of the load benchmark (scripts/bench-load.sh).
+
+  stats.py run NAME ROUND H2LOAD_STDOUT LOG_FILE CPU_TICKS USERINFO_CALLS
+      one JSON line for one h2load run: requests/s (h2load's), p50/p99 from h2load's per-request
+      log (--log-file: start time, status, duration in microseconds), CPU microseconds per
+      request from the server processes' utime+stime ticks, non-2xx and failed counts.
+  stats.py report RESULTS_JSONL
+      the table of every run, the per-scenario means, and the ratios the targets of issue 4 need.
+"""
+import json
+import os
+import re
+import sys
+
+SCENARIOS = {
+    "a": "noop ext_authz, gRPC direct (floor)",
+    "b": "checkpoint, gRPC direct, warm cache",
+    "c": "Envoy, no authorization",
+    "d0": "Envoy + noop ext_authz",
+    "d": "Envoy + checkpoint ext_authz",
+    "e": "Envoy jwt_authn (no cache) + rbac",
+    "a@1k": "noop, fixed 1,000 req/s",
+    "b@1k": "checkpoint, fixed 1,000 req/s",
+}
+
+
+def percentile(sorted_values, q):
+    if not sorted_values:
+        return float("nan")
+    # Nearest rank: the smallest value with at least q of the samples at or below it.
+    rank = max(1, -(-len(sorted_values) * q // 100))
+    return sorted_values[int(rank) - 1]
+
+
+def run(name, round_, stdout_file, log_file, ticks, userinfo_calls):
+    text = open(stdout_file, encoding="utf-8", errors="replace").read()
+    rps = re.search(r"finished in [0-9.]+m?s, ([0-9.]+) req/s", text)
+    req = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored", text)
+    codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", text)
+    if not (rps and req and codes):
+        sys.exit(f"stats.py: cannot read h2load's summary in {stdout_file}:\n{text}")
+    done = int(req.group(3))
+    ok = int(codes.group(1))
+    durations = []
+    with open(log_file, encoding="utf-8") as f:
+        for line in f:
+            parts = line.split("\t")
+            if len(parts) >= 3:
+                durations.append(int(parts[2]))
+    durations.sort()
+    clk_tck = os.sysconf("SC_CLK_TCK")
+    cpu_us = int(ticks) * 1_000_000 / clk_tck
+    print(json.dumps({
+        "scenario": name,
+        "round": int(round_),
+        "rps": float(rps.group(1)),
+        "requests": done,
+        "non_2xx": done - ok,
+        "failed": int(req.group(5)) + int(req.group(6)),
+        "p50_us": percentile(durations, 50),
+        "p99_us": percentile(durations, 99),
+        "cpu_us_per_request": cpu_us / done if done else float("nan"),
+        "userinfo_calls": int(userinfo_calls),
+    }))
+
+
+def mean(values):
+    values = list(values)
+    return sum(values) / len(values) if values else float("nan")
+
+
+def report(results_file):
+    rows = [json.loads(line) for line in open(results_file, encoding="utf-8") if line.strip()]
+    header = f"{'scenario':<6} {'what':<38} {'round':>5} {'req/s':>9} {'p50 µs':>8} {'p99 µs':>8} {'CPU µs/req':>10} {'non-2xx':>8} {'user-info':>9}"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(f"{r['scenario']:<6} {SCENARIOS.get(r['scenario'], ''):<38} {r['round']:>5} {r['rps']:>9.0f} "
+              f"{r['p50_us']:>8} {r['p99_us']:>8} {r['cpu_us_per_request']:>10.1f} "
+              f"{r['non_2xx'] + r['failed']:>8} {r['userinfo_calls']:>9}")
+    print()
+    print("means over rounds")
+    print(header)
+    print("-" * len(header))
+    means = {}
+    for name in SCENARIOS:
+        runs = [r for r in rows if r["scenario"] == name]
+        if not runs:
+            continue
+        m = {k: mean(r[k] for r in runs) for k in ("rps", "p50_us", "p99_us", "cpu_us_per_request")}
+        m["bad"] = sum(r["non_2xx"] + r["failed"] for r in runs)
+        m["userinfo_calls"] = sum(r["userinfo_calls"] for r in runs)
+        means[name] = m
+        print(f"{name:<6} {SCENARIOS[name]:<38} {len(runs):>5} {m['rps']:>9.0f} {m['p50_us']:>8.0f} "
+              f"{m['p99_us']:>8.0f} {m['cpu_us_per_request']:>10.1f} {m['bad']:>8} {m['userinfo_calls']:>9}")
+    print()
+    print("ratios (issue 4 targets)")
+
+    def ratio(label, num, den, key, target, higher_is_better):
+        if num not in means or den not in means:
+            return
+        value = means[num][key] / means[den][key]
+        met = value >= target if higher_is_better else value <= target
+        sign = ">=" if higher_is_better else "<="
+        print(f"  {label:<52} {value:6.2f}   target {sign} {target:<4}  {'met' if met else 'NOT MET'}")
+
+    ratio("b/a throughput (checkpoint direct vs floor)", "b", "a", "rps", 0.8, True)
+    ratio("b/a p99 at 1,000 req/s", "b@1k", "a@1k", "p99_us", 1.5, False)
+    ratio("d/d0 throughput (Envoy+checkpoint vs Envoy+noop)", "d", "d0", "rps", 0.95, True)
+    ratio("d/e throughput (Envoy+checkpoint vs jwt_authn+rbac)", "d", "e", "rps", 1.0, True)
+    print()
+    print("other ratios")
+    for num, den in (("d0", "c"), ("d", "c"), ("e", "c")):
+        if num in means and den in means:
+            print(f"  {num}/{den} throughput {means[num]['rps'] / means[den]['rps']:6.2f}")
+    if "a" in means and "b" in means:
+        extra = means["b"]["cpu_us_per_request"] - means["a"]["cpu_us_per_request"]
+        print(f"  checkpoint's CPU above the floor: {extra:.1f} µs per Check "
+              f"({means['b']['cpu_us_per_request']:.1f} vs {means['a']['cpu_us_per_request']:.1f})")
+    if "d" in means and "d0" in means:
+        extra = means["d"]["cpu_us_per_request"] - means["d0"]["cpu_us_per_request"]
+        print(f"  Envoy+checkpoint CPU above Envoy+noop: {extra:.1f} µs per request")
+    bad = sum(m["bad"] for m in means.values())
+    if bad:
+        print(f"\nWARNING: {bad} requests were not 2xx or failed: the figures above are not all allow decisions")
+
+
+def main():
+    if len(sys.argv) >= 2 and sys.argv[1] == "run" and len(sys.argv) == 8:
+        run(*sys.argv[2:])
+    elif len(sys.argv) == 3 and sys.argv[1] == "report":
+        report(sys.argv[2])
+    else:
+        sys.exit(__doc__)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+// The authentication manager of the load benchmark (scripts/bench-load.sh): a user-info endpoint
+// that counts its calls, so the benchmark can report how many Checks reached it.
+//
+//   node bench/userinfo.js PORT [--delay-ms N] [--echo]
+//
+// Every GET answers 200 {"sub":"alice","groups":["admin"],"permissions":["api.users.get"]} after
+// --delay-ms milliseconds (default 0). With --echo the sub is the bearer token itself, so that N
+// distinct tokens are N distinct users (the cache-memory run). GET /__count answers {"calls":N}
+// and is not counted. Listens on 127.0.0.1 only.
+'use strict';
+const http = require('http');
+
+const args = process.argv.slice(2);
+const port = Number(args[0]);
+let delayMs = 0;
+let echo = false;
+for (let i = 1; i < args.length; i++) {
+  if (args[i] === '--delay-ms') delayMs = Number(args[++i]);
+  else if (args[i] === '--echo') echo = true;
+  else { console.error(`userinfo.js: unknown option ${args[i]}`); process.exit(2); }
+}
+if (!Number.isInteger(port) || port <= 0) {
+  console.error('usage: node bench/userinfo.js PORT [--delay-ms N] [--echo]');
+  process.exit(2);
+}
+
+let calls = 0;
+const fixed = JSON.stringify({ sub: 'alice', groups: ['admin'], permissions: ['api.users.get'] });
+
+const server = http.createServer((req, res) => {
+  if (req.url === '/__count') {
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.end(JSON.stringify({ calls }));
+    return;
+  }
+  calls++;
+  let body = fixed;
+  if (echo) {
+    const auth = req.headers.authorization || '';
+    const sub = auth.startsWith('Bearer ') ? auth.slice(7) : '';
+    body = JSON.stringify({ sub, groups: ['admin'], permissions: ['api.users.get'] });
+  }
+  const answer = () => {
+    res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
+    res.end(body);
+  };
+  if (delayMs > 0) setTimeout(answer, delayMs); else answer();
+});
+// checkpoint keeps its connections to user-info in a pool for 60 s: never close them first, or a
+// Check could pick a connection the server is closing and fail.
+server.keepAliveTimeout = 300000;
+server.headersTimeout = 301000;
+server.maxHeadersCount = 0;
+server.listen(port, '127.0.0.1');

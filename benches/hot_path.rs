@@ -1,0 +1,286 @@
+//! Micro-benchmarks of the per-Check hot path, one group per pipeline stage: route matching,
+//! expression evaluation, request normalisation and response building.
+//!
+//! Run: `cargo bench --bench hot_path` (about a minute; each bench measures for 2 s). The load
+//! benchmark of the whole server is `scripts/bench-load.sh`.
+#![allow(clippy::panic)] // Benchmarks: a broken fixture should stop the run loudly.
+
+use std::collections::HashMap;
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Duration;
+
+use checkpoint::check::{Decision, Denial, Outcome};
+use checkpoint::config::UserHeaders;
+use checkpoint::identity::User;
+use checkpoint::policy::{Expression, Facts};
+use checkpoint::request::{Request, path};
+use checkpoint::response::Responder;
+use checkpoint::route::{Method, MethodKey, RouteTable};
+use criterion::{Criterion, criterion_group, criterion_main};
+use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
+    HttpRequest, Request as AttrRequest,
+};
+use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+
+/// About fifty rules shaped like a real API gateway's rule file: a few top-level keys, resource
+/// collections with per-method rules, and deeper keys under some of them.
+fn route_table() -> RouteTable<usize> {
+    let mut table = RouteTable::new();
+    let mut n = 0;
+    let mut add = |path: &str, method: MethodKey| {
+        let key = path::normalize(path).unwrap_or_else(|e| panic!("rule key {path}: {e}"));
+        table
+            .insert(&key, method, n)
+            .unwrap_or_else(|e| panic!("{e}"));
+        n += 1;
+    };
+    for path in ["/", "/health", "/metrics", "/public", "/login", "/logout"] {
+        add(path, MethodKey::Exact(Method::Get));
+    }
+    let resources = [
+        "users",
+        "orders",
+        "products",
+        "invoices",
+        "carts",
+        "payments",
+        "shipments",
+        "reviews",
+    ];
+    for resource in resources {
+        add(
+            &format!("/api/v1/{resource}"),
+            MethodKey::Exact(Method::Get),
+        );
+        add(
+            &format!("/api/v1/{resource}"),
+            MethodKey::Exact(Method::Post),
+        );
+        add(&format!("/api/v1/{resource}/"), MethodKey::All);
+        add(
+            &format!("/api/v1/{resource}/search"),
+            MethodKey::Exact(Method::Post),
+        );
+        add(&format!("/api/v1/{resource}/export"), MethodKey::All);
+    }
+    for path in [
+        "/api/v1/users/me/settings",
+        "/api/v1/orders/archive/2024",
+        "/admin",
+        "/admin/audit",
+    ] {
+        add(path, MethodKey::All);
+    }
+    table
+}
+
+fn bench_route(c: &mut Criterion) {
+    let table = route_table();
+    assert!(table.len() >= 45, "only {} rules", table.len());
+    let mut group = c.benchmark_group("route");
+    let cases = [
+        ("exact_shallow", "/health", Method::Get),
+        ("exact_collection", "/api/v1/orders", Method::Post),
+        (
+            "prefix_deep",
+            "/api/v1/orders/1234/items/7/history",
+            Method::Get,
+        ),
+        ("exact_deep", "/api/v1/users/me/settings", Method::Put),
+        ("miss", "/nothing/here/at/all", Method::Get),
+    ];
+    for (name, path, method) in cases {
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                table
+                    .find(black_box(path), black_box(Some(method)))
+                    .is_some()
+            })
+        });
+    }
+    group.finish();
+}
+
+fn bench_expression(c: &mut Criterion) {
+    let source = r#"groups.admin && (permissions.api.users.get || clientType == "mobile")"#;
+    let expression = Expression::compile(source).unwrap_or_else(|e| panic!("{source}: {e}"));
+    let groups = ["users".to_owned(), "devops".to_owned(), "admin".to_owned()];
+    let permissions = [
+        "api.orders.get".to_owned(),
+        "api.orders.list".to_owned(),
+        "api.users.get".to_owned(),
+    ];
+    let allowed = Facts {
+        groups: &groups,
+        permissions: &permissions,
+        client_type: "web",
+        is_backoffice: false,
+    };
+    let refused = Facts {
+        groups: &groups[..2],
+        ..allowed
+    };
+    assert!(expression.evaluate(&allowed));
+    assert!(!expression.evaluate(&refused));
+    let mut group = c.benchmark_group("expression");
+    group.bench_function("three_clauses_true", |b| {
+        b.iter(|| expression.evaluate(black_box(&allowed)))
+    });
+    group.bench_function("three_clauses_false", |b| {
+        b.iter(|| expression.evaluate(black_box(&refused)))
+    });
+    group.bench_function("compile", |b| {
+        b.iter(|| Expression::compile(black_box(source)).is_ok())
+    });
+    group.finish();
+}
+
+/// Fifteen headers as Envoy forwards them for a browser request, pseudo-headers included.
+const HEADERS: [(&str, &str); 15] = [
+    (":authority", "api.example.com"),
+    (":method", "GET"),
+    (":path", "/api/v1/users/42/profile?view=full"),
+    (":scheme", "https"),
+    ("accept", "application/json"),
+    ("accept-encoding", "gzip, deflate, br"),
+    ("accept-language", "en-GB,en;q=0.9"),
+    (
+        "authorization",
+        "Bearer eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJlLWJ5dGVz",
+    ),
+    ("client-type", "web"),
+    ("cookie", "sid=0123456789abcdef; theme=dark"),
+    ("user-agent", "Mozilla/5.0 (X11; Linux x86_64) bench/1.0"),
+    ("x-forwarded-for", "10.0.0.7"),
+    ("x-forwarded-proto", "https"),
+    ("x-request-id", "6f1c2b1e-3d0a-4c8e-9a51-0c3f6a7b8d90"),
+    (
+        "traceparent",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+    ),
+];
+
+fn check_request(http: HttpRequest) -> CheckRequest {
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(AttrRequest {
+                http: Some(http),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
+fn bench_request(c: &mut Criterion) {
+    let map_form = check_request(HttpRequest {
+        id: "6f1c2b1e-3d0a-4c8e-9a51-0c3f6a7b8d90".into(),
+        method: "GET".into(),
+        path: "/api/v1/users/42/profile?view=full".into(),
+        host: "api.example.com".into(),
+        scheme: "https".into(),
+        protocol: "HTTP/2".into(),
+        headers: HEADERS
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect::<HashMap<_, _>>(),
+        ..Default::default()
+    });
+    // The proxyless-gRPC shape (gRFC A92): pairs only, raw bytes, no method/path/host fields.
+    let pair_form = check_request(HttpRequest {
+        header_map: Some(HeaderMap {
+            headers: HEADERS
+                .iter()
+                .map(|(k, v)| HeaderValue {
+                    key: (*k).to_owned(),
+                    raw_value: v.as_bytes().to_vec(),
+                    ..Default::default()
+                })
+                .collect(),
+        }),
+        ..Default::default()
+    });
+    for form in [&map_form, &pair_form] {
+        let request = Request::from_check(form);
+        assert_eq!(request.method, Some(Method::Get));
+        assert_eq!(request.path.as_deref(), Ok("/api/v1/users/42/profile"));
+    }
+    let mut group = c.benchmark_group("request");
+    group.bench_function("from_check_map_form", |b| {
+        b.iter(|| Request::from_check(black_box(&map_form)))
+    });
+    group.bench_function("from_check_header_map_form", |b| {
+        b.iter(|| Request::from_check(black_box(&pair_form)))
+    });
+    group.bench_function("normalize_clean", |b| {
+        b.iter(|| path::normalize(black_box("/api/v1/users/42/profile?view=full")))
+    });
+    group.bench_function("normalize_dots_and_escapes", |b| {
+        b.iter(|| {
+            path::normalize(black_box(
+                "/api/v1//users/41/../42/./pro%66ile%3a?view=full",
+            ))
+        })
+    });
+    group.finish();
+}
+
+fn bench_response(c: &mut Criterion) {
+    let headers = UserHeaders {
+        user_id: "miauserid".into(),
+        groups: "miausergroups".into(),
+        properties: "miauserproperties".into(),
+        properties_to_proxy: vec!["email".into()],
+    };
+    let responder = Responder::new(true, &headers);
+    let user = User::new(
+        "alice".into(),
+        vec!["admin".into(), "users".into()],
+        vec!["api.users.get".into()],
+        r#"{"email":"alice@example.com"}"#.into(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let allow = Outcome {
+        decision: Decision::Allow,
+        reason: "allowed",
+        rule: Some(("/api/v1/users/", MethodKey::All)),
+        user: Some(Arc::new(user)),
+        identity_source: "userinfo",
+        failure: None,
+        identity_cache: None,
+        identity_latency: None,
+    };
+    let deny = Outcome {
+        decision: Decision::Deny(Denial::Forbidden),
+        reason: "expression_false",
+        rule: Some(("/api/v1/users/", MethodKey::All)),
+        user: None,
+        identity_source: "userinfo",
+        failure: None,
+        identity_cache: None,
+        identity_latency: None,
+    };
+    let mut group = c.benchmark_group("response");
+    group.bench_function("allow_with_user", |b| {
+        b.iter(|| responder.build(black_box(&allow)))
+    });
+    group.bench_function("deny_forbidden", |b| {
+        b.iter(|| responder.build(black_box(&deny)))
+    });
+    group.finish();
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+}
+
+criterion_group! {
+    name = hot_path;
+    config = config();
+    targets = bench_route, bench_expression, bench_request, bench_response
+}
+criterion_main!(hot_path);

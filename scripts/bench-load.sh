@@ -1,0 +1,367 @@
+#!/usr/bin/env bash
+# Load benchmark of checkpoint against its floor and against Envoy's own authorization (issue 4).
+#
+#   scripts/bench-load.sh                 the load scenarios, alternated, ROUNDS times (about 3 min)
+#   scripts/bench-load.sh --cache-memory  resident memory of checkpoint with 100,000 distinct identities
+#   scripts/bench-load.sh --coalesce      user-info calls for 1,000 concurrent Checks with one new credential
+#   scripts/bench-load.sh --all           all three
+#
+# Scenarios, each driven by h2load (Debian's nghttp2-client, installed if missing):
+#   a    the no-op ext_authz server (examples/noop_authz.rs), gRPC Check direct: the floor
+#   b    checkpoint, gRPC Check direct, warm identity cache, a three-clause expression
+#   c    Envoy, no authorization, in front of a direct_response route
+#   d0   Envoy + the no-op server as ext_authz (gRPC)
+#   d    Envoy + checkpoint as ext_authz (gRPC)
+#   e    Envoy jwt_authn (RS256, inline JWKS, no token cache) + rbac on the groups claim
+#   a@1k, b@1k   a and b at a fixed 1,000 requests/s (h2load --rps, one connection), for p99
+#
+# Before loading anything, the script proves that the exact bytes it sends get an allow: the gRPC
+# body is posted once with curl and the CheckResponse decoded (status 0 and, for checkpoint, the
+# miauserid header); through Envoy the direct_response route echoes the miauserid it received as
+# x-seen-user. A request without a credential must be denied where authorization is on. During
+# the load, every non-2xx answer is counted and reported.
+#
+# Pinning: the server under test on core 0 (taskset -c 0), h2load on core 1. In d and d0 Envoy and
+# the ext_authz server share core 0, so the figures are "one core for the whole gateway"; the
+# user-info server (bench/userinfo.js) runs on core 1 with the load generator, out of the
+# measured CPU. CPU per request is utime+stime of the server processes (/proc/PID/stat) over
+# the run divided by the requests h2load completed.
+#
+# Settings (environment): BENCH_ROUNDS (2), BENCH_DURATION seconds per run (8), BENCH_CONNECTIONS
+# (4) and BENCH_STREAMS per connection (8) for the saturated runs, BENCH_RATE (1000),
+# BENCH_LOG_LEVEL for checkpoint (info, its default: the decision log line is written for every
+# Check, to /dev/null), BENCH_PORT_BASE (47100), BENCH_KEEP=1 keeps the work folder, BENCH_BUILD=0
+# skips `cargo build` (uses target/release as it is).
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+mode_load=0 mode_memory=0 mode_coalesce=0
+case "${1:-}" in
+  "") mode_load=1 ;;
+  --cache-memory) mode_memory=1 ;;
+  --coalesce) mode_coalesce=1 ;;
+  --all) mode_load=1 mode_memory=1 mode_coalesce=1 ;;
+  -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
+  *) echo "usage: $0 [--cache-memory | --coalesce | --all | --help]" >&2; exit 2 ;;
+esac
+
+ROUNDS="${BENCH_ROUNDS:-2}"
+DURATION="${BENCH_DURATION:-8}"
+CONNECTIONS="${BENCH_CONNECTIONS:-4}"
+STREAMS="${BENCH_STREAMS:-8}"
+RATE="${BENCH_RATE:-1000}"
+LOG_LEVEL_CHECKPOINT="${BENCH_LOG_LEVEL:-info}"
+PORT_BASE="${BENCH_PORT_BASE:-47100}"
+
+P_USERINFO=$((PORT_BASE + 0))
+P_NOOP=$((PORT_BASE + 1))
+P_CHECKPOINT=$((PORT_BASE + 2))
+P_CHECKPOINT_HTTP=$((PORT_BASE + 3))
+P_ENVOY_C=$((PORT_BASE + 10)) P_ADMIN_C=$((PORT_BASE + 11))
+P_ENVOY_D0=$((PORT_BASE + 12)) P_ADMIN_D0=$((PORT_BASE + 13))
+P_ENVOY_D=$((PORT_BASE + 14)) P_ADMIN_D=$((PORT_BASE + 15))
+P_ENVOY_E=$((PORT_BASE + 16)) P_ADMIN_E=$((PORT_BASE + 17))
+
+say() { printf 'bench: %s\n' "$*" >&2; }
+die() { printf 'bench: error: %s\n' "$*" >&2; exit 1; }
+
+work="$(mktemp -d /tmp/checkpoint-bench.XXXXXX)"
+pids=()
+cleanup() {
+  local pid
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  if [ "${BENCH_KEEP:-0}" = 1 ]; then say "work folder kept: $work"; else rm -rf "$work"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ---- tools ------------------------------------------------------------------------------------------
+if ! command -v h2load >/dev/null 2>&1; then
+  say "installing nghttp2-client (h2load)"
+  sudo_cmd=()
+  if [ "$(id -u)" -ne 0 ]; then sudo_cmd=(sudo); fi
+  "${sudo_cmd[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends nghttp2-client
+fi
+for tool in taskset curl openssl node python3; do
+  command -v "$tool" >/dev/null 2>&1 || die "$tool is missing (scripts/setup.sh installs most of them)"
+done
+if [ "$mode_load" = 1 ] && [ ! -x .venv/bin/envoy ]; then
+  say "no .venv/bin/envoy: running scripts/setup.sh"
+  bash scripts/setup.sh
+fi
+if [ "$(nproc)" -lt 2 ]; then die "needs two cores: one for the server, one for the load generator"; fi
+
+if [ "${BENCH_BUILD:-1}" = 1 ]; then
+  say "cargo build --release --locked --bin checkpoint --examples"
+  cargo build --quiet --release --locked --bin checkpoint --examples
+fi
+bin=target/release
+for b in "$bin/checkpoint" "$bin/examples/noop_authz" "$bin/examples/check_request_frame" \
+  "$bin/examples/distinct_identities"; do
+  [ -x "$b" ] || die "$b is missing: build with cargo build --release --locked --bin checkpoint --examples"
+done
+
+# ---- helpers ----------------------------------------------------------------------------------------
+# Waits until something accepts TCP connections on 127.0.0.1:$1.
+wait_port() {
+  local i
+  for i in $(seq 1 100); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  die "nothing listens on 127.0.0.1:$1 after 10 s ($2)"
+}
+
+# Starts a process in the background, pinned to core $1; its pid goes to $last_pid and pids.
+start() {
+  local core="$1" log="$2"
+  shift 2
+  taskset -c "$core" "$@" >"$log" 2>&1 &
+  last_pid=$!
+  pids+=("$last_pid")
+}
+
+# utime+stime, in clock ticks, of the processes given (all their threads).
+cpu_ticks() {
+  local total=0 pid
+  for pid in "$@"; do
+    # The command name (field 2) may hold spaces: cut after its closing parenthesis; utime and
+    # stime (fields 14 and 15 of the full line) are then fields 12 and 13.
+    total=$((total + $(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$pid/stat")))
+  done
+  echo "$total"
+}
+
+userinfo_calls() { curl -fsS "http://127.0.0.1:$P_USERINFO/__count" | python3 -c 'import json,sys; print(json.load(sys.stdin)["calls"])'; }
+
+start_userinfo() {
+  start 1 "$work/userinfo.log" node bench/userinfo.js "$P_USERINFO" "$@"
+  userinfo_pid=$last_pid
+  wait_port "$P_USERINFO" user-info
+}
+
+# checkpoint with the rule file bench/auth.json and the user-info server above.
+start_checkpoint() {
+  local out=/dev/null
+  [ "${BENCH_KEEP:-0}" = 1 ] && out="$work/checkpoint.log"
+  # Security of the bench itself: env -i, so no variable of the caller's shell changes the run.
+  taskset -c 0 env -i PATH="$PATH" \
+    CONFIGURATION_PATH="$root/bench" CONFIGURATION_FILE_NAME=auth \
+    USERINFO_URL="http://127.0.0.1:$P_USERINFO/userinfo" \
+    CUSTOM_PERMISSIONS_KEY=permissions \
+    CHECKPOINT_GRPC_ADDR="127.0.0.1:$P_CHECKPOINT" \
+    CHECKPOINT_HTTP_ADDR="127.0.0.1:$P_CHECKPOINT_HTTP" \
+    LOG_LEVEL="$LOG_LEVEL_CHECKPOINT" DELAY_SHUTDOWN_SECONDS=0 \
+    ${CHECKPOINT_IDENTITY_CACHE_TTL:+CHECKPOINT_IDENTITY_CACHE_TTL="$CHECKPOINT_IDENTITY_CACHE_TTL"} \
+    "$bin/checkpoint" >"$out" 2>"$work/checkpoint.err" &
+  checkpoint_pid=$!
+  pids+=("$checkpoint_pid")
+  wait_port "$P_CHECKPOINT" checkpoint
+}
+
+# Posts a gRPC body with curl; prints the decoded CheckResponse (see check_request_frame decode).
+grpc_post() {
+  local port="$1" frame="$2" out="$work/grpc.$RANDOM"
+  curl -sS --http2-prior-knowledge -X POST \
+    -H 'content-type: application/grpc' -H 'te: trailers' \
+    --data-binary "@$frame" -D "$out.headers" -o "$out.body" \
+    "http://127.0.0.1:$port/envoy.service.auth.v3.Authorization/Check"
+  grep -qi '^grpc-status: *0' "$out.headers" || die "port $port: no grpc-status 0 in $(tr -d '\r' <"$out.headers")"
+  "$bin/examples/check_request_frame" decode "$out.body"
+}
+
+# Asserts that a decoded CheckResponse ($1) holds every line given.
+expect_lines() {
+  local what="$1" text="$2" line
+  shift 2
+  for line in "$@"; do
+    grep -qxF "$line" <<<"$text" || die "$what: expected \"$line\" in the answer, got: $(tr '\n' ' ' <<<"$text")"
+  done
+}
+
+# HTTP status and x-seen-user of one request through Envoy, as "STATUS USER".
+envoy_get() {
+  local port="$1"
+  shift
+  curl -sS -o /dev/null -D - "$@" "http://127.0.0.1:$port/api/users/42" | tr -d '\r' |
+    awk 'NR == 1 { status = $2 } tolower($1) == "x-seen-user:" { user = $2 } END { print status, user }'
+}
+
+start_envoy() {
+  local name="$1" template="$2" listen="$3" admin="$4" i
+  shift 4
+  env LISTEN_PORT="$listen" ADMIN_PORT="$admin" "$@" bash scripts/render-envoy.sh "$template" "$work/envoy-$name.yaml" >&2
+  start 0 "$work/envoy-$name.log" "$envoy_bin" -c "$work/envoy-$name.yaml" --concurrency 1 \
+    --disable-hot-restart -l warning
+  envoy_pid[$name]=$last_pid
+  for i in $(seq 1 100); do
+    if [ "$(curl -fsS "http://127.0.0.1:$admin/ready" 2>/dev/null)" = LIVE ]; then return 0; fi
+    kill -0 "$last_pid" 2>/dev/null || die "envoy $name exited: $(tail -5 "$work/envoy-$name.log")"
+    sleep 0.1
+  done
+  die "envoy $name is not ready after 10 s: $(tail -5 "$work/envoy-$name.log")"
+}
+
+base64url() { openssl base64 -A | tr '+/' '-_' | tr -d '='; }
+
+# ---- the load scenarios -----------------------------------------------------------------------------
+load_scenarios() {
+  # The real Envoy binary, not the Python launcher, so that its pid is the one doing the work.
+  envoy_bin="$(.venv/bin/python -c 'import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy"))')"
+  [ -x "$envoy_bin" ] || die "no Envoy binary at $envoy_bin"
+  declare -gA envoy_pid=()
+
+  # An RS256 key, its JWKS and one token. The token is the credential of every scenario, so the
+  # requests are the same size everywhere; checkpoint passes it to user-info, Envoy verifies it.
+  openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$work/jwt.key" 2>/dev/null
+  local modulus now header payload signature jwks
+  modulus="$(openssl rsa -in "$work/jwt.key" -noout -modulus | cut -d= -f2)"
+  jwks="$(python3 -c '
+import base64, json, sys
+n = base64.urlsafe_b64encode(bytes.fromhex(sys.argv[1])).rstrip(b"=").decode()
+print(json.dumps({"keys": [{"kty": "RSA", "alg": "RS256", "use": "sig", "kid": "bench", "n": n, "e": "AQAB"}]}, separators=(",", ":")))
+' "$modulus")"
+  now="$(date +%s)"
+  header="$(printf '{"alg":"RS256","typ":"JWT","kid":"bench"}' | base64url)"
+  payload="$(printf '{"iss":"bench-issuer","sub":"alice","groups":["admin"],"permissions":["api.users.get"],"iat":%d,"exp":%d}' "$now" "$((now + 3600))" | base64url)"
+  signature="$(printf '%s.%s' "$header" "$payload" | openssl dgst -sha256 -sign "$work/jwt.key" -binary | base64url)"
+  jwt="$header.$payload.$signature"
+
+  "$bin/examples/check_request_frame" encode "$work/check.bin" --token "$jwt" --path '/api/users/42?view=full'
+  "$bin/examples/check_request_frame" encode "$work/anonymous.bin" --token '' --path '/api/users/42?view=full'
+
+  say "starting user-info, noop, checkpoint and four Envoys"
+  start_userinfo
+  start 0 "$work/noop.log" "$bin/examples/noop_authz" "127.0.0.1:$P_NOOP"
+  noop_pid=$last_pid
+  wait_port "$P_NOOP" noop_authz
+  start_checkpoint
+  start_envoy c bench/envoy-plain.yaml "$P_ENVOY_C" "$P_ADMIN_C"
+  start_envoy d0 bench/envoy-ext-authz.yaml "$P_ENVOY_D0" "$P_ADMIN_D0" AUTHZ_PORT="$P_NOOP"
+  start_envoy d bench/envoy-ext-authz.yaml "$P_ENVOY_D" "$P_ADMIN_D" AUTHZ_PORT="$P_CHECKPOINT"
+  start_envoy e bench/envoy-jwt.yaml "$P_ENVOY_E" "$P_ADMIN_E" JWKS_JSON="$jwks"
+
+  say "verifying that every scenario answers with the expected decision"
+  local answer
+  answer="$(grpc_post "$P_NOOP" "$work/check.bin")"
+  expect_lines "a (noop)" "$answer" "status 0"
+  answer="$(grpc_post "$P_CHECKPOINT" "$work/check.bin")"
+  expect_lines "b (checkpoint)" "$answer" "status 0" "header miauserid=alice" "header miausergroups=admin"
+  answer="$(grpc_post "$P_CHECKPOINT" "$work/anonymous.bin")"
+  expect_lines "b (checkpoint, no credential)" "$answer" "status 16" "denied 401"
+  [ "$(envoy_get "$P_ENVOY_C")" = "200 " ] || die "c: expected 200, got $(envoy_get "$P_ENVOY_C")"
+  [ "$(envoy_get "$P_ENVOY_D0" -H "authorization: Bearer $jwt")" = "200 " ] || die "d0: expected 200"
+  for s in d e; do
+    local port_var="P_ENVOY_${s^^}" got
+    got="$(envoy_get "${!port_var}" -H "authorization: Bearer $jwt")"
+    [ "$got" = "200 alice" ] || die "$s: expected 200 with miauserid alice upstream, got '$got'"
+    got="$(envoy_get "${!port_var}")"
+    [ "$got" = "401 " ] || die "$s: expected 401 without a credential, got '$got'"
+  done
+  say "verified: a, b allow (b with miauserid=alice, 401 without credential); c, d0 200; d, e 200 with miauserid=alice upstream, 401 without credential"
+
+  local results="$work/results.jsonl" round
+  : >"$results"
+  for round in $(seq 1 "$ROUNDS"); do
+    for s in a b c d0 d e a@1k b@1k; do
+      run_scenario "$s" "$round" "$results"
+    done
+  done
+  echo
+  echo "checkpoint $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$root" diff --quiet 2>/dev/null || echo '+dirty'), LOG_LEVEL=$LOG_LEVEL_CHECKPOINT, $ROUNDS rounds of ${DURATION}s, saturated runs: $CONNECTIONS connections x $STREAMS streams, h2load on core 1, servers on core 0"
+  python3 bench/stats.py report "$results"
+  local total_calls
+  total_calls="$(userinfo_calls)"
+  echo
+  echo "user-info calls during the whole load run (verification and warm-up included): $total_calls"
+}
+
+# One h2load run: a short unmeasured warm-up, then a timed run with CPU accounting.
+run_scenario() {
+  local s="$1" round="$2" results="$3" url servers=() args=()
+  local grpc=(-H 'content-type: application/grpc' -H 'te: trailers' -d "$work/check.bin")
+  local rest=(-H "authorization: Bearer $jwt")
+  local saturate=(-c "$CONNECTIONS" -m "$STREAMS")
+  local paced=(-c 1 -m 1 --rps "$RATE")
+  case "$s" in
+    a) url="http://127.0.0.1:$P_NOOP/envoy.service.auth.v3.Authorization/Check" servers=("$noop_pid") args=("${grpc[@]}" "${saturate[@]}") ;;
+    b) url="http://127.0.0.1:$P_CHECKPOINT/envoy.service.auth.v3.Authorization/Check" servers=("$checkpoint_pid") args=("${grpc[@]}" "${saturate[@]}") ;;
+    a@1k) url="http://127.0.0.1:$P_NOOP/envoy.service.auth.v3.Authorization/Check" servers=("$noop_pid") args=("${grpc[@]}" "${paced[@]}") ;;
+    b@1k) url="http://127.0.0.1:$P_CHECKPOINT/envoy.service.auth.v3.Authorization/Check" servers=("$checkpoint_pid") args=("${grpc[@]}" "${paced[@]}") ;;
+    c) url="http://127.0.0.1:$P_ENVOY_C/api/users/42" servers=("${envoy_pid[c]}") args=("${rest[@]}" "${saturate[@]}") ;;
+    d0) url="http://127.0.0.1:$P_ENVOY_D0/api/users/42" servers=("${envoy_pid[d0]}" "$noop_pid") args=("${rest[@]}" "${saturate[@]}") ;;
+    d) url="http://127.0.0.1:$P_ENVOY_D/api/users/42" servers=("${envoy_pid[d]}" "$checkpoint_pid") args=("${rest[@]}" "${saturate[@]}") ;;
+    e) url="http://127.0.0.1:$P_ENVOY_E/api/users/42" servers=("${envoy_pid[e]}") args=("${rest[@]}" "${saturate[@]}") ;;
+  esac
+  local tag="${s/@/_}.$round"
+  local warmup=2000
+  case "$s" in *@1k) warmup=300 ;; esac
+  taskset -c 1 h2load -n "$warmup" "${args[@]}" "$url" >"$work/$tag.warmup" 2>&1 ||
+    die "$s: warm-up failed: $(tail -3 "$work/$tag.warmup")"
+  local calls0 ticks0 calls1 ticks1
+  calls0="$(userinfo_calls)"
+  ticks0="$(cpu_ticks "${servers[@]}")"
+  taskset -c 1 h2load -D "$DURATION" "${args[@]}" --log-file "$work/$tag.log" "$url" >"$work/$tag.out" 2>&1 ||
+    die "$s: h2load failed: $(tail -3 "$work/$tag.out")"
+  ticks1="$(cpu_ticks "${servers[@]}")"
+  calls1="$(userinfo_calls)"
+  python3 bench/stats.py run "$s" "$round" "$work/$tag.out" "$work/$tag.log" "$((ticks1 - ticks0))" "$((calls1 - calls0))" | tee -a "$results" |
+    python3 -c 'import json,sys; r=json.load(sys.stdin); print(f"bench: {r[\"scenario\"]:>5} round {r[\"round\"]}: {r[\"rps\"]:8.0f} req/s  p50 {r[\"p50_us\"]} µs  p99 {r[\"p99_us\"]} µs  CPU {r[\"cpu_us_per_request\"]:.1f} µs/req  non-2xx {r[\"non_2xx\"]}  user-info {r[\"userinfo_calls\"]}", file=sys.stderr)'
+}
+
+# ---- resident memory with 100,000 distinct identities --------------------------------------------------
+cache_memory() {
+  local n="${BENCH_IDENTITIES:-100000}" rss0 rss1 hwm calls replay
+  say "cache memory: $n distinct credentials through checkpoint (user-info answers a distinct sub for each)"
+  start_userinfo --echo
+  start_checkpoint
+  "$bin/examples/check_request_frame" encode "$work/check.bin" --token warm-up
+  grpc_post "$P_CHECKPOINT" "$work/check.bin" >/dev/null
+  rss0="$(awk '/^VmRSS/ { print $2 }' "/proc/$checkpoint_pid/status")"
+  taskset -c 1 "$bin/examples/distinct_identities" "127.0.0.1:$P_CHECKPOINT" "$n" --concurrency 64 --connections 4 --prefix id
+  calls="$(userinfo_calls)"
+  sleep 1
+  rss1="$(awk '/^VmRSS/ { print $2 }' "/proc/$checkpoint_pid/status")"
+  hwm="$(awk '/^VmHWM/ { print $2 }' "/proc/$checkpoint_pid/status")"
+  # The first 1,000 credentials again: with a cache holding all of them, no new user-info call.
+  taskset -c 1 "$bin/examples/distinct_identities" "127.0.0.1:$P_CHECKPOINT" 1000 --concurrency 16 --connections 1 --prefix id >/dev/null
+  replay=$(($(userinfo_calls) - calls))
+  echo
+  echo "cache memory: $n distinct identities, $calls user-info calls"
+  echo "  checkpoint VmRSS before: $((rss0 / 1024)) MiB, after: $((rss1 / 1024)) MiB ($rss1 KiB), peak VmHWM: $((hwm / 1024)) MiB   target <= 128 MiB"
+  echo "  replaying 1,000 of those credentials: $replay user-info calls (0 when they are all still cached)"
+  kill "$checkpoint_pid" "$userinfo_pid" 2>/dev/null || true
+  wait "$checkpoint_pid" "$userinfo_pid" 2>/dev/null || true
+}
+
+# ---- coalescing: 1,000 concurrent Checks, one new credential, a slow user-info ---------------------------
+coalesce() {
+  say "coalesce: 1,000 concurrent Checks with one new credential, user-info answers after 200 ms"
+  start_userinfo --delay-ms 200
+  start_checkpoint
+  local token="coalesce-$RANDOM$RANDOM" calls
+  taskset -c 1 "$bin/examples/distinct_identities" "127.0.0.1:$P_CHECKPOINT" 1000 --concurrency 1000 --connections 10 --same-token "$token"
+  calls="$(userinfo_calls)"
+  echo
+  echo "coalesce: user-info calls for 1,000 concurrent Checks with one new credential: $calls   target exactly 1"
+  kill "$checkpoint_pid" "$userinfo_pid" 2>/dev/null || true
+  wait "$checkpoint_pid" "$userinfo_pid" 2>/dev/null || true
+}
+
+started_at=$SECONDS
+if [ "$mode_load" = 1 ]; then load_scenarios; fi
+if [ "$mode_memory" = 1 ] || [ "$mode_coalesce" = 1 ]; then
+  if [ "$mode_load" = 1 ]; then
+    # The later modes start their own checkpoint and user-info on the same ports.
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    pids=()
+  fi
+fi
+if [ "$mode_memory" = 1 ]; then cache_memory; fi
+if [ "$mode_coalesce" = 1 ]; then coalesce; fi
+say "done in $((SECONDS - started_at)) s"

@@ -1,0 +1,477 @@
+//! The identity cache: one answer of an identity source per credential, reused until it expires.
+//!
+//! Called by the [`Resolver`](super::Resolver) around each source that can name the credential it
+//! would use ([`Source::cache_key`](super::Source::cache_key)). What it must never do:
+//! - keep a credential, or a plain digest of one, as a key: keys are a 128-bit keyed hash
+//!   (SipHash under a random per-process key, twice with distinct domain bytes) of every proxied
+//!   header and of the source's URL, so two different credentials never share an entry;
+//! - store anything but a definitive answer: a user (for the TTL, never past a JWT's `exp`), an
+//!   anonymous or invalid answer (for the negative TTL); outages, timeouts and errors are never
+//!   stored;
+//! - call the source twice for concurrent lookups of one key: they are coalesced onto one call.
+//!
+//! Entry lifetimes are checked against `tokio::time::Instant`, so tests drive them with
+//! `tokio::time::pause()`; moka's own expiry only bounds memory.
+
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use tokio::time::Instant;
+
+use super::Resolution;
+use crate::request::Request;
+
+/// How long answers are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheSettings {
+    /// For users; zero turns the cache off.
+    pub ttl: Duration,
+    /// For anonymous and invalid answers; zero stores none.
+    pub negative_ttl: Duration,
+    pub max_entries: u64,
+}
+
+/// How one lookup went, for the decision log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup {
+    Hit,
+    Miss,
+    /// Waited for another request's call for the same key.
+    Coalesced,
+}
+
+impl Lookup {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lookup::Hit => "hit",
+            Lookup::Miss => "miss",
+            Lookup::Coalesced => "coalesced",
+        }
+    }
+}
+
+/// Counters since start, for logs and (later) metrics.
+#[derive(Debug, Default)]
+pub struct CacheStats {
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub coalesced: AtomicU64,
+}
+
+#[derive(Clone)]
+struct Entry {
+    resolution: Resolution,
+    expires: Instant,
+    ttl: Duration,
+}
+
+struct EntryExpiry;
+
+impl moka::Expiry<u128, Entry> for EntryExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &u128,
+        value: &Entry,
+        _created_at: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(value.ttl)
+    }
+}
+
+pub struct IdentityCache {
+    entries: moka::future::Cache<u128, Entry>,
+    settings: CacheSettings,
+    key_state: RandomState,
+    pub stats: Arc<CacheStats>,
+}
+
+/// Builds a cache key: feed it with [`Hasher::write`]; length-prefix variable fields.
+pub struct KeyHasher {
+    a: std::hash::DefaultHasher,
+    b: std::hash::DefaultHasher,
+}
+
+impl KeyHasher {
+    /// Writes a field so that no two sequences of fields produce the same bytes.
+    pub fn field(&mut self, bytes: &[u8]) {
+        self.write_u64(bytes.len() as u64);
+        self.write(bytes);
+    }
+
+    fn finish128(&self) -> u128 {
+        (u128::from(self.a.finish()) << 64) | u128::from(self.b.finish())
+    }
+}
+
+impl Hasher for KeyHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        self.a.write(bytes);
+        self.b.write(bytes);
+    }
+
+    fn finish(&self) -> u64 {
+        self.a.finish()
+    }
+}
+
+impl IdentityCache {
+    /// `None` when the TTL is zero: the cache is off.
+    pub fn new(settings: CacheSettings) -> Option<IdentityCache> {
+        if settings.ttl.is_zero() {
+            return None;
+        }
+        let longest = settings.ttl.max(settings.negative_ttl);
+        let entries = moka::future::Cache::builder()
+            .max_capacity(settings.max_entries)
+            .expire_after(EntryExpiry)
+            .time_to_live(longest)
+            .build();
+        Some(IdentityCache {
+            entries,
+            settings,
+            key_state: RandomState::new(),
+            stats: Arc::new(CacheStats::default()),
+        })
+    }
+
+    /// A fresh key builder under this process's secret key.
+    pub fn key_hasher(&self) -> KeyHasher {
+        let mut a = self.key_state.build_hasher();
+        let mut b = self.key_state.build_hasher();
+        // Distinct domain bytes make the two halves independent functions of the input.
+        a.write_u8(0xa5);
+        b.write_u8(0x5a);
+        KeyHasher { a, b }
+    }
+
+    pub fn key(hasher: &KeyHasher) -> u128 {
+        hasher.finish128()
+    }
+
+    /// The cached answer for `key`, or the answer of `resolve`, stored if definitive.
+    /// Concurrent callers with the same key share one call of `resolve`.
+    pub async fn get_or_resolve<F>(
+        &self,
+        key: u128,
+        request: &Request,
+        resolve: F,
+    ) -> (Resolution, Lookup)
+    where
+        F: Future<Output = Resolution> + Send,
+    {
+        let now = Instant::now();
+        if let Some(entry) = self.entries.get(&key).await {
+            if entry.expires > now {
+                self.stats.hits.fetch_add(1, Ordering::Relaxed);
+                return (entry.resolution, Lookup::Hit);
+            }
+            self.entries.invalidate(&key).await;
+        }
+        let ran = AtomicBool::new(false);
+        let credential_exp = jwt_exp(request);
+        let settings = self.settings;
+        let result = self
+            .entries
+            .try_get_with(key, async {
+                ran.store(true, Ordering::Relaxed);
+                let resolution = resolve.await;
+                let unix_now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs();
+                match ttl_for(&resolution, &settings, credential_exp, unix_now) {
+                    Some(ttl) => Ok(Entry {
+                        resolution,
+                        expires: Instant::now() + ttl,
+                        ttl,
+                    }),
+                    None => Err(resolution),
+                }
+            })
+            .await;
+        let lookup = if ran.load(Ordering::Relaxed) {
+            self.stats.misses.fetch_add(1, Ordering::Relaxed);
+            Lookup::Miss
+        } else {
+            self.stats.coalesced.fetch_add(1, Ordering::Relaxed);
+            Lookup::Coalesced
+        };
+        let resolution = match result {
+            Ok(entry) => entry.resolution,
+            Err(uncached) => (*uncached).clone(),
+        };
+        (resolution, lookup)
+    }
+
+    /// Entries currently held (approximate until moka runs its pending tasks).
+    pub fn len(&self) -> u64 {
+        self.entries.entry_count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// How long an answer may be kept: `None` for answers that must not be stored. A user is kept
+/// for the TTL but never past the credential's own expiry (`exp`, seconds since the epoch).
+pub fn ttl_for(
+    resolution: &Resolution,
+    settings: &CacheSettings,
+    credential_exp: Option<u64>,
+    unix_now: u64,
+) -> Option<Duration> {
+    let ttl = match resolution {
+        Resolution::User(_) => settings.ttl,
+        Resolution::Anonymous | Resolution::Invalid(_) => settings.negative_ttl,
+        Resolution::Unavailable(_) | Resolution::NoCredential => return None,
+    };
+    let ttl = match (resolution, credential_exp) {
+        (Resolution::User(_), Some(exp)) => {
+            ttl.min(Duration::from_secs(exp.saturating_sub(unix_now)))
+        }
+        _ => ttl,
+    };
+    (!ttl.is_zero()).then_some(ttl)
+}
+
+/// The `exp` claim of a bearer JWT in the `authorization` header, read without verification: it
+/// only ever shortens how long an answer is kept.
+pub fn jwt_exp(request: &Request) -> Option<u64> {
+    let value = request.header("authorization")?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let mut parts = token.trim().split('.');
+    let (_header, payload, _signature) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() || payload.len() > 16 * 1024 {
+        return None;
+    }
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    #[derive(serde::Deserialize)]
+    struct Claims {
+        exp: Option<f64>,
+    }
+    let claims: Claims = serde_json::from_slice(&bytes).ok()?;
+    claims
+        .exp
+        .filter(|e| e.is_finite() && *e >= 0.0)
+        .map(|e| e as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::{Failure, User};
+    use crate::request::Headers;
+    use std::sync::atomic::AtomicUsize;
+
+    fn settings() -> CacheSettings {
+        CacheSettings {
+            ttl: Duration::from_secs(30),
+            negative_ttl: Duration::from_secs(5),
+            max_entries: 1000,
+        }
+    }
+
+    fn user(id: &str) -> Resolution {
+        Resolution::User(Arc::new(
+            User::new(id.into(), vec![], vec![], "{}".into()).expect("valid"),
+        ))
+    }
+
+    fn request(authorization: &str) -> Request {
+        Request {
+            method: None,
+            path: Ok("/".into()),
+            headers: Headers::from_pairs([("authorization", authorization.to_owned())]),
+            principal: String::new(),
+            request_id: String::new(),
+        }
+    }
+
+    fn key_of(cache: &IdentityCache, credential: &str) -> u128 {
+        let mut h = cache.key_hasher();
+        h.field(b"userinfo");
+        h.field(credential.as_bytes());
+        IdentityCache::key(&h)
+    }
+
+    fn jwt(exp: u64) -> String {
+        let enc = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        format!(
+            "Bearer {}.{}.sig",
+            enc(r#"{"alg":"RS256"}"#),
+            enc(&format!(r#"{{"sub":"a","exp":{exp}}}"#))
+        )
+    }
+
+    #[test]
+    fn what_is_kept_and_for_how_long() {
+        let s = settings();
+        let unavailable = Resolution::Unavailable(Failure::new("userinfo_status", "500"));
+        let invalid = Resolution::Invalid(Failure::new("x", "y"));
+        assert_eq!(
+            ttl_for(&user("a"), &s, None, 1000),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            ttl_for(&Resolution::Anonymous, &s, None, 1000),
+            Some(Duration::from_secs(5))
+        );
+        assert_eq!(
+            ttl_for(&invalid, &s, None, 1000),
+            Some(Duration::from_secs(5))
+        );
+        assert_eq!(ttl_for(&unavailable, &s, None, 1000), None);
+        assert_eq!(ttl_for(&Resolution::NoCredential, &s, None, 1000), None);
+        // Never past the credential's own expiry; an expired credential is not kept at all.
+        assert_eq!(
+            ttl_for(&user("a"), &s, Some(1010), 1000),
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(
+            ttl_for(&user("a"), &s, Some(5000), 1000),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(ttl_for(&user("a"), &s, Some(999), 1000), None);
+        let no_negative = CacheSettings {
+            negative_ttl: Duration::ZERO,
+            ..s
+        };
+        assert_eq!(
+            ttl_for(&Resolution::Anonymous, &no_negative, None, 1000),
+            None
+        );
+    }
+
+    #[test]
+    fn jwt_exp_is_read_from_bearer_tokens_only() {
+        assert_eq!(jwt_exp(&request(&jwt(1_700_000_000))), Some(1_700_000_000));
+        assert_eq!(jwt_exp(&request("Bearer opaque-token")), None);
+        assert_eq!(jwt_exp(&request("Basic a.b.c")), None);
+        assert_eq!(jwt_exp(&request("Bearer a.!!!.c")), None);
+        assert_eq!(jwt_exp(&request("Bearer a.b.c.d")), None);
+    }
+
+    #[test]
+    fn zero_ttl_turns_the_cache_off() {
+        assert!(
+            IdentityCache::new(CacheSettings {
+                ttl: Duration::ZERO,
+                ..settings()
+            })
+            .is_none()
+        );
+    }
+
+    #[test]
+    fn different_credentials_have_different_keys_and_fields_do_not_run_together() {
+        let cache = IdentityCache::new(settings()).expect("on");
+        assert_ne!(key_of(&cache, "Bearer a"), key_of(&cache, "Bearer b"));
+        assert_eq!(key_of(&cache, "Bearer a"), key_of(&cache, "Bearer a"));
+        let joined = |x: &[&str]| {
+            let mut h = cache.key_hasher();
+            for f in x {
+                h.field(f.as_bytes());
+            }
+            IdentityCache::key(&h)
+        };
+        assert_ne!(joined(&["ab", "c"]), joined(&["a", "bc"]));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn users_expire_after_the_ttl_and_anonymous_after_the_negative_ttl() {
+        let cache = IdentityCache::new(settings()).expect("on");
+        let calls = AtomicUsize::new(0);
+        let req = request("Bearer alice");
+        let ask = |answer: Resolution| {
+            let calls = &calls;
+            async move {
+                calls.fetch_add(1, Ordering::SeqCst);
+                answer
+            }
+        };
+        let k = key_of(&cache, "Bearer alice");
+        assert_eq!(
+            cache.get_or_resolve(k, &req, ask(user("alice"))).await.1,
+            Lookup::Miss
+        );
+        tokio::time::advance(Duration::from_secs(29)).await;
+        let (r, lookup) = cache.get_or_resolve(k, &req, ask(user("other"))).await;
+        assert_eq!((r, lookup), (user("alice"), Lookup::Hit));
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let (r, lookup) = cache.get_or_resolve(k, &req, ask(user("fresh"))).await;
+        assert_eq!((r, lookup), (user("fresh"), Lookup::Miss));
+
+        let anon = key_of(&cache, "Bearer bad");
+        cache
+            .get_or_resolve(anon, &req, ask(Resolution::Anonymous))
+            .await;
+        tokio::time::advance(Duration::from_secs(4)).await;
+        assert_eq!(
+            cache.get_or_resolve(anon, &req, ask(user("x"))).await.1,
+            Lookup::Hit
+        );
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(
+            cache.get_or_resolve(anon, &req, ask(user("x"))).await,
+            (user("x"), Lookup::Miss)
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn errors_are_never_kept() {
+        let cache = IdentityCache::new(settings()).expect("on");
+        let req = request("Bearer alice");
+        let k = key_of(&cache, "Bearer alice");
+        let down = Resolution::Unavailable(Failure::new("userinfo_status", "503"));
+        let (r, _) = cache
+            .get_or_resolve(k, &req, std::future::ready(down.clone()))
+            .await;
+        assert_eq!(r, down);
+        let (r, lookup) = cache
+            .get_or_resolve(k, &req, std::future::ready(user("alice")))
+            .await;
+        assert_eq!((r, lookup), (user("alice"), Lookup::Miss));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_misses_make_one_call() {
+        let cache = Arc::new(IdentityCache::new(settings()).expect("on"));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let k = key_of(&cache, "Bearer new");
+        let mut tasks = Vec::new();
+        for _ in 0..200 {
+            let (cache, calls) = (cache.clone(), calls.clone());
+            tasks.push(tokio::spawn(async move {
+                let req = request("Bearer new");
+                cache
+                    .get_or_resolve(k, &req, async {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        user("new")
+                    })
+                    .await
+            }));
+        }
+        for t in tasks {
+            assert_eq!(t.await.expect("task").0, user("new"));
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        let stats = &cache.stats;
+        assert_eq!(stats.misses.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            stats.hits.load(Ordering::SeqCst) + stats.coalesced.load(Ordering::SeqCst),
+            199
+        );
+    }
+}
