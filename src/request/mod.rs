@@ -123,8 +123,11 @@ impl Request {
         };
         let method_text = non_empty(&http.method).or_else(|| headers.get(":method"));
         let raw_path = non_empty(&http.path).or_else(|| headers.get(":path"));
-        let request_id = non_empty(&http.id)
-            .or_else(|| headers.get("x-request-id"))
+        // Envoy 1.40 fills `id` with its internal stream id, which appears nowhere else; the
+        // x-request-id header is what access logs and upstreams see.
+        let request_id = headers
+            .get("x-request-id")
+            .or_else(|| non_empty(&http.id))
             .unwrap_or_default()
             .to_owned();
         Request {
