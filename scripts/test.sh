@@ -11,3 +11,5 @@ bash scripts/setup.sh
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
 cargo test --locked --all-targets
+# The Dockerfile's build step, so that the image build is exercised here too.
+cargo build --release --locked

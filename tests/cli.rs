@@ -94,3 +94,73 @@ fn unknown_commands_are_refused() {
         .expect("run");
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn sigterm_turns_not_ready_then_exits_zero() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(
+        dir.path().join("auth.json"),
+        r#"{ "/": { "GET": { "authorization": { "expression": "true", "public": true } } } }"#,
+    )
+    .expect("write");
+    let free_port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port()
+    };
+    let (grpc, http) = (free_port(), free_port());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_checkpoint"))
+        .env_clear()
+        .env("CONFIGURATION_PATH", dir.path())
+        .env("CONFIGURATION_FILE_NAME", "auth")
+        .env("USERINFO_URL", "http://127.0.0.1:9/userinfo")
+        .env("CHECKPOINT_GRPC_ADDR", format!("127.0.0.1:{grpc}"))
+        .env("CHECKPOINT_HTTP_ADDR", format!("127.0.0.1:{http}"))
+        .env("DELAY_SHUTDOWN_SECONDS", "1")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let ready = |want: &str| {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", http)).ok()?;
+        std::io::Write::write_all(
+            &mut stream,
+            b"GET /-/ready HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+        )
+        .ok()?;
+        let mut text = String::new();
+        stream.read_to_string(&mut text).ok()?;
+        text.starts_with(want).then_some(())
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while ready("HTTP/1.1 200").is_none() {
+        assert!(std::time::Instant::now() < deadline, "never ready");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(
+        ready("HTTP/1.1 503").is_some(),
+        "/-/ready must answer 503 during the shutdown delay"
+    );
+    let exit = child.wait().expect("wait");
+    assert_eq!(exit.code(), Some(0));
+    let mut logs = String::new();
+    child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut logs)
+        .expect("read");
+    assert!(logs.contains("\"signal\":\"SIGTERM\""), "{logs}");
+    assert!(
+        logs.lines().all(|l| l.starts_with('{')),
+        "JSON lines only: {logs}"
+    );
+}
