@@ -433,13 +433,13 @@ mod tests {
         let errors = RuleSet::parse("auth.json", text).expect_err("invalid");
         let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
         let expect = [
-            r#"auth.json:3:19: rule "/bad-expr" GET: authorization.expression "groups.admin &&": invalid expression at column"#,
-            r#"auth.json:4:21: rule "/bad-method" get: unknown method "get""#,
+            r#"auth.json:3:18: rule "/bad-expr" GET: authorization.expression "groups.admin &&": invalid expression at column"#,
+            r#"auth.json:4:20: rule "/bad-method" get: unknown method "get""#,
             r#"auth.json:5:3: rule "no-slash": the path must start with "/""#,
-            r#"auth.json:6:18: rule "/missing" POST: missing field "authorization""#,
-            r#"auth.json:7:16: rule "/types" PUT: authorization: unknown field "extra""#,
-            r#"auth.json:7:16: rule "/types" PUT: authorization.public: must be true or false"#,
-            r#"auth.json:7:16: rule "/types" PUT: authorization.expression: must be a string"#,
+            r#"auth.json:6:17: rule "/missing" POST: missing field "authorization""#,
+            r#"auth.json:7:15: rule "/types" PUT: authorization: unknown field "extra""#,
+            r#"auth.json:7:15: rule "/types" PUT: authorization.public: must be true or false"#,
+            r#"auth.json:7:15: rule "/types" PUT: authorization.expression: must be a string"#,
             r#"rule "/dup" GET: another path key normalises to "/dup""#,
         ];
         for want in expect {
