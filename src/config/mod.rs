@@ -11,6 +11,7 @@
 pub mod duration;
 pub mod env;
 pub mod rules;
+pub mod sources;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -230,11 +230,17 @@ pub fn ttl_for(
         Resolution::Anonymous | Resolution::Invalid(_) => settings.negative_ttl,
         Resolution::Unavailable(_) | Resolution::NoCredential => return None,
     };
-    let ttl = match (resolution, credential_exp) {
-        (Resolution::User(_), Some(exp)) => {
-            ttl.min(Duration::from_secs(exp.saturating_sub(unix_now)))
-        }
-        _ => ttl,
+    let exp = match resolution {
+        // The earlier of what the credential says and what the source verified.
+        Resolution::User(user) => match (credential_exp, user.expires_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        },
+        _ => None,
+    };
+    let ttl = match exp {
+        Some(exp) => ttl.min(Duration::from_secs(exp.saturating_sub(unix_now))),
+        None => ttl,
     };
     (!ttl.is_zero()).then_some(ttl)
 }
@@ -294,6 +300,8 @@ mod tests {
             headers: Headers::from_pairs([("authorization", authorization.to_owned())]),
             principal: String::new(),
             request_id: String::new(),
+            certificate: String::new(),
+            metadata: None,
         }
     }
 

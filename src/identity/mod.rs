@@ -12,6 +12,7 @@
 //! [`Resolution::Unavailable`], and the policy stage decides what that means.
 
 pub mod cache;
+pub mod claims;
 pub mod trusted;
 pub mod userinfo;
 
@@ -37,6 +38,9 @@ pub struct User {
     pub groups_header: String,
     /// A JSON object, ASCII only: the properties header's value.
     pub properties_header: String,
+    /// When the credential stops being valid (seconds since the epoch), if it says: the identity
+    /// cache never keeps the user longer.
+    pub expires_at: Option<u64>,
 }
 
 /// Why an identity answer was refused as a user.
@@ -89,6 +93,7 @@ impl User {
             permissions,
             groups_header,
             properties_header,
+            expires_at: None,
         })
     }
 }

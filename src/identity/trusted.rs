@@ -90,6 +90,8 @@ mod tests {
             headers: Headers::from_pairs(headers.iter().map(|(k, v)| (*k, (*v).to_owned()))),
             principal: String::new(),
             request_id: String::new(),
+            certificate: String::new(),
+            metadata: None,
         }
     }
 

@@ -27,6 +27,10 @@ pub struct Request {
     pub principal: String,
     /// Envoy's request id (`x-request-id`), for logs.
     pub request_id: String,
+    /// The peer certificate, URL-encoded PEM, when Envoy is set to include it.
+    pub certificate: String,
+    /// `metadata_context.filter_metadata` as JSON (namespace -> object), when Envoy sends it.
+    pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// Request headers: lower-case names, in arrival order.
@@ -94,10 +98,18 @@ impl Request {
         let http = attributes
             .and_then(|a| a.request.as_ref())
             .and_then(|r| r.http.as_ref());
-        let principal = attributes
-            .and_then(|a| a.source.as_ref())
-            .map(|s| s.principal.clone())
-            .unwrap_or_default();
+        let source = attributes.and_then(|a| a.source.as_ref());
+        let principal = source.map(|s| s.principal.clone()).unwrap_or_default();
+        let certificate = source.map(|s| s.certificate.clone()).unwrap_or_default();
+        let metadata = attributes
+            .and_then(|a| a.metadata_context.as_ref())
+            .filter(|m| !m.filter_metadata.is_empty())
+            .map(|m| {
+                m.filter_metadata
+                    .iter()
+                    .map(|(k, v)| (k.clone(), struct_to_json(v)))
+                    .collect()
+            });
         let Some(http) = http else {
             return Request {
                 method: None,
@@ -105,6 +117,8 @@ impl Request {
                 headers: Headers::default(),
                 principal,
                 request_id: String::new(),
+                certificate,
+                metadata,
             };
         };
         let headers = match &http.header_map {
@@ -138,12 +152,41 @@ impl Request {
             principal,
             request_id,
             headers,
+            certificate,
+            metadata,
         }
     }
 
     /// The value of a lower-case header name.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name)
+    }
+}
+
+/// A protobuf `Struct` as JSON.
+fn struct_to_json(value: &envoy_types::pb::google::protobuf::Struct) -> serde_json::Value {
+    serde_json::Value::Object(
+        value
+            .fields
+            .iter()
+            .map(|(k, v)| (k.clone(), value_to_json(v)))
+            .collect(),
+    )
+}
+
+fn value_to_json(value: &envoy_types::pb::google::protobuf::Value) -> serde_json::Value {
+    use envoy_types::pb::google::protobuf::value::Kind;
+    match &value.kind {
+        None | Some(Kind::NullValue(_)) => serde_json::Value::Null,
+        Some(Kind::NumberValue(n)) => serde_json::Number::from_f64(*n)
+            .map(serde_json::Value::Number)
+            .unwrap_or(serde_json::Value::Null),
+        Some(Kind::StringValue(s)) => serde_json::Value::String(s.clone()),
+        Some(Kind::BoolValue(b)) => serde_json::Value::Bool(*b),
+        Some(Kind::StructValue(s)) => struct_to_json(s),
+        Some(Kind::ListValue(l)) => {
+            serde_json::Value::Array(l.values.iter().map(value_to_json).collect())
+        }
     }
 }
 
