@@ -3,10 +3,11 @@
 //
 //   node bench/userinfo.js PORT [--delay-ms N] [--echo]
 //
-// Every GET answers 200 {"sub":"alice","groups":["admin"],"permissions":["api.users.get"]} after
-// --delay-ms milliseconds (default 0). With --echo the sub is the bearer token itself, so that N
-// distinct tokens are N distinct users (the cache-memory run). GET /__count answers {"calls":N}
-// and is not counted. Listens on 127.0.0.1 only.
+// Every GET with a bearer credential answers 200
+// {"sub":"alice","groups":["admin"],"permissions":["api.users.get"]} after --delay-ms milliseconds
+// (default 0). With --echo the sub is the bearer token itself, so that N distinct tokens are N
+// distinct users (the cache-memory run). A request without a bearer credential answers 401 {}.
+// GET /__count answers {"calls":N} and is not counted. Listens on 127.0.0.1 only.
 'use strict';
 const http = require('http');
 
@@ -34,10 +35,16 @@ const server = http.createServer((req, res) => {
     return;
   }
   calls++;
+  const auth = req.headers.authorization || '';
+  if (!auth.startsWith('Bearer ')) {
+    // No credential: nobody, as an authentication manager answers.
+    res.writeHead(401, { 'content-type': 'application/json', 'content-length': 2 });
+    res.end('{}');
+    return;
+  }
   let body = fixed;
   if (echo) {
-    const auth = req.headers.authorization || '';
-    const sub = auth.startsWith('Bearer ') ? auth.slice(7) : '';
+    const sub = auth.slice(7);
     body = JSON.stringify({ sub, groups: ['admin'], permissions: ['api.users.get'] });
   }
   const answer = () => {

@@ -2,12 +2,13 @@
 //! N Checks over a few HTTP/2 connections and counts the answers.
 //!
 //! Usage: `distinct_identities ADDR N [--concurrency C] [--connections K] [--same-token T]
-//!         [--prefix P]`
+//!         [--prefix P] [--fixed-request-id]`
 //!
 //! By default request `i` carries the credential `Bearer <prefix>-<i>`, so N Checks are N
 //! distinct identities (the cache-memory run). `--same-token T` gives every request the same
 //! credential instead, and with `--concurrency N` all of them start together after a barrier (the
-//! coalescing run). Prints one summary line: `sent allowed denied errors elapsed_ms rate`; exits
+//! coalescing run). Every request carries its own `x-request-id`, as behind Envoy, unless
+//! `--fixed-request-id` gives them all the same one. Prints one summary line: `sent allowed denied errors elapsed_ms rate`; exits
 //! non-zero when any Check was not an allow.
 
 use std::collections::HashMap;
@@ -23,7 +24,7 @@ use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
 use tonic::transport::{Channel, Endpoint};
 
 const USAGE: &str = "usage: distinct_identities ADDR N [--concurrency C] [--connections K] \
-                     [--same-token T] [--prefix P]";
+                     [--same-token T] [--prefix P] [--fixed-request-id]";
 
 struct Options {
     addr: String,
@@ -32,6 +33,7 @@ struct Options {
     connections: usize,
     same_token: Option<String>,
     prefix: String,
+    fixed_request_id: bool,
 }
 
 fn options() -> anyhow::Result<Options> {
@@ -45,8 +47,13 @@ fn options() -> anyhow::Result<Options> {
         connections: 4,
         same_token: None,
         prefix: "distinct".to_owned(),
+        fixed_request_id: false,
     };
     while let Some(flag) = args.next() {
+        if flag == "--fixed-request-id" {
+            o.fixed_request_id = true;
+            continue;
+        }
         let value = args
             .next()
             .with_context(|| format!("{flag} needs a value"))?;
@@ -64,9 +71,8 @@ fn options() -> anyhow::Result<Options> {
     Ok(o)
 }
 
-fn check_request(token: &str, i: usize) -> CheckRequest {
+fn check_request(token: &str, request_id: String) -> CheckRequest {
     let path = "/api/users/42";
-    let request_id = format!("bench-{i}");
     let headers: HashMap<String, String> = [
         (":authority", "api.example.com"),
         (":method", "GET"),
@@ -132,6 +138,7 @@ async fn main() -> anyhow::Result<()> {
         let mut client = AuthorizationClient::new(channels[worker % channels.len()].clone());
         let (next, counts, barrier) = (next.clone(), counts.clone(), barrier.clone());
         let (same_token, prefix, total) = (same_token.clone(), prefix.clone(), o.total);
+        let fixed_request_id = o.fixed_request_id;
         tasks.push(tokio::spawn(async move {
             barrier.wait().await;
             loop {
@@ -143,7 +150,12 @@ async fn main() -> anyhow::Result<()> {
                     Some(t) => t.to_string(),
                     None => format!("{prefix}-{i}"),
                 };
-                match client.check(check_request(&token, i)).await {
+                let request_id = if fixed_request_id {
+                    "bench-fixed".to_owned()
+                } else {
+                    format!("bench-{i}")
+                };
+                match client.check(check_request(&token, request_id)).await {
                     Ok(response) => {
                         let code = response.get_ref().status.as_ref().map_or(0, |s| s.code);
                         let counter = if code == 0 {

@@ -5,6 +5,8 @@
 #   scripts/bench-load.sh --cache-memory  resident memory of checkpoint with 100,000 distinct identities
 #   scripts/bench-load.sh --coalesce      user-info calls for 1,000 concurrent Checks with one new credential
 #   scripts/bench-load.sh --all           all three
+#   scripts/bench-load.sh --profile       callgrind of the noop server and of checkpoint (scenario b),
+#                                         BENCH_PROFILE_CHECKS Checks each (20000, about 2 min)
 #
 # Scenarios, each driven by h2load (Debian's nghttp2-client, installed if missing):
 #   a    the no-op ext_authz server (examples/noop_authz.rs), gRPC Check direct: the floor
@@ -25,10 +27,13 @@
 # the ext_authz server share core 0, so the figures are "one core for the whole gateway"; the
 # user-info server (bench/userinfo.js) runs on core 1 with the load generator, out of the
 # measured CPU. CPU per request is utime+stime of the server processes (/proc/PID/stat) over
-# the run divided by the requests h2load completed.
+# the run divided by the requests h2load completed. The "core0 other" column is the share of
+# core 0 spent on anything but the server processes during the run (kernel network work on
+# loopback included): when it is large, something else was running and the run is noisy.
 #
 # Settings (environment): BENCH_ROUNDS (2), BENCH_DURATION seconds per run (8), BENCH_CONNECTIONS
 # (4) and BENCH_STREAMS per connection (8) for the saturated runs, BENCH_RATE (1000),
+# BENCH_SCENARIOS (a subset and order of "a b c d0 d e a@1k b@1k"),
 # BENCH_LOG_LEVEL for checkpoint (info, its default: the decision log line is written for every
 # Check, to /dev/null), BENCH_PORT_BASE (47100), BENCH_KEEP=1 keeps the work folder, BENCH_BUILD=0
 # skips `cargo build` (uses target/release as it is).
@@ -37,14 +42,15 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
-mode_load=0 mode_memory=0 mode_coalesce=0
+mode_load=0 mode_memory=0 mode_coalesce=0 mode_profile=0
 case "${1:-}" in
   "") mode_load=1 ;;
   --cache-memory) mode_memory=1 ;;
   --coalesce) mode_coalesce=1 ;;
   --all) mode_load=1 mode_memory=1 mode_coalesce=1 ;;
+  --profile) mode_profile=1 ;;
   -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
-  *) echo "usage: $0 [--cache-memory | --coalesce | --all | --help]" >&2; exit 2 ;;
+  *) echo "usage: $0 [--cache-memory | --coalesce | --all | --profile | --help]" >&2; exit 2 ;;
 esac
 
 ROUNDS="${BENCH_ROUNDS:-2}"
@@ -52,6 +58,7 @@ DURATION="${BENCH_DURATION:-8}"
 CONNECTIONS="${BENCH_CONNECTIONS:-4}"
 STREAMS="${BENCH_STREAMS:-8}"
 RATE="${BENCH_RATE:-1000}"
+SCENARIOS="${BENCH_SCENARIOS:-a b c d0 d e a@1k b@1k}"
 LOG_LEVEL_CHECKPOINT="${BENCH_LOG_LEVEL:-info}"
 PORT_BASE="${BENCH_PORT_BASE:-47100}"
 
@@ -116,6 +123,16 @@ wait_port() {
   die "nothing listens on 127.0.0.1:$1 after 10 s ($2)"
 }
 
+# Like wait_port, for a server slowed down by valgrind.
+wait_port_slow() {
+  local i
+  for i in $(seq 1 600); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  die "nothing listens on 127.0.0.1:$1 after 60 s ($2)"
+}
+
 # Starts a process in the background, pinned to core $1; its pid goes to $last_pid and pids.
 start() {
   local core="$1" log="$2"
@@ -136,6 +153,9 @@ cpu_ticks() {
   echo "$total"
 }
 
+# Busy ticks of core 0 (everything but idle and iowait), to see what else ran on the server's core.
+core0_busy() { awk '$1 == "cpu0" { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
+
 userinfo_calls() { curl -fsS "http://127.0.0.1:$P_USERINFO/__count" | python3 -c 'import json,sys; print(json.load(sys.stdin)["calls"])'; }
 
 start_userinfo() {
@@ -144,10 +164,16 @@ start_userinfo() {
   wait_port "$P_USERINFO" user-info
 }
 
-# checkpoint with the rule file bench/auth.json and the user-info server above.
+# checkpoint with the rule file bench/auth.json and the user-info server above; arguments, if
+# any, are a command that wraps it (valgrind).
 start_checkpoint() {
-  local out=/dev/null
+  local out=/dev/null name passthrough=()
   [ "${BENCH_KEEP:-0}" = 1 ] && out="$work/checkpoint.log"
+  # The knobs worth varying between runs are passed on from the caller's environment.
+  for name in CHECKPOINT_IDENTITY_CACHE_TTL CHECKPOINT_IDENTITY_CACHE_MAX_ENTRIES \
+    CHECKPOINT_NEGATIVE_CACHE_TTL HEADERS_TO_PROXY AUTHORIZATION_HEADERS_TO_PROXY; do
+    if [ -n "${!name:-}" ]; then passthrough+=("$name=${!name}"); fi
+  done
   # Security of the bench itself: env -i, so no variable of the caller's shell changes the run.
   taskset -c 0 env -i PATH="$PATH" \
     CONFIGURATION_PATH="$root/bench" CONFIGURATION_FILE_NAME=auth \
@@ -156,11 +182,11 @@ start_checkpoint() {
     CHECKPOINT_GRPC_ADDR="127.0.0.1:$P_CHECKPOINT" \
     CHECKPOINT_HTTP_ADDR="127.0.0.1:$P_CHECKPOINT_HTTP" \
     LOG_LEVEL="$LOG_LEVEL_CHECKPOINT" DELAY_SHUTDOWN_SECONDS=0 \
-    ${CHECKPOINT_IDENTITY_CACHE_TTL:+CHECKPOINT_IDENTITY_CACHE_TTL="$CHECKPOINT_IDENTITY_CACHE_TTL"} \
-    "$bin/checkpoint" >"$out" 2>"$work/checkpoint.err" &
+    "${passthrough[@]}" \
+    "$@" "$bin/checkpoint" >"$out" 2>"$work/checkpoint.err" &
   checkpoint_pid=$!
   pids+=("$checkpoint_pid")
-  wait_port "$P_CHECKPOINT" checkpoint
+  if [ "$#" -gt 0 ]; then wait_port_slow "$P_CHECKPOINT" checkpoint; else wait_port "$P_CHECKPOINT" checkpoint; fi
 }
 
 # Posts a gRPC body with curl; prints the decoded CheckResponse (see check_request_frame decode).
@@ -208,6 +234,12 @@ start_envoy() {
 
 base64url() { openssl base64 -A | tr '+/' '-_' | tr -d '='; }
 
+passthrough_note=""
+for name in CHECKPOINT_IDENTITY_CACHE_TTL CHECKPOINT_IDENTITY_CACHE_MAX_ENTRIES \
+  CHECKPOINT_NEGATIVE_CACHE_TTL HEADERS_TO_PROXY AUTHORIZATION_HEADERS_TO_PROXY; do
+  if [ -n "${!name:-}" ]; then passthrough_note+="$name=${!name} "; fi
+done
+
 # ---- the load scenarios -----------------------------------------------------------------------------
 load_scenarios() {
   # The real Envoy binary, not the Python launcher, so that its pid is the one doing the work.
@@ -234,6 +266,7 @@ print(json.dumps({"keys": [{"kty": "RSA", "alg": "RS256", "use": "sig", "kid": "
   "$bin/examples/check_request_frame" encode "$work/check.bin" --token "$jwt" --path '/api/users/42?view=full'
   "$bin/examples/check_request_frame" encode "$work/anonymous.bin" --token '' --path '/api/users/42?view=full'
 
+  say "load average before: $(cut -d' ' -f1-3 /proc/loadavg) (other work on this machine skews every figure)"
   say "starting user-info, noop, checkpoint and four Envoys"
   start_userinfo
   start 0 "$work/noop.log" "$bin/examples/noop_authz" "127.0.0.1:$P_NOOP"
@@ -267,12 +300,12 @@ print(json.dumps({"keys": [{"kty": "RSA", "alg": "RS256", "use": "sig", "kid": "
   local results="$work/results.jsonl" round
   : >"$results"
   for round in $(seq 1 "$ROUNDS"); do
-    for s in a b c d0 d e a@1k b@1k; do
+    for s in $SCENARIOS; do
       run_scenario "$s" "$round" "$results"
     done
   done
   echo
-  echo "checkpoint $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$root" diff --quiet 2>/dev/null || echo '+dirty'), LOG_LEVEL=$LOG_LEVEL_CHECKPOINT, $ROUNDS rounds of ${DURATION}s, saturated runs: $CONNECTIONS connections x $STREAMS streams, h2load on core 1, servers on core 0"
+  echo "checkpoint at $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$root" diff --quiet 2>/dev/null || echo '+dirty'), settings: ${passthrough_note:-defaults}, LOG_LEVEL=$LOG_LEVEL_CHECKPOINT, $ROUNDS rounds of ${DURATION}s, saturated runs: $CONNECTIONS connections x $STREAMS streams, h2load on core 1, servers on core 0"
   python3 bench/stats.py report "$results"
   local total_calls
   total_calls="$(userinfo_calls)"
@@ -302,15 +335,17 @@ run_scenario() {
   case "$s" in *@1k) warmup=300 ;; esac
   taskset -c 1 h2load -n "$warmup" "${args[@]}" "$url" >"$work/$tag.warmup" 2>&1 ||
     die "$s: warm-up failed: $(tail -3 "$work/$tag.warmup")"
-  local calls0 ticks0 calls1 ticks1
+  local calls0 ticks0 calls1 ticks1 busy0 busy1
   calls0="$(userinfo_calls)"
   ticks0="$(cpu_ticks "${servers[@]}")"
+  busy0="$(core0_busy)"
   taskset -c 1 h2load -D "$DURATION" "${args[@]}" --log-file "$work/$tag.log" "$url" >"$work/$tag.out" 2>&1 ||
     die "$s: h2load failed: $(tail -3 "$work/$tag.out")"
+  busy1="$(core0_busy)"
   ticks1="$(cpu_ticks "${servers[@]}")"
   calls1="$(userinfo_calls)"
-  python3 bench/stats.py run "$s" "$round" "$work/$tag.out" "$work/$tag.log" "$((ticks1 - ticks0))" "$((calls1 - calls0))" | tee -a "$results" |
-    python3 -c 'import json,sys; r=json.load(sys.stdin); print(f"bench: {r[\"scenario\"]:>5} round {r[\"round\"]}: {r[\"rps\"]:8.0f} req/s  p50 {r[\"p50_us\"]} µs  p99 {r[\"p99_us\"]} µs  CPU {r[\"cpu_us_per_request\"]:.1f} µs/req  non-2xx {r[\"non_2xx\"]}  user-info {r[\"userinfo_calls\"]}", file=sys.stderr)'
+  python3 bench/stats.py run "$s" "$round" "$work/$tag.out" "$work/$tag.log" "$((ticks1 - ticks0))" \
+    "$((calls1 - calls0))" "$((busy1 - busy0 - (ticks1 - ticks0)))" >>"$results"
 }
 
 # ---- resident memory with 100,000 distinct identities --------------------------------------------------
@@ -343,13 +378,78 @@ coalesce() {
   say "coalesce: 1,000 concurrent Checks with one new credential, user-info answers after 200 ms"
   start_userinfo --delay-ms 200
   start_checkpoint
-  local token="coalesce-$RANDOM$RANDOM" calls
-  taskset -c 1 "$bin/examples/distinct_identities" "127.0.0.1:$P_CHECKPOINT" 1000 --concurrency 1000 --connections 10 --same-token "$token"
-  calls="$(userinfo_calls)"
+  local calls0 calls1 calls2
+  calls0="$(userinfo_calls)"
+  # As Envoy sends them: one credential, but every request with its own x-request-id.
+  taskset -c 1 "$bin/examples/distinct_identities" "127.0.0.1:$P_CHECKPOINT" 1000 --concurrency 1000 \
+    --connections 10 --same-token "coalesce-a-$RANDOM$RANDOM"
+  calls1="$(userinfo_calls)"
+  # The same, with identical requests (one x-request-id for all): coalescing alone.
+  taskset -c 1 "$bin/examples/distinct_identities" "127.0.0.1:$P_CHECKPOINT" 1000 --concurrency 1000 \
+    --connections 10 --same-token "coalesce-b-$RANDOM$RANDOM" --fixed-request-id
+  calls2="$(userinfo_calls)"
   echo
-  echo "coalesce: user-info calls for 1,000 concurrent Checks with one new credential: $calls   target exactly 1"
+  echo "coalesce: user-info calls for 1,000 concurrent Checks with one new credential (target exactly 1):"
+  echo "  each request with its own x-request-id, as behind Envoy: $((calls1 - calls0))"
+  echo "  identical requests (same x-request-id):                $((calls2 - calls1))"
   kill "$checkpoint_pid" "$userinfo_pid" 2>/dev/null || true
   wait "$checkpoint_pid" "$userinfo_pid" 2>/dev/null || true
+}
+
+# ---- where the time goes: callgrind, a bounded number of Checks, noop then checkpoint -------------------
+profile() {
+  command -v valgrind >/dev/null 2>&1 || die "valgrind is missing (apt-get install valgrind)"
+  local n="${BENCH_PROFILE_CHECKS:-20000}" which pid port out total
+  "$bin/examples/check_request_frame" encode "$work/check.bin" --token profile-token --path '/api/users/42?view=full'
+  local grpc=(-H 'content-type: application/grpc' -H 'te: trailers' -d "$work/check.bin" -c 1 -m 8)
+  start_userinfo
+  for which in noop checkpoint; do
+    out="$work/callgrind.$which"
+    if [ "$which" = noop ]; then
+      start 0 "$work/noop.log" valgrind --tool=callgrind --callgrind-out-file="$out" \
+        "$bin/examples/noop_authz" "127.0.0.1:$P_NOOP"
+      pid=$last_pid
+      wait_port_slow "$P_NOOP" "noop under valgrind"
+      port=$P_NOOP
+    else
+      start_checkpoint valgrind --tool=callgrind --callgrind-out-file="$out"
+      pid=$checkpoint_pid
+      port=$P_CHECKPOINT
+    fi
+    # Warm-up (connections, caches, the identity cache entry), then zero the counters.
+    taskset -c 1 h2load -n 200 "${grpc[@]}" "http://127.0.0.1:$port/envoy.service.auth.v3.Authorization/Check" >/dev/null
+    callgrind_control --zero "$pid" >/dev/null
+    taskset -c 1 h2load -n "$n" "${grpc[@]}" "http://127.0.0.1:$port/envoy.service.auth.v3.Authorization/Check" >"$work/profile.$which.out"
+    grep -q "status codes: $n 2xx" "$work/profile.$which.out" || die "$which: not all $n Checks answered 200"
+    callgrind_control --dump "$pid" >/dev/null
+    sleep 1
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    total="$(callgrind_annotate "$out.1" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }')"
+    echo
+    echo "$which: $((total / n)) instructions per Check ($n Checks, LOG_LEVEL=$LOG_LEVEL_CHECKPOINT for checkpoint)"
+    echo "  top functions by inclusive cost, below the runtime's own frames (per Check):"
+    callgrind_annotate --inclusive=yes --threshold=100 "$out.1" 2>/dev/null |
+      awk -v n="$n" -v total="$total" '
+        /^ *[0-9,]+ +\( *[0-9.]+%\) +/ {
+          ir = $1; gsub(",", "", ir)
+          if (ir / total > 0.97) next
+          name = $0; sub(/^ *[0-9,]+ +\( *[0-9.]+%\) +(\?\?\?:)?/, "", name); sub(/ \[[^]]*\]$/, "", name)
+          if (name ~ /^<(hyper|tonic|tower|axum|hyper_util)::|^tokio::|^<core::future|^core::ops::function/) next
+          # No early exit: under pipefail, a closed pipe would fail the script.
+          if (shown++ < 15) printf "  %6.1f%%  %7d  %s\n", 100 * ir / total, ir / n, substr(name, 1, 150)
+        }'
+    if [ "$which" = checkpoint ]; then
+      echo "  checkpoint's own functions (inclusive, per Check):"
+      callgrind_annotate --inclusive=yes --threshold=100 "$out.1" 2>/dev/null |
+        awk -v n="$n" -v total="$total" '
+          /checkpoint::|moka::future::base_cache::BaseCache<K,V,S>::get_with_hash|tracing_core::event::Event::dispatch|prost::message::Message::(en|de)code / {
+            ir = $1; gsub(",", "", ir)
+            name = $0; sub(/^ *[0-9,]+ +\( *[0-9.]+%\) +(\?\?\?:)?/, "", name); sub(/ \[[^]]*\]$/, "", name)
+            if (shown++ < 20) printf "  %6.1f%%  %7d  %s\n", 100 * ir / total, ir / n, substr(name, 1, 150)
+          }'
+    fi
+  done
 }
 
 started_at=$SECONDS
@@ -364,4 +464,5 @@ if [ "$mode_memory" = 1 ] || [ "$mode_coalesce" = 1 ]; then
 fi
 if [ "$mode_memory" = 1 ]; then cache_memory; fi
 if [ "$mode_coalesce" = 1 ]; then coalesce; fi
+if [ "$mode_profile" = 1 ]; then profile; fi
 say "done in $((SECONDS - started_at)) s"

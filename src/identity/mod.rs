@@ -177,6 +177,12 @@ pub trait Source: Send + Sync {
     fn cache_key(&self, _request: &Request, _context: &Context, _key: &mut KeyHasher) -> bool {
         false
     }
+
+    /// Whether the source can answer yet (a JWT source before its first key fetch cannot);
+    /// `/-/ready` and gRPC health report not ready until every source is.
+    fn ready(&self) -> bool {
+        true
+    }
 }
 
 /// The identity sources, in order, and the cache of their answers.
@@ -200,6 +206,11 @@ pub struct Resolved {
 impl Resolver {
     pub fn new(sources: Vec<Box<dyn Source>>, cache: Option<IdentityCache>) -> Resolver {
         Resolver { sources, cache }
+    }
+
+    /// Whether every source can answer.
+    pub fn ready(&self) -> bool {
+        self.sources.iter().all(|s| s.ready())
     }
 
     /// The cache's counters, when the cache is on.
