@@ -232,7 +232,6 @@ fn bench_response(c: &mut Criterion) {
         user_id: "miauserid".into(),
         groups: "miausergroups".into(),
         properties: "miauserproperties".into(),
-        properties_to_proxy: vec!["email".into()],
     };
     let responder = Responder::new(true, &headers);
     let user = User::new(

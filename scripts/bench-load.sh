@@ -27,9 +27,10 @@
 # the ext_authz server share core 0, so the figures are "one core for the whole gateway"; the
 # user-info server (bench/userinfo.js) runs on core 1 with the load generator, out of the
 # measured CPU. CPU per request is utime+stime of the server processes (/proc/PID/stat) over
-# the run divided by the requests h2load completed. The "core0 other" column is the share of
-# core 0 spent on anything but the server processes during the run (kernel network work on
-# loopback included): when it is large, something else was running and the run is noisy.
+# the run divided by the requests h2load completed. The "foreign CPU" column is the CPU time,
+# in % of one core, that both cores spent during the run on anything but the bench's own
+# processes (servers, h2load, user-info): when it is large, something else was running on the
+# machine and the run is noisy.
 #
 # Settings (environment): BENCH_ROUNDS (2), BENCH_DURATION seconds per run (8), BENCH_CONNECTIONS
 # (4) and BENCH_STREAMS per connection (8) for the saturated runs, BENCH_RATE (1000),
@@ -113,24 +114,21 @@ for b in "$bin/checkpoint" "$bin/examples/noop_authz" "$bin/examples/check_reque
 done
 
 # ---- helpers ----------------------------------------------------------------------------------------
-# Waits until something accepts TCP connections on 127.0.0.1:$1.
-wait_port() {
-  local i
-  for i in $(seq 1 100); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+# Waits until something accepts TCP connections on 127.0.0.1:$1; $2 names it. With a pid and a
+# log file ($3, $4), stops early when that process exits and shows the end of its log.
+wait_port() { wait_port_for 10 "$@"; }
+# The same, for a server slowed down by valgrind.
+wait_port_slow() { wait_port_for 60 "$@"; }
+wait_port_for() {
+  local seconds="$1" port="$2" what="$3" pid="${4:-}" log="${5:-}" i
+  for i in $(seq 1 $((seconds * 10))); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
+    if [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then
+      die "$what exited before listening on 127.0.0.1:$port: $(tail -20 "$log" 2>/dev/null)"
+    fi
     sleep 0.1
   done
-  die "nothing listens on 127.0.0.1:$1 after 10 s ($2)"
-}
-
-# Like wait_port, for a server slowed down by valgrind.
-wait_port_slow() {
-  local i
-  for i in $(seq 1 600); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-    sleep 0.1
-  done
-  die "nothing listens on 127.0.0.1:$1 after 60 s ($2)"
+  die "nothing listens on 127.0.0.1:$port after $seconds s ($what)"
 }
 
 # Starts a process in the background, pinned to core $1; its pid goes to $last_pid and pids.
@@ -153,15 +151,24 @@ cpu_ticks() {
   echo "$total"
 }
 
-# Busy ticks of core 0 (everything but idle and iowait), to see what else ran on the server's core.
-core0_busy() { awk '$1 == "cpu0" { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
+# Busy ticks of cores 0 and 1 (everything but idle and iowait), to see what else ran meanwhile.
+machine_busy() { awk '$1 == "cpu0" || $1 == "cpu1" { s += $2 + $3 + $4 + $7 + $8 + $9 } END { print s }' /proc/stat; }
+
+# Clock ticks from the children line of bash's `times` ("0m1.230s 0m0.450s").
+times_to_ticks() {
+  awk -v hz="$(getconf CLK_TCK)" 'END {
+    total = 0
+    for (i = 1; i <= 2; i++) { split($i, t, "m"); sub("s", "", t[2]); total += t[1] * 60 + t[2] }
+    printf "%d\n", total * hz + 0.5
+  }'
+}
 
 userinfo_calls() { curl -fsS "http://127.0.0.1:$P_USERINFO/__count" | python3 -c 'import json,sys; print(json.load(sys.stdin)["calls"])'; }
 
 start_userinfo() {
   start 1 "$work/userinfo.log" node bench/userinfo.js "$P_USERINFO" "$@"
   userinfo_pid=$last_pid
-  wait_port "$P_USERINFO" user-info
+  wait_port "$P_USERINFO" user-info "$userinfo_pid" "$work/userinfo.log"
 }
 
 # checkpoint with the rule file bench/auth.json and the user-info server above; arguments, if
@@ -186,7 +193,11 @@ start_checkpoint() {
     "$@" "$bin/checkpoint" >"$out" 2>"$work/checkpoint.err" &
   checkpoint_pid=$!
   pids+=("$checkpoint_pid")
-  if [ "$#" -gt 0 ]; then wait_port_slow "$P_CHECKPOINT" checkpoint; else wait_port "$P_CHECKPOINT" checkpoint; fi
+  if [ "$#" -gt 0 ]; then
+    wait_port_slow "$P_CHECKPOINT" checkpoint "$checkpoint_pid" "$work/checkpoint.err"
+  else
+    wait_port "$P_CHECKPOINT" checkpoint "$checkpoint_pid" "$work/checkpoint.err"
+  fi
 }
 
 # Posts a gRPC body with curl; prints the decoded CheckResponse (see check_request_frame decode).
@@ -237,7 +248,7 @@ base64url() { openssl base64 -A | tr '+/' '-_' | tr -d '='; }
 passthrough_note=""
 for name in CHECKPOINT_IDENTITY_CACHE_TTL CHECKPOINT_IDENTITY_CACHE_MAX_ENTRIES \
   CHECKPOINT_NEGATIVE_CACHE_TTL HEADERS_TO_PROXY AUTHORIZATION_HEADERS_TO_PROXY; do
-  if [ -n "${!name:-}" ]; then passthrough_note+="$name=${!name} "; fi
+  if [ -n "${!name:-}" ]; then passthrough_note+="${passthrough_note:+ }$name=${!name}"; fi
 done
 
 # ---- the load scenarios -----------------------------------------------------------------------------
@@ -271,7 +282,7 @@ print(json.dumps({"keys": [{"kty": "RSA", "alg": "RS256", "use": "sig", "kid": "
   start_userinfo
   start 0 "$work/noop.log" "$bin/examples/noop_authz" "127.0.0.1:$P_NOOP"
   noop_pid=$last_pid
-  wait_port "$P_NOOP" noop_authz
+  wait_port "$P_NOOP" noop_authz "$noop_pid" "$work/noop.log"
   start_checkpoint
   start_envoy c bench/envoy-plain.yaml "$P_ENVOY_C" "$P_ADMIN_C"
   start_envoy d0 bench/envoy-ext-authz.yaml "$P_ENVOY_D0" "$P_ADMIN_D0" AUTHZ_PORT="$P_NOOP"
@@ -335,17 +346,25 @@ run_scenario() {
   case "$s" in *@1k) warmup=300 ;; esac
   taskset -c 1 h2load -n "$warmup" "${args[@]}" "$url" >"$work/$tag.warmup" 2>&1 ||
     die "$s: warm-up failed: $(tail -3 "$work/$tag.warmup")"
-  local calls0 ticks0 calls1 ticks1 busy0 busy1
+  local calls0 ticks0 calls1 ticks1 busy0 busy1 ui0 ui1 h2load_times
   calls0="$(userinfo_calls)"
   ticks0="$(cpu_ticks "${servers[@]}")"
-  busy0="$(core0_busy)"
-  taskset -c 1 h2load -D "$DURATION" "${args[@]}" --log-file "$work/$tag.log" "$url" >"$work/$tag.out" 2>&1 ||
-    die "$s: h2load failed: $(tail -3 "$work/$tag.out")"
-  busy1="$(core0_busy)"
+  ui0="$(cpu_ticks "$userinfo_pid")"
+  busy0="$(machine_busy)"
+  # In a subshell, so that `times` reports h2load's own CPU time as the children's.
+  h2load_times="$(
+    taskset -c 1 h2load -D "$DURATION" "${args[@]}" --log-file "$work/$tag.log" "$url" >"$work/$tag.out" 2>&1 ||
+      echo failed
+    times
+  )"
+  case "$h2load_times" in failed*) die "$s: h2load failed: $(tail -3 "$work/$tag.out")" ;; esac
+  busy1="$(machine_busy)"
   ticks1="$(cpu_ticks "${servers[@]}")"
+  ui1="$(cpu_ticks "$userinfo_pid")"
   calls1="$(userinfo_calls)"
+  local foreign=$((busy1 - busy0 - (ticks1 - ticks0) - (ui1 - ui0) - $(times_to_ticks <<<"$h2load_times")))
   python3 bench/stats.py run "$s" "$round" "$work/$tag.out" "$work/$tag.log" "$((ticks1 - ticks0))" \
-    "$((calls1 - calls0))" "$((busy1 - busy0 - (ticks1 - ticks0)))" >>"$results"
+    "$((calls1 - calls0))" "$foreign" >>"$results"
 }
 
 # ---- resident memory with 100,000 distinct identities --------------------------------------------------

@@ -51,7 +51,7 @@ pub struct Outcome<'a> {
     /// The logged-in caller, when one was identified.
     pub user: Option<Arc<User>>,
     /// Which identity source decided (`none` when the stage did not run).
-    pub identity_source: &'static str,
+    pub identity_source: &'a str,
     /// The identity stage's failure, for the log line.
     pub failure: Option<Failure>,
     /// How the identity cache answered, when it was asked.
@@ -101,7 +101,10 @@ impl Checker {
             deadline,
             is_backoffice,
         };
-        let resolved = self.identity.resolve(request, &context).await;
+        let resolved = self
+            .identity
+            .resolve(request, &context, found.rule.identity.as_deref())
+            .await;
 
         let mut outcome = Outcome {
             decision: Decision::Allow,

@@ -35,4 +35,4 @@ pub mod telemetry;
 
 mod server;
 
-pub use server::{Listeners, RunError, run};
+pub use server::{App, Listeners, RunError, run};

@@ -7,15 +7,17 @@ use std::collections::HashMap;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use checkpoint::config::{Config, ConfigErrors, IdentitySettings};
-use checkpoint::{Listeners, run, telemetry};
+use checkpoint::config::{Config, ConfigErrors};
+use checkpoint::{App, Listeners, run, telemetry};
 
-const USAGE: &str = "usage: checkpoint [serve | check-config | --help | --version]
+const USAGE: &str = "usage: checkpoint [serve | check-config | schema | --help | --version]
 
   serve         serve Envoy's Authorization/Check (the default)
-  check-config  load and validate the environment and the rule file, print a summary
+  check-config  load and validate the configuration and the rules, print a summary
+  schema        print the JSON Schema of the native configuration file (CHECKPOINT_CONFIG)
 
-Configuration comes from environment variables; see README.md for the reference.";
+Configuration comes from CHECKPOINT_CONFIG (a YAML or JSON file) or from Mia-Platform's
+environment variables; see README.md for the reference.";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -27,6 +29,10 @@ fn main() -> ExitCode {
     match command {
         "serve" => serve(),
         "check-config" => check_config(),
+        "schema" => {
+            print!("{}", checkpoint::config::file::schema());
+            ExitCode::SUCCESS
+        }
         "-h" | "--help" | "help" => {
             println!("{USAGE}");
             ExitCode::SUCCESS
@@ -49,8 +55,8 @@ fn environment() -> HashMap<String, String> {
         .collect()
 }
 
-fn load() -> Result<Config, ConfigErrors> {
-    let config = Config::load(&environment())?;
+fn load_from(env: &HashMap<String, String>) -> Result<Config, ConfigErrors> {
+    let config = Config::load(env)?;
     telemetry::filter(&config.settings.log_level).map_err(|e| ConfigErrors {
         problems: vec![format!("LOG_LEVEL: {e}")],
     })?;
@@ -67,21 +73,60 @@ fn report(errors: &ConfigErrors) {
     }
 }
 
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("checkpoint: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        })
+}
+
+/// Loads the configuration and builds the identity sources: everything that can be wrong
+/// before a port is bound. Runs inside the runtime (sources may start background refreshes).
+fn prepare(
+    env: &HashMap<String, String>,
+) -> Result<(App, String, Vec<&'static str>), ConfigErrors> {
+    let config = load_from(env)?;
+    let (origin, ignored) = (config.origin.clone(), config.ignored.clone());
+    Ok((App::new(config, env)?, origin, ignored))
+}
+
 fn check_config() -> ExitCode {
-    match load() {
-        Ok(config) => {
-            let s = &config.settings;
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let env = environment();
+    let _guard = rt.enter();
+    match prepare(&env) {
+        Ok((app, origin, ignored)) => {
+            let s = &app.settings;
+            let rules = &app.checker.rules;
             println!("configuration is valid");
-            println!("  rule file:       {}", config.rules.file.display());
-            println!("  rules:           {}", config.rules.table.len());
-            for (path, method, rule) in config.rules.table.iter() {
+            println!("  from:            {origin}");
+            if !ignored.is_empty() {
+                println!(
+                    "  ignored:         {} (CHECKPOINT_CONFIG wins over environment variables)",
+                    ignored.join(", ")
+                );
+            }
+            println!("  rule file:       {}", rules.file.display());
+            println!("  rules:           {}", rules.table.len());
+            for (path, method, rule) in rules.table.iter() {
                 let backoffice = if rule.backoffice.is_some() {
                     " (+backoffice)"
                 } else {
                     ""
                 };
+                let sources = rule
+                    .identity
+                    .as_ref()
+                    .map(|names| format!(" (identity: {})", names.join(", ")))
+                    .unwrap_or_default();
                 println!(
-                    "    {method} {path}: {}{}{backoffice}",
+                    "    {method} {path}: {}{}{backoffice}{sources}",
                     rule.authorization.expression.source(),
                     if rule.authorization.public {
                         " [public]"
@@ -90,15 +135,8 @@ fn check_config() -> ExitCode {
                     },
                 );
             }
-            println!("  identity source: {}", s.identity.source_name());
-            if let IdentitySettings::UserInfo(u) = &s.identity {
-                println!("    url:            {}", u.url);
-                if let Some(b) = &u.backoffice_url {
-                    println!("    backoffice url: {b}");
-                }
-                println!("    proxied headers: {}", u.headers_to_proxy.join(","));
-                println!("    timeout:        {:?}", u.timeout);
-            }
+            let names: Vec<&str> = app.checker.identity.names().collect();
+            println!("  identity source: {}", names.join(", "));
             println!("  strict mode:     {}", s.strict_mode);
             println!("  grpc address:    {}", s.grpc_addr);
             println!("  status address:  {}", s.http_addr);
@@ -112,28 +150,34 @@ fn check_config() -> ExitCode {
 }
 
 fn serve() -> ExitCode {
-    let config = match load() {
-        Ok(config) => config,
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let env = environment();
+    let prepared = {
+        let _guard = rt.enter();
+        prepare(&env)
+    };
+    let (app, origin, ignored) = match prepared {
+        Ok(prepared) => prepared,
         Err(errors) => {
             report(&errors);
             return ExitCode::FAILURE;
         }
     };
-    if let Err(e) = telemetry::init(&config.settings.log_level) {
+    if let Err(e) = telemetry::init(&app.settings.log_level) {
         eprintln!("checkpoint: cannot set up logging: {e}");
         return ExitCode::FAILURE;
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("checkpoint: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(serve_async(config)) {
+    if !ignored.is_empty() {
+        tracing::warn!(
+            ignored = ignored.join(","),
+            "CHECKPOINT_CONFIG wins: these variables are ignored"
+        );
+    }
+    tracing::info!(configuration = %origin, "configuration loaded");
+    match rt.block_on(serve_async(app)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "checkpoint stopped");
@@ -142,9 +186,9 @@ fn serve() -> ExitCode {
     }
 }
 
-async fn serve_async(config: Config) -> anyhow::Result<()> {
-    let grpc_addr = config.settings.grpc_addr;
-    let http_addr = config.settings.http_addr;
+async fn serve_async(app: App) -> anyhow::Result<()> {
+    let grpc_addr = app.settings.grpc_addr;
+    let http_addr = app.settings.http_addr;
     let listeners = Listeners {
         grpc: tokio::net::TcpListener::bind(grpc_addr)
             .await
@@ -154,7 +198,7 @@ async fn serve_async(config: Config) -> anyhow::Result<()> {
             .with_context(|| format!("binding the status address {http_addr}"))?,
     };
     tracing::info!(grpc = %grpc_addr, http = %http_addr, "listening");
-    run(config, listeners, termination()).await?;
+    run(app, listeners, termination()).await?;
     Ok(())
 }
 

@@ -15,8 +15,10 @@ use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::ServingStatus;
 
+use std::collections::HashMap;
+
 use crate::check::Checker;
-use crate::config::Config;
+use crate::config::{Config, ConfigErrors, Settings};
 use crate::identity::Resolver;
 use crate::response::Responder;
 use crate::service::{AuthorizationService, DESCRIPTOR_SET};
@@ -30,8 +32,6 @@ pub struct Listeners {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("cannot build the user-info HTTP client: {0}")]
-    HttpClient(#[from] reqwest::Error),
     #[error("cannot build the reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("the gRPC server failed: {0}")]
@@ -45,18 +45,53 @@ pub enum RunError {
 /// The gRPC service name whose health is reported, besides the overall `""`.
 const AUTHORIZATION_SERVICE: &str = "envoy.service.auth.v3.Authorization";
 
+/// Everything `run` serves, built and validated before any port is bound.
+pub struct App {
+    pub settings: Settings,
+    pub checker: Checker,
+}
+
+impl App {
+    /// Builds the identity sources and checks that every rule names only sources that exist.
+    /// Must run inside a tokio runtime. `env` provides secrets that sources read by name.
+    pub fn new(config: Config, env: &HashMap<String, String>) -> Result<App, ConfigErrors> {
+        let identity =
+            Resolver::build(&config.settings, env).map_err(|problems| ConfigErrors { problems })?;
+        let names: Vec<&str> = identity.names().collect();
+        let mut problems = Vec::new();
+        for (path, method, rule) in config.rules.table.iter() {
+            for wanted in rule.identity.iter().flatten() {
+                if !names.contains(&wanted.as_str()) {
+                    problems.push(format!(
+                        "{}: rule \"{path}\" {method}: identity: unknown source \"{wanted}\" (configured: {})",
+                        config.rules.file.display(),
+                        names.join(", ")
+                    ));
+                }
+            }
+        }
+        if !problems.is_empty() {
+            return Err(ConfigErrors { problems });
+        }
+        Ok(App {
+            checker: Checker {
+                rules: config.rules,
+                identity,
+                request_headers: config.settings.request_headers.clone(),
+            },
+            settings: config.settings,
+        })
+    }
+}
+
 /// Serves until `shutdown` completes, then drains and returns.
 pub async fn run(
-    config: Config,
+    app: App,
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RunError> {
-    let settings = config.settings;
-    let checker = Arc::new(Checker {
-        rules: config.rules,
-        identity: Resolver::from_settings(&settings)?,
-        request_headers: settings.request_headers.clone(),
-    });
+    let settings = app.settings;
+    let checker = Arc::new(app.checker);
     let responder = Arc::new(Responder::new(settings.strict_mode, &settings.user_headers));
     let readiness = Readiness::new(&settings.service_name, &settings.service_version);
 
@@ -79,7 +114,8 @@ pub async fn run(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(AuthorizationServer::new(AuthorizationService::new(
-            checker, responder,
+            checker.clone(),
+            responder,
         )))
         .serve_with_incoming_shutdown(
             TcpListenerStream::new(listeners.grpc),
@@ -91,16 +127,24 @@ pub async fn run(
         .with_graceful_shutdown(stopped(stop_rx));
     let mut http_task = tokio::spawn(async move { http.await.map_err(RunError::Status) });
 
-    health
-        .set_service_status(AUTHORIZATION_SERVICE, ServingStatus::Serving)
-        .await;
-    health.set_service_status("", ServingStatus::Serving).await;
-    readiness.set_ready(true);
-    tracing::info!(
-        grpc_rules = "loaded",
-        version = %settings.service_version,
-        "serving"
-    );
+    // Ready once every identity source can answer (a JWT source after its first key fetch).
+    let ready_checker = checker.clone();
+    let ready_health = health.clone();
+    let ready_flag = readiness.clone();
+    let version = settings.service_version.clone();
+    let mut readiness_task = tokio::spawn(async move {
+        while !ready_checker.identity.ready() {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        ready_health
+            .set_service_status(AUTHORIZATION_SERVICE, ServingStatus::Serving)
+            .await;
+        ready_health
+            .set_service_status("", ServingStatus::Serving)
+            .await;
+        ready_flag.set_ready(true);
+        tracing::info!(version = %version, "ready");
+    });
 
     // A server that ends before shutdown was asked for is an error worth exiting on.
     tokio::select! {
@@ -109,6 +153,8 @@ pub async fn run(
         result = &mut http_task => return result?,
     }
 
+    readiness_task.abort();
+    let _ = (&mut readiness_task).await;
     readiness.set_ready(false);
     health
         .set_service_status(AUTHORIZATION_SERVICE, ServingStatus::NotServing)

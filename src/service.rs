@@ -47,8 +47,8 @@ impl Authorization for AuthorizationService {
         let outcome = self.checker.check(&view, deadline).await;
         let response = self.responder.build(&outcome);
         let (rule, method) = match outcome.rule {
-            Some((path, method)) => (path, format!("{method:?}")),
-            None => ("", String::new()),
+            Some((path, method)) => (path, method.as_str()),
+            None => ("", ""),
         };
         tracing::info!(
             target: "checkpoint::decision",

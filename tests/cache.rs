@@ -116,3 +116,37 @@ async fn a_thousand_concurrent_checks_with_one_new_credential_make_one_call() {
     }
     assert_eq!(userinfo.count(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_request_ids_do_not_split_the_cache() {
+    // Envoy sets a fresh x-request-id (and trace context) on every request; the default
+    // HEADERS_TO_PROXY sends it to user-info, but the cache must still hit.
+    let (userinfo, server) = start(&[]).await;
+    for i in 0..5 {
+        let id = format!("req-{i}");
+        let trace = format!("00-{i:032x}-{i:016x}-01");
+        let a = answer(
+            &server
+                .check(request(
+                    "GET",
+                    "/private",
+                    &[
+                        ("authorization", "Bearer alice"),
+                        ("x-request-id", &id),
+                        ("traceparent", &trace),
+                    ],
+                ))
+                .await,
+        );
+        assert_eq!(a.http_status, 200);
+    }
+    assert_eq!(userinfo.count(), 1);
+    // ...while every call that is made still carries the request's own id.
+    assert_eq!(
+        userinfo.calls()[0]
+            .headers
+            .get("x-request-id")
+            .map(String::as_str),
+        Some("req-0")
+    );
+}

@@ -9,10 +9,11 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{
-    IdentitySettings, RequestHeaders, SettingError, Settings, UserHeaders, UserInfoSettings,
-    duration,
-};
+use super::sources::{SourceSettings, Span, TrustedHeadersSource, UserinfoSource};
+use super::{RequestHeaders, SettingError, Settings, UserHeaders, duration};
+
+/// The native configuration file (YAML or JSON); when set it wins over every other variable.
+pub const CHECKPOINT_CONFIG: &str = "CHECKPOINT_CONFIG";
 
 pub const CONFIGURATION_PATH: &str = "CONFIGURATION_PATH";
 pub const DEFAULT_CONFIGURATION_PATH: &str = "./";
@@ -74,6 +75,38 @@ pub const DEFAULT_CHECKPOINT_IDENTITY_CACHE_MAX_ENTRIES: u64 = 100_000;
 pub const CHECKPOINT_DRAIN_TIMEOUT: &str = "CHECKPOINT_DRAIN_TIMEOUT";
 pub const DEFAULT_CHECKPOINT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Every variable this module reads (for "ignored because the file wins").
+pub const ALL: &[&str] = &[
+    CHECKPOINT_CONFIG,
+    CONFIGURATION_PATH,
+    CONFIGURATION_FILE_NAME,
+    USERINFO_URL,
+    BACKOFFICE_USERINFO_URL,
+    HEADERS_TO_PROXY,
+    AUTHORIZATION_HEADERS_TO_PROXY,
+    CUSTOM_USER_ID_KEY,
+    CUSTOM_PERMISSIONS_KEY,
+    USER_PROPERTIES_TO_PROXY,
+    BACKOFFICE_HEADER_KEY,
+    CLIENT_TYPE_HEADER_KEY,
+    AUTHORIZATION_STRICT_MODE_ENABLED,
+    TRUST_MIA_USER_HEADERS,
+    USERID_HEADER_KEY,
+    GROUPS_HEADER_KEY,
+    USER_PROPERTIES_HEADER_KEY,
+    HTTP_PORT,
+    SERVICE_VERSION,
+    LOG_LEVEL,
+    DELAY_SHUTDOWN_SECONDS,
+    CHECKPOINT_GRPC_ADDR,
+    CHECKPOINT_HTTP_ADDR,
+    CHECKPOINT_USERINFO_TIMEOUT,
+    CHECKPOINT_IDENTITY_CACHE_TTL,
+    CHECKPOINT_NEGATIVE_CACHE_TTL,
+    CHECKPOINT_IDENTITY_CACHE_MAX_ENTRIES,
+    CHECKPOINT_DRAIN_TIMEOUT,
+];
+
 /// Not a knob: an answer larger than this is not a user profile.
 pub const USERINFO_MAX_BODY_BYTES: usize = 1024 * 1024;
 pub const SERVICE_NAME: &str = "checkpoint";
@@ -113,8 +146,10 @@ pub fn settings_from(vars: &HashMap<String, String>) -> Result<Settings, Vec<Set
         .string(CUSTOM_USER_ID_KEY)
         .unwrap_or_else(|| DEFAULT_CUSTOM_USER_ID_KEY.to_owned());
     let permissions_key = r.string(CUSTOM_PERMISSIONS_KEY);
-    let identity = if trust {
-        IdentitySettings::TrustedHeaders
+    let sources = if trust {
+        vec![SourceSettings::TrustedHeaders(
+            TrustedHeadersSource::default(),
+        )]
     } else {
         let url = r
             .required(USERINFO_URL)
@@ -130,20 +165,17 @@ pub fn settings_from(vars: &HashMap<String, String>) -> Result<Settings, Vec<Set
                 );
             }
         }
-        match url {
-            Some(url) => IdentitySettings::UserInfo(Box::new(UserInfoSettings {
-                url,
-                backoffice_url,
-                headers_to_proxy,
-                authorization_headers,
-                timeout,
-                user_id_key,
-                permissions_key,
-                max_body_bytes: USERINFO_MAX_BODY_BYTES,
-            })),
-            // The error is recorded; this value is never returned.
-            None => IdentitySettings::TrustedHeaders,
-        }
+        vec![SourceSettings::Userinfo(UserinfoSource {
+            name: None,
+            url: url.map(|u| u.to_string()).unwrap_or_default(),
+            backoffice_url: backoffice_url.map(|u| u.to_string()),
+            headers_to_proxy,
+            authorization_headers,
+            timeout: Span(timeout),
+            user_id_key,
+            permissions_key,
+            properties: r.list(USER_PROPERTIES_TO_PROXY, "", false),
+        })]
     };
 
     let user_headers = UserHeaders {
@@ -153,7 +185,6 @@ pub fn settings_from(vars: &HashMap<String, String>) -> Result<Settings, Vec<Set
             USER_PROPERTIES_HEADER_KEY,
             DEFAULT_USER_PROPERTIES_HEADER_KEY,
         ),
-        properties_to_proxy: r.list(USER_PROPERTIES_TO_PROXY, "", false),
     };
     let request_headers = RequestHeaders {
         backoffice: r.header_name(BACKOFFICE_HEADER_KEY, DEFAULT_BACKOFFICE_HEADER_KEY),
@@ -183,7 +214,7 @@ pub fn settings_from(vars: &HashMap<String, String>) -> Result<Settings, Vec<Set
             DEFAULT_AUTHORIZATION_STRICT_MODE_ENABLED,
         ),
         rules_file,
-        identity,
+        sources,
         identity_cache: crate::identity::CacheSettings {
             ttl: r.duration(
                 CHECKPOINT_IDENTITY_CACHE_TTL,
@@ -385,11 +416,11 @@ mod tests {
         assert_eq!(s.request_headers.backoffice, "isbackoffice");
         assert_eq!(s.request_headers.client_type, "client-type");
         assert_eq!(s.log_level, "info");
-        let IdentitySettings::UserInfo(u) = s.identity else {
+        let [SourceSettings::Userinfo(u)] = s.sources.as_slice() else {
             panic!("userinfo expected")
         };
         assert_eq!(u.user_id_key, "sub");
-        assert_eq!(u.timeout, Duration::from_secs(5));
+        assert_eq!(u.timeout, Span(Duration::from_secs(5)));
         assert_eq!(
             u.headers_to_proxy.join(","),
             "x-request-id,request-id,cookie,authorization,client-type,host,x-forwarded-host"
@@ -437,7 +468,10 @@ mod tests {
             (USERID_HEADER_KEY, "X-User"),
         ]))
         .expect("valid");
-        assert!(matches!(s.identity, IdentitySettings::TrustedHeaders));
+        assert!(matches!(
+            s.sources.as_slice(),
+            [SourceSettings::TrustedHeaders(_)]
+        ));
         assert_eq!(s.user_headers.user_id, "x-user");
         assert_eq!(s.rules_file, PathBuf::from("/etc/rules/auth.json"));
     }

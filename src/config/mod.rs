@@ -10,6 +10,7 @@
 
 pub mod duration;
 pub mod env;
+pub mod file;
 pub mod rules;
 pub mod sources;
 
@@ -39,30 +40,12 @@ pub struct Settings {
     pub strict_mode: bool,
     /// The rule file (`<CONFIGURATION_PATH>/<CONFIGURATION_FILE_NAME>.json`).
     pub rules_file: PathBuf,
-    pub identity: IdentitySettings,
+    /// The identity sources, in the order they are asked.
+    pub sources: Vec<sources::SourceSettings>,
     /// How long identity answers are reused; a zero TTL turns the cache off.
     pub identity_cache: crate::identity::CacheSettings,
     pub user_headers: UserHeaders,
     pub request_headers: RequestHeaders,
-}
-
-/// Where the caller's identity comes from.
-#[derive(Debug, Clone)]
-pub enum IdentitySettings {
-    /// Ask the customer's authentication manager (Mia's default flow).
-    UserInfo(Box<UserInfoSettings>),
-    /// Mia's trust mode: take the user from the request's user headers.
-    TrustedHeaders,
-}
-
-impl IdentitySettings {
-    /// The short name used in logs and in `check-config`.
-    pub fn source_name(&self) -> &'static str {
-        match self {
-            IdentitySettings::UserInfo(_) => "userinfo",
-            IdentitySettings::TrustedHeaders => "trusted_headers",
-        }
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -84,6 +67,64 @@ pub struct UserInfoSettings {
     pub max_body_bytes: usize,
 }
 
+impl UserInfoSettings {
+    /// Validates a `userinfo` source's settings: URLs and header names.
+    pub fn from_source(source: &sources::UserinfoSource) -> Result<UserInfoSettings, Vec<String>> {
+        let mut problems = Vec::new();
+        let url =
+            |field: &str, text: &str, problems: &mut Vec<String>| match reqwest::Url::parse(text) {
+                Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => Some(url),
+                Ok(_) => {
+                    problems.push(format!("{field}: \"{text}\" is not an http or https URL"));
+                    None
+                }
+                Err(e) => {
+                    problems.push(format!("{field}: \"{text}\" is not a URL: {e}"));
+                    None
+                }
+            };
+        let main = url("url", &source.url, &mut problems);
+        let backoffice = source
+            .backoffice_url
+            .as_deref()
+            .and_then(|u| url("backoffice_url", u, &mut problems));
+        let mut names = |field: &str, list: &[String]| -> Vec<String> {
+            list.iter()
+                .filter_map(|n| {
+                    if env::is_header_name(n) {
+                        Some(n.to_ascii_lowercase())
+                    } else {
+                        problems.push(format!("{field}: \"{n}\" is not a valid header name"));
+                        None
+                    }
+                })
+                .collect()
+        };
+        let headers_to_proxy = names("headers_to_proxy", &source.headers_to_proxy);
+        let authorization_headers = names("authorization_headers", &source.authorization_headers);
+        for name in &authorization_headers {
+            if !headers_to_proxy.contains(name) {
+                problems.push(format!(
+                    "authorization_headers: \"{name}\" is not in headers_to_proxy, so it would never reach the user-info endpoint"
+                ));
+            }
+        }
+        match main {
+            Some(url) if problems.is_empty() => Ok(UserInfoSettings {
+                url,
+                backoffice_url: backoffice,
+                headers_to_proxy,
+                authorization_headers,
+                timeout: source.timeout.0,
+                user_id_key: source.user_id_key.clone(),
+                permissions_key: source.permissions_key.clone(),
+                max_body_bytes: env::USERINFO_MAX_BODY_BYTES,
+            }),
+            _ => Err(problems),
+        }
+    }
+}
+
 /// The headers checkpoint writes upstream for an allowed request.
 #[derive(Debug, Clone)]
 pub struct UserHeaders {
@@ -91,8 +132,6 @@ pub struct UserHeaders {
     pub user_id: String,
     pub groups: String,
     pub properties: String,
-    /// User fields JSON-encoded into the properties header.
-    pub properties_to_proxy: Vec<String>,
 }
 
 /// Request headers that carry facts for the expressions.
@@ -117,6 +156,10 @@ pub struct SettingError {
 pub struct Config {
     pub settings: Settings,
     pub rules: RuleSet,
+    /// Where the configuration came from, for `check-config` and the start-up log.
+    pub origin: String,
+    /// Mia variables that were set but ignored because the native file wins.
+    pub ignored: Vec<&'static str>,
 }
 
 /// Every problem found while loading, settings and rules together.
@@ -130,6 +173,25 @@ impl Config {
     /// Reads settings from `vars`, then the rule file they name. Reports every problem: those
     /// of the settings and those of the rule file together, whenever the file can be named.
     pub fn load(vars: &std::collections::HashMap<String, String>) -> Result<Config, ConfigErrors> {
+        if let Some(path) = vars
+            .get(env::CHECKPOINT_CONFIG)
+            .map(|v| v.trim())
+            .filter(|v| !v.is_empty())
+        {
+            let (settings, rules) = file::load(std::path::Path::new(path))
+                .map_err(|problems| ConfigErrors { problems })?;
+            let ignored = env::ALL
+                .iter()
+                .copied()
+                .filter(|name| *name != env::CHECKPOINT_CONFIG && vars.contains_key(*name))
+                .collect();
+            return Ok(Config {
+                settings,
+                rules,
+                origin: format!("{path} ({})", env::CHECKPOINT_CONFIG),
+                ignored,
+            });
+        }
         let settings = env::settings_from(vars);
         let rules_file = match &settings {
             Ok(s) => Some(s.rules_file.clone()),
@@ -137,7 +199,12 @@ impl Config {
         };
         let rules = rules_file.map(|file| RuleSet::load(&file));
         match (settings, rules) {
-            (Ok(settings), Some(Ok(rules))) => Ok(Config { settings, rules }),
+            (Ok(settings), Some(Ok(rules))) => Ok(Config {
+                settings,
+                rules,
+                origin: "environment variables".to_owned(),
+                ignored: Vec::new(),
+            }),
             (settings, rules) => {
                 let mut problems: Vec<String> = match settings {
                     Err(errors) => errors.iter().map(ToString::to_string).collect(),

@@ -21,6 +21,8 @@ pub struct Rule {
     pub authorization: Policy,
     /// Used for backoffice requests when present.
     pub backoffice: Option<Policy>,
+    /// The identity sources asked for this rule, by name, in the configured order; `None`: all.
+    pub identity: Option<Vec<String>>,
 }
 
 impl Rule {
@@ -101,7 +103,7 @@ impl RuleSet {
     }
 }
 
-const RULE_FIELDS: &[&str] = &["authorization", "backofficeAuthorization"];
+const RULE_FIELDS: &[&str] = &["authorization", "backofficeAuthorization", "identity"];
 const POLICY_FIELDS: &[&str] = &["expression", "public"];
 
 fn compile(label: &str, text: &str) -> Result<RouteTable<Rule>, Vec<RuleError>> {
@@ -213,7 +215,7 @@ fn rule_from(body: &Value, problems: &mut Vec<String>) -> Option<Rule> {
     for name in fields.keys() {
         if !RULE_FIELDS.contains(&name.as_str()) {
             problems.push(format!(
-                "unknown field \"{name}\" (expected authorization or backofficeAuthorization)"
+                "unknown field \"{name}\" (expected authorization, backofficeAuthorization or identity)"
             ));
         }
     }
@@ -228,12 +230,30 @@ fn rule_from(body: &Value, problems: &mut Vec<String>) -> Option<Rule> {
     let backoffice = fields
         .get("backofficeAuthorization")
         .and_then(|value| policy_from("backofficeAuthorization", value, problems));
+    let identity = match fields.get("identity") {
+        None => None,
+        Some(Value::Array(items)) if !items.is_empty() => {
+            let names: Vec<String> = items
+                .iter()
+                .filter_map(|i| i.as_str().map(str::to_owned))
+                .collect();
+            if names.len() != items.len() {
+                problems.push("identity: must be a list of source names".to_owned());
+            }
+            Some(names)
+        }
+        Some(_) => {
+            problems.push("identity: must be a non-empty list of source names".to_owned());
+            None
+        }
+    };
     if problems.len() > before {
         return None;
     }
     Some(Rule {
         authorization: authorization?,
         backoffice,
+        identity,
     })
 }
 

@@ -88,7 +88,7 @@ impl SourceSettings {
     }
 }
 
-/// Where a token is read from. Exactly one of the fields.
+/// Where a token is read from: `bearer`, `{ header: NAME }` or `{ cookie: NAME }`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum TokenLocation {
@@ -168,7 +168,10 @@ pub struct JwtSource {
     pub leeway: Span,
     /// Required `typ` header (e.g. `at+jwt`), compared case-insensitively.
     pub typ: Option<String>,
-    #[serde(default = "default_bearer")]
+    #[serde(
+        default = "default_bearer",
+        deserialize_with = "serde_yaml_ng::with::singleton_map::deserialize"
+    )]
     pub token: TokenLocation,
     #[serde(default)]
     pub claims: ClaimMapping,
@@ -203,7 +206,10 @@ pub struct IntrospectionSource {
     pub client_secret_env: Option<String>,
     #[serde(default = "default_client_auth")]
     pub auth_method: ClientAuth,
-    #[serde(default = "default_bearer")]
+    #[serde(
+        default = "default_bearer",
+        deserialize_with = "serde_yaml_ng::with::singleton_map::deserialize"
+    )]
     pub token: TokenLocation,
     #[serde(default)]
     pub claims: ClaimMapping,

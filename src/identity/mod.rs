@@ -24,7 +24,7 @@ use tokio::time::Instant;
 
 pub use cache::{CacheSettings, CacheStats, IdentityCache, KeyHasher, Lookup};
 
-use crate::config::{IdentitySettings, Settings};
+use crate::config::Settings;
 use crate::request::Request;
 
 /// A known, logged-in caller. Built once per identity answer, with the values that go upstream
@@ -187,16 +187,45 @@ pub trait Source: Send + Sync {
 
 /// The identity sources, in order, and the cache of their answers.
 pub struct Resolver {
-    sources: Vec<Box<dyn Source>>,
+    sources: Vec<Named>,
     cache: Option<IdentityCache>,
+}
+
+/// A source with the name rules choose it by.
+pub struct Named {
+    pub name: String,
+    pub source: Box<dyn Source>,
+}
+
+fn build_source(
+    settings: &crate::config::sources::SourceSettings,
+    all: &Settings,
+) -> Result<Box<dyn Source>, Vec<String>> {
+    use crate::config::sources::SourceSettings as S;
+    Ok(match settings {
+        S::Userinfo(source) => {
+            let validated = crate::config::UserInfoSettings::from_source(source)?;
+            Box::new(
+                userinfo::UserInfo::new(validated, source.properties.clone())
+                    .map_err(|e| vec![format!("cannot build the HTTP client: {e}")])?,
+            )
+        }
+        S::TrustedHeaders(_) => Box::new(trusted::TrustedHeaders::new(all.user_headers.clone())),
+        other => {
+            return Err(vec![format!(
+                "source type \"{}\" is not available yet",
+                other.name()
+            )]);
+        }
+    })
 }
 
 /// The resolver's answer, with what the decision log wants to know about how it was found.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Resolved {
+pub struct Resolved<'a> {
     pub resolution: Resolution,
     /// The source that decided (`none` when every source passed on).
-    pub source: &'static str,
+    pub source: &'a str,
     /// How the cache answered, when the deciding source was looked up in it.
     pub cache: Option<Lookup>,
     /// How long the source itself took, when it was called (not on a cache hit).
@@ -204,13 +233,13 @@ pub struct Resolved {
 }
 
 impl Resolver {
-    pub fn new(sources: Vec<Box<dyn Source>>, cache: Option<IdentityCache>) -> Resolver {
+    pub fn new(sources: Vec<Named>, cache: Option<IdentityCache>) -> Resolver {
         Resolver { sources, cache }
     }
 
     /// Whether every source can answer.
     pub fn ready(&self) -> bool {
-        self.sources.iter().all(|s| s.ready())
+        self.sources.iter().all(|s| s.source.ready())
     }
 
     /// The cache's counters, when the cache is on.
@@ -218,27 +247,68 @@ impl Resolver {
         self.cache.as_ref().map(|c| &*c.stats)
     }
 
-    /// Builds the sources the settings name.
-    pub fn from_settings(settings: &Settings) -> Result<Resolver, reqwest::Error> {
-        let source: Box<dyn Source> = match &settings.identity {
-            IdentitySettings::UserInfo(userinfo) => Box::new(userinfo::UserInfo::new(
-                (**userinfo).clone(),
-                settings.user_headers.properties_to_proxy.clone(),
-            )?),
-            IdentitySettings::TrustedHeaders => {
-                Box::new(trusted::TrustedHeaders::new(settings.user_headers.clone()))
+    /// Builds the sources the settings name, in order. Must run inside a tokio runtime (some
+    /// sources keep keys fresh in the background). Every problem is reported, each naming the
+    /// source by its position and name.
+    pub fn build(
+        settings: &Settings,
+        env: &std::collections::HashMap<String, String>,
+    ) -> Result<Resolver, Vec<String>> {
+        let _ = env;
+        let mut problems = Vec::new();
+        let mut sources = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for (index, source) in settings.sources.iter().enumerate() {
+            let name = source.name().to_owned();
+            let at = format!("identity.sources[{index}] ({name})");
+            if !seen.insert(name.clone()) {
+                problems.push(format!(
+                    "{at}: another source has the same name; set `name` on one of them"
+                ));
+                continue;
             }
-        };
-        Ok(Resolver::new(
-            vec![source],
-            IdentityCache::new(settings.identity_cache),
-        ))
+            match build_source(source, settings) {
+                Ok(built) => sources.push(Named {
+                    name,
+                    source: built,
+                }),
+                Err(errors) => problems.extend(errors.into_iter().map(|e| format!("{at}: {e}"))),
+            }
+        }
+        if sources.is_empty() && problems.is_empty() {
+            problems.push(
+                "identity.sources: at least one source is needed (use `anonymous` for none)".into(),
+            );
+        }
+        if problems.is_empty() {
+            Ok(Resolver::new(
+                sources,
+                IdentityCache::new(settings.identity_cache),
+            ))
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// The names of the sources, in order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.sources.iter().map(|s| s.name.as_str())
     }
 
     /// Asks each source in turn, through the cache where the source can name its credential;
     /// the first that does not pass on decides.
-    pub async fn resolve(&self, request: &Request, context: &Context) -> Resolved {
-        for source in &self.sources {
+    pub async fn resolve(
+        &self,
+        request: &Request,
+        context: &Context,
+        allowed: Option<&[String]>,
+    ) -> Resolved<'_> {
+        for Named { name, source } in &self.sources {
+            if let Some(allowed) = allowed
+                && !allowed.iter().any(|a| a == name)
+            {
+                continue;
+            }
             let timed = async {
                 let started = Instant::now();
                 let resolution = source.resolve(request, context).await;
@@ -247,7 +317,7 @@ impl Resolver {
             let (resolution, cache, latency) = match &self.cache {
                 Some(cache) => {
                     let mut key = cache.key_hasher();
-                    key.field(source.name().as_bytes());
+                    key.field(name.as_bytes());
                     if source.cache_key(request, context, &mut key) {
                         let latency = std::sync::Mutex::new(None);
                         let call = async {
@@ -275,7 +345,7 @@ impl Resolver {
             if resolution != Resolution::NoCredential {
                 return Resolved {
                     resolution,
-                    source: source.name(),
+                    source: name,
                     cache,
                     latency,
                 };

@@ -79,7 +79,6 @@ mod tests {
             user_id: "miauserid".into(),
             groups: "miausergroups".into(),
             properties: "miauserproperties".into(),
-            properties_to_proxy: vec![],
         })
     }
 

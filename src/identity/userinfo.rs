@@ -19,6 +19,19 @@ use super::{BoxFuture, Context, Failure, KeyHasher, Resolution, Source, User, as
 use crate::config::UserInfoSettings;
 use crate::request::Request;
 
+/// Proxied headers left out of the cache key: they change with every request, not with the
+/// caller. A user-info endpoint whose answer depends on them cannot be cached (TTL 0).
+pub const PER_REQUEST_HEADERS: &[&str] = &[
+    "x-request-id",
+    "request-id",
+    "x-correlation-id",
+    "traceparent",
+    "tracestate",
+    "b3",
+    "x-cloud-trace-context",
+    "x-amzn-trace-id",
+];
+
 pub struct UserInfo {
     client: reqwest::Client,
     settings: UserInfoSettings,
@@ -46,16 +59,7 @@ impl UserInfo {
     /// The headers copied onto the call: only the configured ones the request carries.
     fn proxied_headers(&self, request: &Request) -> HeaderMap {
         let mut headers = HeaderMap::new();
-        for name in &self.settings.headers_to_proxy {
-            // Behind Envoy an HTTP/1 `Host` arrives as the `:authority` pseudo-header.
-            let value = match (name.as_str(), request.header(name)) {
-                (_, Some(value)) => value,
-                ("host", None) => match request.header(":authority") {
-                    Some(value) => value,
-                    None => continue,
-                },
-                (_, None) => continue,
-            };
+        for (name, value) in self.proxied(request) {
             // Names were validated at start-up; a value that is not a valid header value (it
             // cannot arrive through Envoy) is left out rather than failing the Check.
             if let (Ok(name), Ok(value)) = (
@@ -66,6 +70,19 @@ impl UserInfo {
             }
         }
         headers
+    }
+
+    /// The configured headers the request carries, with their values.
+    fn proxied<'r>(&'r self, request: &'r Request) -> impl Iterator<Item = (&'r str, &'r str)> {
+        self.settings.headers_to_proxy.iter().filter_map(|name| {
+            // Behind Envoy an HTTP/1 `Host` arrives as the `:authority` pseudo-header.
+            let value = match (name.as_str(), request.header(name)) {
+                (_, Some(value)) => value,
+                ("host", None) => request.header(":authority")?,
+                (_, None) => return None,
+            };
+            Some((name.as_str(), value))
+        })
     }
 
     /// Whether `AUTHORIZATION_HEADERS_TO_PROXY` lets the call happen at all.
@@ -275,8 +292,13 @@ impl Source for UserInfo {
             return false;
         }
         key.field(self.url_for(context).as_str().as_bytes());
-        for (name, value) in self.proxied_headers(request).iter() {
-            key.field(name.as_str().as_bytes());
+        for (name, value) in self.proxied(request) {
+            // Per-request ids and trace context do not identify the caller: keyed on them, every
+            // request behind Envoy (which sets a fresh x-request-id) would miss.
+            if PER_REQUEST_HEADERS.contains(&name) || name.starts_with("x-b3-") {
+                continue;
+            }
+            key.field(name.as_bytes());
             key.field(value.as_bytes());
         }
         true

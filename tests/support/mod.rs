@@ -47,6 +47,8 @@ impl Server {
         env.entry("DELAY_SHUTDOWN_SECONDS".into())
             .or_insert_with(|| "0".into());
         let config = Config::load(&env).unwrap_or_else(|e| panic!("config: {:?}", e.problems));
+        let app = checkpoint::App::new(config, &env)
+            .unwrap_or_else(|e| panic!("sources: {:?}", e.problems));
         let grpc = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -56,7 +58,7 @@ impl Server {
         let (grpc_addr, http_addr) = (grpc.local_addr().unwrap(), http.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(checkpoint::run(
-            config,
+            app,
             checkpoint::Listeners { grpc, http },
             async move {
                 let _ = stopped.await;

@@ -1,0 +1,407 @@
+//! The native configuration file (`CHECKPOINT_CONFIG`): YAML, or JSON when the name ends in
+//! `.json`. It maps onto the same [`Settings`] as Mia's environment variables; when both are
+//! given, the file wins and `check-config` lists the variables it ignored.
+//!
+//! Called by `Config::load`. Structure errors come from serde with their line and column
+//! (`deny_unknown_fields` everywhere); the rules it names or holds inline are then compiled by
+//! `config::rules`, which lists every problem. The JSON Schema of this format is generated from
+//! these types (`checkpoint schema`) and shipped as `schema/checkpoint.schema.json`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use super::sources::{SourceSettings, Span};
+use super::{RequestHeaders, RuleSet, Settings, UserHeaders, env};
+use crate::identity::CacheSettings;
+
+/// The only version this build reads.
+pub const VERSION: u32 = 1;
+
+/// checkpoint's native configuration.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// The format's version: 1.
+    pub version: u32,
+    #[serde(default)]
+    pub server: ServerSection,
+    pub rules: RulesSection,
+    pub identity: IdentitySection,
+    #[serde(default)]
+    pub user_headers: UserHeadersSection,
+    #[serde(default)]
+    pub request_headers: RequestHeadersSection,
+    #[serde(default)]
+    pub responses: ResponsesSection,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    /// gRPC address (Check, health, reflection). Default `0.0.0.0:50051`.
+    pub grpc_addr: String,
+    /// Status routes address. Default `0.0.0.0:3000`.
+    pub http_addr: String,
+    /// `tracing` filter. Default `info`.
+    pub log_level: String,
+    /// Serving goes on this long after SIGTERM while reporting not ready. Default 10s.
+    pub shutdown_delay: Span,
+    /// Bound of the drain of in-flight Checks. Default 30s.
+    pub drain_timeout: Span,
+    /// Reported by the status routes. Default: the crate version.
+    pub service_version: Option<String>,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        ServerSection {
+            grpc_addr: env::DEFAULT_CHECKPOINT_GRPC_ADDR.to_string(),
+            http_addr: format!("0.0.0.0:{}", env::DEFAULT_HTTP_PORT),
+            log_level: env::DEFAULT_LOG_LEVEL.into(),
+            shutdown_delay: Span(env::DEFAULT_DELAY_SHUTDOWN_SECONDS),
+            drain_timeout: Span(env::DEFAULT_CHECKPOINT_DRAIN_TIMEOUT),
+            service_version: None,
+        }
+    }
+}
+
+/// The `auth.json` rules: a file, or the same structure inline; exactly one of the two.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RulesSection {
+    /// Path of an `auth.json` file, relative to this configuration file.
+    pub file: Option<String>,
+    /// The `auth.json` structure itself: paths, then methods, then `authorization`,
+    /// `backofficeAuthorization` and `identity` (the source names the rule accepts).
+    pub inline: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IdentitySection {
+    /// Asked in order: the first that finds a credential it understands decides; one that finds
+    /// none passes on; an invalid credential is a 401.
+    pub sources: Vec<SourceSettings>,
+    #[serde(default)]
+    pub cache: CacheSection,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheSection {
+    /// How long a user is reused (never past the credential's expiry); 0 turns the cache off.
+    pub ttl: Span,
+    /// How long an anonymous or invalid answer is reused.
+    pub negative_ttl: Span,
+    pub max_entries: u64,
+}
+
+impl Default for CacheSection {
+    fn default() -> Self {
+        CacheSection {
+            ttl: Span(env::DEFAULT_CHECKPOINT_IDENTITY_CACHE_TTL),
+            negative_ttl: Span(env::DEFAULT_CHECKPOINT_NEGATIVE_CACHE_TTL),
+            max_entries: env::DEFAULT_CHECKPOINT_IDENTITY_CACHE_MAX_ENTRIES,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct UserHeadersSection {
+    pub user_id: String,
+    pub groups: String,
+    pub properties: String,
+}
+
+impl Default for UserHeadersSection {
+    fn default() -> Self {
+        UserHeadersSection {
+            user_id: env::DEFAULT_USERID_HEADER_KEY.into(),
+            groups: env::DEFAULT_GROUPS_HEADER_KEY.into(),
+            properties: env::DEFAULT_USER_PROPERTIES_HEADER_KEY.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct RequestHeadersSection {
+    pub backoffice: String,
+    pub client_type: String,
+}
+
+impl Default for RequestHeadersSection {
+    fn default() -> Self {
+        RequestHeadersSection {
+            backoffice: env::DEFAULT_BACKOFFICE_HEADER_KEY.into(),
+            client_type: env::DEFAULT_CLIENT_TYPE_HEADER_KEY.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResponsesSection {
+    /// Strict mode denies; off, 401/403/404 become OK with `mia-allowed: 0`.
+    pub strict_mode: bool,
+}
+
+impl Default for ResponsesSection {
+    fn default() -> Self {
+        ResponsesSection { strict_mode: true }
+    }
+}
+
+/// The JSON Schema of the file, pretty-printed.
+pub fn schema() -> String {
+    let schema = schemars::schema_for!(FileConfig);
+    serde_json::to_string_pretty(&schema).unwrap_or_default() + "\n"
+}
+
+/// Reads the file at `path` into settings and rules; every problem names the file and, for
+/// structure errors, the line and column.
+pub fn load(path: &Path) -> Result<(Settings, RuleSet), Vec<String>> {
+    let label = path.display().to_string();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| vec![format!("{label}: cannot read the configuration file: {e}")])?;
+    let parsed: FileConfig = if label.ends_with(".json") {
+        serde_json::from_str(&text).map_err(|e| {
+            vec![format!(
+                "{label}:{}:{}: {}",
+                e.line(),
+                e.column(),
+                strip_position(&e.to_string())
+            )]
+        })?
+    } else {
+        serde_yaml_ng::from_str(&text).map_err(|e| {
+            let position = e
+                .location()
+                .map(|l| format!(":{}:{}", l.line(), l.column()))
+                .unwrap_or_default();
+            vec![format!(
+                "{label}{position}: {}",
+                strip_position(&e.to_string())
+            )]
+        })?
+    };
+    from_file(parsed, &label, path.parent().unwrap_or(Path::new(".")))
+}
+
+fn strip_position(message: &str) -> String {
+    message
+        .split(" at line ")
+        .next()
+        .unwrap_or(message)
+        .to_owned()
+}
+
+/// Validates a parsed file; `dir` is where relative paths start.
+pub fn from_file(
+    file: FileConfig,
+    label: &str,
+    dir: &Path,
+) -> Result<(Settings, RuleSet), Vec<String>> {
+    let mut problems = Vec::new();
+    if file.version != VERSION {
+        problems.push(format!(
+            "{label}: version: {} is not supported (this build reads version {VERSION})",
+            file.version
+        ));
+    }
+    let addr = |field: &str, text: &str, problems: &mut Vec<String>| {
+        text.parse::<SocketAddr>().map_err(|_| {
+            problems.push(format!(
+                "{label}: server.{field}: \"{text}\" is not an address such as 0.0.0.0:50051"
+            ));
+        })
+    };
+    let grpc_addr = addr("grpc_addr", &file.server.grpc_addr, &mut problems);
+    let http_addr = addr("http_addr", &file.server.http_addr, &mut problems);
+    if let Err(e) = crate::telemetry::filter(&file.server.log_level) {
+        problems.push(format!("{label}: server.log_level: {e}"));
+    }
+    for (field, name) in [
+        ("user_headers.user_id", &file.user_headers.user_id),
+        ("user_headers.groups", &file.user_headers.groups),
+        ("user_headers.properties", &file.user_headers.properties),
+        (
+            "request_headers.backoffice",
+            &file.request_headers.backoffice,
+        ),
+        (
+            "request_headers.client_type",
+            &file.request_headers.client_type,
+        ),
+    ] {
+        if !env::is_header_name(name) {
+            problems.push(format!(
+                "{label}: {field}: \"{name}\" is not a valid header name"
+            ));
+        }
+    }
+    let (rules_file, rules) = match (&file.rules.file, &file.rules.inline) {
+        (Some(name), None) => {
+            let path = dir.join(name);
+            (path.clone(), RuleSet::load(&path))
+        }
+        (None, Some(map)) => {
+            let inline_label = format!("{label}#rules.inline");
+            let text = serde_json::Value::Object(map.clone()).to_string();
+            (
+                PathBuf::from(&inline_label),
+                RuleSet::parse(&inline_label, &text),
+            )
+        }
+        _ => {
+            problems.push(format!(
+                "{label}: rules: give exactly one of `file` and `inline`"
+            ));
+            (PathBuf::new(), Err(Vec::new()))
+        }
+    };
+    let rules = match rules {
+        Ok(rules) => Some(rules),
+        Err(errors) => {
+            problems.extend(errors.iter().map(ToString::to_string));
+            None
+        }
+    };
+    let (Ok(grpc_addr), Ok(http_addr), Some(rules)) = (grpc_addr, http_addr, rules) else {
+        return Err(problems);
+    };
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let lower = |s: &str| s.to_ascii_lowercase();
+    let settings = Settings {
+        grpc_addr,
+        http_addr,
+        service_name: env::SERVICE_NAME.into(),
+        service_version: file
+            .server
+            .service_version
+            .clone()
+            .unwrap_or_else(|| env::DEFAULT_SERVICE_VERSION.into()),
+        log_level: file.server.log_level.clone(),
+        shutdown_delay: file.server.shutdown_delay.0,
+        drain_timeout: file.server.drain_timeout.0,
+        strict_mode: file.responses.strict_mode,
+        rules_file,
+        sources: file.identity.sources.clone(),
+        identity_cache: CacheSettings {
+            ttl: file.identity.cache.ttl.0,
+            negative_ttl: file.identity.cache.negative_ttl.0,
+            max_entries: file.identity.cache.max_entries,
+        },
+        user_headers: UserHeaders {
+            user_id: lower(&file.user_headers.user_id),
+            groups: lower(&file.user_headers.groups),
+            properties: lower(&file.user_headers.properties),
+        },
+        request_headers: RequestHeaders {
+            backoffice: lower(&file.request_headers.backoffice),
+            client_type: lower(&file.request_headers.client_type),
+        },
+    };
+    Ok((settings, rules))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(yaml: &str) -> Result<(Settings, RuleSet), Vec<String>> {
+        match serde_yaml_ng::from_str::<FileConfig>(yaml) {
+            Ok(file) => from_file(file, "checkpoint.yaml", Path::new(".")),
+            Err(e) => Err(vec![e.to_string()]),
+        }
+    }
+
+    #[test]
+    fn a_full_file_maps_onto_settings() {
+        let (settings, rules) = parse(
+            r#"
+version: 1
+server: { grpc_addr: "127.0.0.1:50051", http_addr: "127.0.0.1:3000", shutdown_delay: 2s }
+rules:
+  inline:
+    /admin:
+      ALL:
+        authorization: { expression: "groups.admin", public: false }
+        identity: [mtls]
+identity:
+  cache: { ttl: 1m, negative_ttl: 0 }
+  sources:
+    - type: mtls
+      principals: [{ principal: "spiffe://x/ns/a/sa/b", groups: [admin] }]
+    - type: userinfo
+      url: http://auth/userinfo
+      properties: [email]
+user_headers: { user_id: X-User }
+responses: { strict_mode: false }
+"#,
+        )
+        .expect("valid");
+        assert_eq!(settings.grpc_addr.to_string(), "127.0.0.1:50051");
+        assert_eq!(settings.shutdown_delay, std::time::Duration::from_secs(2));
+        assert_eq!(
+            settings.identity_cache.ttl,
+            std::time::Duration::from_secs(60)
+        );
+        assert_eq!(settings.sources.len(), 2);
+        assert_eq!(settings.sources[0].name(), "mtls");
+        assert_eq!(settings.user_headers.user_id, "x-user");
+        assert!(!settings.strict_mode);
+        let found = rules
+            .table
+            .find("/admin/x", Some(crate::route::Method::Get))
+            .expect("rule");
+        assert_eq!(
+            found.rule.identity.as_deref(),
+            Some(&["mtls".to_owned()][..])
+        );
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_values_are_refused_with_their_place() {
+        let errors =
+            parse("version: 1\nrules: { inline: {} }\nidentity: { sources: [] }\nextra: 1\n")
+                .expect_err("unknown field");
+        assert!(errors[0].contains("unknown field `extra`"), "{errors:?}");
+        let errors = parse(
+            "version: 2\nserver: { grpc_addr: nowhere }\nrules: { inline: { /a: { GET: { authorization: { expression: \"groups.\" } } } } }\nidentity: { sources: [] }\n",
+        )
+        .expect_err("bad values");
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("version: 2 is not supported"))
+        );
+        assert!(errors.iter().any(|e| e.contains("server.grpc_addr")));
+        assert!(
+            errors.iter().any(
+                |e| e.contains("checkpoint.yaml#rules.inline") && e.contains("rule \"/a\" GET")
+            )
+        );
+        let errors =
+            parse("version: 1\nrules: { inline: {} }\nidentity: { sources: [ { type: jwt } ] }\n")
+                .expect_err("missing issuer");
+        assert!(errors[0].contains("issuer"), "{errors:?}");
+    }
+
+    #[test]
+    fn the_shipped_schema_is_the_generated_one() {
+        let shipped = include_str!("../../schema/checkpoint.schema.json");
+        assert_eq!(
+            shipped,
+            schema(),
+            "run `checkpoint schema > schema/checkpoint.schema.json`"
+        );
+    }
+}
