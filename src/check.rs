@@ -93,9 +93,6 @@ impl Checker {
             return Outcome::early(Denial::NotFound, "no_rule");
         };
         let is_backoffice = is_truthy_flag(request.header(&self.request_headers.backoffice));
-        let client_type = request
-            .header(&self.request_headers.client_type)
-            .unwrap_or_default();
         let policy = found.rule.policy(is_backoffice);
         let context = Context {
             deadline,
@@ -116,16 +113,35 @@ impl Checker {
             identity_cache: resolved.cache,
             identity_latency: resolved.latency,
         };
+        // Security: with API keys configured, the client type comes only from a verified key;
+        // the client-type header is the caller's own claim.
+        let client = resolved.client.as_ref();
+        let client_type = if self.identity.identifies_clients() {
+            client.map(|c| c.client_type.as_str()).unwrap_or_default()
+        } else {
+            request
+                .header(&self.request_headers.client_type)
+                .unwrap_or_default()
+        };
+        let client_groups: &[String] = client.map(|c| c.groups.as_slice()).unwrap_or_default();
         let anonymous = Facts {
-            groups: &[],
+            groups: client_groups,
             permissions: &[],
             client_type,
             is_backoffice,
         };
         match resolved.resolution {
             Resolution::User(user) => {
+                // A key's groups add to the user's; the common case (no key groups) borrows.
+                let combined;
+                let groups = if client_groups.is_empty() {
+                    user.groups.as_slice()
+                } else {
+                    combined = [user.groups.as_slice(), client_groups].concat();
+                    combined.as_slice()
+                };
                 let facts = Facts {
-                    groups: &user.groups,
+                    groups,
                     permissions: &user.permissions,
                     ..anonymous
                 };

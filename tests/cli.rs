@@ -164,3 +164,52 @@ fn sigterm_turns_not_ready_then_exits_zero() {
         "JSON lines only: {logs}"
     );
 }
+
+#[test]
+fn the_native_file_wins_and_check_config_says_so() {
+    let dir = tempfile::tempdir().expect("dir");
+    let config = dir.path().join("checkpoint.yaml");
+    std::fs::write(
+        &config,
+        "version: 1\nrules: { inline: { /: { GET: { authorization: { expression: \"true\", public: true } } } } }\nidentity: { sources: [ { type: anonymous } ] }\n",
+    )
+    .expect("write");
+    let path = config.display().to_string();
+    let (code, stdout, stderr) = check_config(&[
+        ("CHECKPOINT_CONFIG", &path),
+        ("USERINFO_URL", "http://ignored/"),
+        ("CONFIGURATION_FILE_NAME", "ignored"),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("(CHECKPOINT_CONFIG)"), "{stdout}");
+    assert!(
+        stdout.contains("ignored:         CONFIGURATION_FILE_NAME, USERINFO_URL"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("identity source: anonymous"), "{stdout}");
+
+    std::fs::write(&config, "version: 1\nrules: { file: missing.json }\nidentity:\n  sources:\n    - type: jwt\n      issuer: x\n      algorithms: [HS256]\n    - type: userinfo\n      url: ftp://x\n").expect("write");
+    let (code, _, stderr) = check_config(&[("CHECKPOINT_CONFIG", &path)]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("missing.json: cannot read the rule file"),
+        "{stderr}"
+    );
+
+    std::fs::write(&config, "version: 1\nrules: { inline: {} }\nidentity:\n  sources:\n    - type: jwt\n      issuer: http://127.0.0.1:9\n      algorithms: [HS256]\n    - type: userinfo\n      url: ftp://x\n").expect("write");
+    let (code, _, stderr) = check_config(&[("CHECKPOINT_CONFIG", &path)]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("identity.sources[0] (jwt)"), "{stderr}");
+    assert!(
+        stderr.contains(
+            "identity.sources[1] (userinfo): url: \"ftp://x\" is not an http or https URL"
+        ),
+        "{stderr}"
+    );
+
+    std::fs::write(&config, "version: 1\nrules: { inline: {} }\nidentity:\n  sources:\n    - type: anonymous\n      colour: red\n").expect("write");
+    let (code, _, stderr) = check_config(&[("CHECKPOINT_CONFIG", &path)]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("checkpoint.yaml:"), "{stderr}");
+    assert!(stderr.contains("colour"), "{stderr}");
+}

@@ -11,8 +11,15 @@
 //! never turn a failure into a user: a timeout, an unreadable answer or an outage is
 //! [`Resolution::Unavailable`], and the policy stage decides what that means.
 
+pub mod anonymous;
+pub mod api_key;
 pub mod cache;
 pub mod claims;
+pub mod envoy_metadata;
+pub mod introspection;
+pub mod jwks;
+pub mod jwt;
+pub mod mtls;
 pub mod trusted;
 pub mod userinfo;
 
@@ -194,30 +201,66 @@ pub struct Resolver {
 /// A source with the name rules choose it by.
 pub struct Named {
     pub name: String,
-    pub source: Box<dyn Source>,
+    pub source: Entry,
+}
+
+/// What a source identifies: the user, or (API keys) the calling application.
+pub enum Entry {
+    User(Box<dyn Source>),
+    /// Identifies the client application, not the user: a known key sets `clientType` and adds
+    /// its groups, and the sources after it still look for the user.
+    Client(api_key::ApiKeys),
+}
+
+impl Entry {
+    fn ready(&self) -> bool {
+        match self {
+            Entry::User(source) => source.ready(),
+            Entry::Client(_) => true,
+        }
+    }
+}
+
+/// The calling application, as an API key identified it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Client {
+    pub client_type: String,
+    pub groups: Vec<String>,
 }
 
 fn build_source(
     settings: &crate::config::sources::SourceSettings,
     all: &Settings,
-) -> Result<Box<dyn Source>, Vec<String>> {
+    env: &std::collections::HashMap<String, String>,
+) -> Result<Entry, Vec<String>> {
     use crate::config::sources::SourceSettings as S;
-    Ok(match settings {
+    let one = |e: String| e.split("; ").map(str::to_owned).collect::<Vec<_>>();
+    let client = || {
+        introspection::http_client().map_err(|e| vec![format!("cannot build the HTTP client: {e}")])
+    };
+    let user = |source: Box<dyn Source>| Ok(Entry::User(source));
+    match settings {
         S::Userinfo(source) => {
             let validated = crate::config::UserInfoSettings::from_source(source)?;
-            Box::new(
+            user(Box::new(
                 userinfo::UserInfo::new(validated, source.properties.clone())
                     .map_err(|e| vec![format!("cannot build the HTTP client: {e}")])?,
-            )
+            ))
         }
-        S::TrustedHeaders(_) => Box::new(trusted::TrustedHeaders::new(all.user_headers.clone())),
-        other => {
-            return Err(vec![format!(
-                "source type \"{}\" is not available yet",
-                other.name()
-            )]);
-        }
-    })
+        S::Jwt(source) => user(Box::new(jwt::Jwt::new(source, client()?).map_err(one)?)),
+        S::Introspection(source) => user(Box::new(
+            introspection::Introspection::new(source, client()?, env).map_err(one)?,
+        )),
+        S::ApiKey(source) => Ok(Entry::Client(api_key::ApiKeys::new(source).map_err(one)?)),
+        S::Mtls(source) => user(Box::new(mtls::Mtls::new(source).map_err(one)?)),
+        S::EnvoyMetadata(source) => user(Box::new(
+            envoy_metadata::EnvoyMetadata::new(source).map_err(one)?,
+        )),
+        S::TrustedHeaders(_) => user(Box::new(trusted::TrustedHeaders::new(
+            all.user_headers.clone(),
+        ))),
+        S::Anonymous(source) => user(Box::new(anonymous::Anonymous::new(source).map_err(one)?)),
+    }
 }
 
 /// The resolver's answer, with what the decision log wants to know about how it was found.
@@ -230,11 +273,21 @@ pub struct Resolved<'a> {
     pub cache: Option<Lookup>,
     /// How long the source itself took, when it was called (not on a cache hit).
     pub latency: Option<std::time::Duration>,
+    /// The client application, when an API key identified it.
+    pub client: Option<Client>,
 }
 
 impl Resolver {
     pub fn new(sources: Vec<Named>, cache: Option<IdentityCache>) -> Resolver {
         Resolver { sources, cache }
+    }
+
+    /// Whether an API key source is configured: then `clientType` comes only from a key, never
+    /// from the spoofable client-type header.
+    pub fn identifies_clients(&self) -> bool {
+        self.sources
+            .iter()
+            .any(|s| matches!(s.source, Entry::Client(_)))
     }
 
     /// Whether every source can answer.
@@ -254,7 +307,6 @@ impl Resolver {
         settings: &Settings,
         env: &std::collections::HashMap<String, String>,
     ) -> Result<Resolver, Vec<String>> {
-        let _ = env;
         let mut problems = Vec::new();
         let mut sources = Vec::new();
         let mut seen = std::collections::HashSet::new();
@@ -267,7 +319,7 @@ impl Resolver {
                 ));
                 continue;
             }
-            match build_source(source, settings) {
+            match build_source(source, settings, env) {
                 Ok(built) => sources.push(Named {
                     name,
                     source: built,
@@ -303,12 +355,43 @@ impl Resolver {
         context: &Context,
         allowed: Option<&[String]>,
     ) -> Resolved<'_> {
+        let mut client = None;
         for Named { name, source } in &self.sources {
             if let Some(allowed) = allowed
                 && !allowed.iter().any(|a| a == name)
             {
                 continue;
             }
+            let source = match source {
+                Entry::User(source) => source,
+                Entry::Client(keys) => {
+                    match keys.identify(request) {
+                        api_key::KeyMatch::NoKey => {}
+                        api_key::KeyMatch::Unknown => {
+                            return Resolved {
+                                resolution: Resolution::Invalid(Failure::new(
+                                    "api_key_unknown",
+                                    "the client key matches no configured key",
+                                )),
+                                source: name,
+                                cache: None,
+                                latency: None,
+                                client: None,
+                            };
+                        }
+                        api_key::KeyMatch::Known {
+                            client_type,
+                            groups,
+                        } => {
+                            client = Some(Client {
+                                client_type,
+                                groups,
+                            });
+                        }
+                    }
+                    continue;
+                }
+            };
             let timed = async {
                 let started = Instant::now();
                 let resolution = source.resolve(request, context).await;
@@ -348,6 +431,7 @@ impl Resolver {
                     source: name,
                     cache,
                     latency,
+                    client,
                 };
             }
         }
@@ -356,6 +440,7 @@ impl Resolver {
             source: "none",
             cache: None,
             latency: None,
+            client,
         }
     }
 }

@@ -75,6 +75,47 @@ impl Server {
         server
     }
 
+    /// Starts checkpoint from a native configuration file (`CHECKPOINT_CONFIG`) with `yaml` as
+    /// its content; rules are inline in it.
+    pub async fn start_native(yaml: &str) -> Server {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("checkpoint.yaml");
+        std::fs::write(&path, yaml).expect("write config");
+        let mut env: HashMap<String, String> = HashMap::new();
+        env.insert("CHECKPOINT_CONFIG".into(), path.display().to_string());
+        let config = Config::load(&env).unwrap_or_else(|e| panic!("config: {:?}", e.problems));
+        let app = checkpoint::App::new(config, &env)
+            .unwrap_or_else(|e| panic!("sources: {:?}", e.problems));
+        Server::serve(app, dir).await
+    }
+
+    async fn serve(app: checkpoint::App, dir: tempfile::TempDir) -> Server {
+        let grpc = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let http = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let (grpc_addr, http_addr) = (grpc.local_addr().unwrap(), http.local_addr().unwrap());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(checkpoint::run(
+            app,
+            checkpoint::Listeners { grpc, http },
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        let server = Server {
+            grpc: grpc_addr,
+            http: http_addr,
+            stop: Some(stop),
+            task,
+            _dir: dir,
+        };
+        server.wait_ready().await;
+        server
+    }
+
     async fn wait_ready(&self) {
         let url = format!("http://{}/-/ready", self.http);
         for _ in 0..200 {
@@ -122,6 +163,25 @@ impl Server {
             let _ = stop.send(());
         }
     }
+}
+
+/// A request from a peer whose certificate Envoy verified: `source.principal` is set.
+pub fn request_from_peer(
+    method: &str,
+    path: &str,
+    principal: &str,
+    headers: &[(&str, &str)],
+) -> CheckRequest {
+    let mut check = request(method, path, headers);
+    if let Some(attributes) = check.attributes.as_mut() {
+        attributes.source = Some(
+            envoy_types::pb::envoy::service::auth::v3::attribute_context::Peer {
+                principal: principal.to_owned(),
+                ..Default::default()
+            },
+        );
+    }
+    check
 }
 
 /// A Check request in Envoy's map form (`headers`).
