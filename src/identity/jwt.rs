@@ -365,32 +365,43 @@ pub struct Jwt {
     refresher: JoinHandle<()>,
 }
 
-impl Jwt {
-    /// Checks the settings (every problem, each naming its field) and starts fetching the keys
-    /// in a background task: call inside a tokio runtime. [`Source::ready`] is false until the
-    /// first fetch succeeds.
-    pub fn new(settings: &JwtSource, client: reqwest::Client) -> Result<Jwt, String> {
-        let policy = Policy::from_settings(settings);
-        let mut problems = policy.as_ref().err().cloned().unwrap_or_default();
-        let jwks_uri = match settings.jwks_uri.as_deref().map(http_url).transpose() {
-            Ok(url) => url,
-            Err(e) => {
-                problems.push(format!("jwks_uri: {e}"));
-                None
-            }
-        };
-        for (field, span) in [
-            ("refresh_interval", settings.refresh_interval),
-            ("timeout", settings.timeout),
-        ] {
-            if span.0.is_zero() {
-                problems.push(format!("{field}: must be more than zero"));
-            }
+/// Every problem of the settings, each naming its field (for `check-config`, which reports them
+/// without starting anything).
+pub fn problems(settings: &JwtSource) -> Vec<String> {
+    checked(settings).err().unwrap_or_default()
+}
+
+/// The policy and key set URL the settings describe, or every problem.
+fn checked(settings: &JwtSource) -> Result<(Policy, Option<reqwest::Url>), Vec<String>> {
+    let policy = Policy::from_settings(settings);
+    let mut problems = policy.as_ref().err().cloned().unwrap_or_default();
+    let jwks_uri = match settings.jwks_uri.as_deref().map(http_url).transpose() {
+        Ok(url) => url,
+        Err(e) => {
+            problems.push(format!("jwks_uri: {e}"));
+            None
         }
-        let policy = match policy {
-            Ok(policy) if problems.is_empty() => policy,
-            _ => return Err(problems.join("; ")),
-        };
+    };
+    for (field, span) in [
+        ("refresh_interval", settings.refresh_interval),
+        ("timeout", settings.timeout),
+    ] {
+        if span.0.is_zero() {
+            problems.push(format!("{field}: must be more than zero"));
+        }
+    }
+    match policy {
+        Ok(policy) if problems.is_empty() => Ok((policy, jwks_uri)),
+        _ => Err(problems),
+    }
+}
+
+impl Jwt {
+    /// Checks the settings (every problem, each naming its field, joined with `; `) and starts
+    /// fetching the keys in a background task: call inside a tokio runtime. [`Source::ready`] is
+    /// false until the first fetch succeeds.
+    pub fn new(settings: &JwtSource, client: reqwest::Client) -> Result<Jwt, String> {
+        let (policy, jwks_uri) = checked(settings).map_err(|problems| problems.join("; "))?;
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| "the jwt source must be created inside a tokio runtime".to_owned())?;
         let keys = Arc::new(Keys::new(
@@ -747,6 +758,8 @@ mod tests {
         ] {
             assert!(error.contains(expected), "{expected:?} not in {error:?}");
         }
+        assert_eq!(problems(&bad).len(), 7, "{:?}", problems(&bad));
+        assert_eq!(problems(&settings()), Vec::<String>::new());
         let mut hs = settings();
         hs.algorithms = vec!["RS256".into(), "hs512".into()];
         assert!(Policy::from_settings(&hs).is_err());
