@@ -485,3 +485,265 @@ impl Reply {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 }
+
+// ---- Stacks whose checkpoint reads a native configuration file (`CHECKPOINT_CONFIG`) ------------
+// Added for tests/e2e_sources.rs; [`Stack::start`] above is unchanged.
+
+/// Starts the test IdP on `127.0.0.1:port` (`0`: a port it picks and prints). With `log`, it
+/// writes one stderr line per request (`IDP_LOG=1`), read back by [`idp_requests`].
+pub fn spawn_idp(dir: &Path, port: u16, log: bool) -> Proc {
+    require_idp_modules();
+    let mut command = Command::new("node");
+    command
+        .arg(repo().join("tests/idp/idp.mjs"))
+        .env("IDP_PORT", port.to_string())
+        .env("IDP_HOST", "127.0.0.1");
+    if log {
+        command.env("IDP_LOG", "1");
+    }
+    Proc::spawn("idp", command, dir)
+}
+
+/// Waits (bounded) for the IdP's `IDP_READY` line and returns its issuer (no trailing slash).
+pub async fn idp_issuer(idp: &mut Proc) -> String {
+    let ready: Value =
+        serde_json::from_str(&idp.wait_line("IDP_READY ").await).expect("IDP_READY json");
+    ready["issuer"].as_str().expect("issuer").to_owned()
+}
+
+/// The requests an IdP started with `log` has answered so far, in order, each as
+/// `METHOD PATH -> STATUS` (the timing is left out). The IdP writes a line before it sends the
+/// response, so a request the caller has seen answered is always in the list.
+pub fn idp_requests(idp: &Proc) -> Vec<String> {
+    idp.stderr()
+        .lines()
+        .filter_map(|line| line.strip_prefix("[idp] "))
+        .map(|line| match line.rfind(" (") {
+            Some(end) => line[..end].to_owned(),
+            None => line.to_owned(),
+        })
+        .collect()
+}
+
+/// Starts checkpoint with `yaml` written to `dir/checkpoint.yaml` and `CHECKPOINT_CONFIG`
+/// naming it: no other variable (the test runner's environment does not leak in).
+pub fn spawn_checkpoint_native(dir: &Path, yaml: &str) -> Proc {
+    let config = dir.join("checkpoint.yaml");
+    std::fs::write(&config, yaml).expect("write checkpoint.yaml");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_checkpoint"));
+    command
+        .env_clear()
+        .env("CHECKPOINT_CONFIG", config.display().to_string());
+    Proc::spawn("checkpoint", command, dir)
+}
+
+/// Polls `url` (a plain-HTTP GET) until it answers `status`; panics, with what `owner` printed,
+/// if it does not within `timeout` or if `owner` exits.
+pub async fn wait_for_status(
+    plain: &reqwest::Client,
+    url: &str,
+    status: u16,
+    owner: &mut Proc,
+    timeout: Duration,
+) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(r) = plain.get(url).send().await
+            && r.status() == status
+        {
+            return;
+        }
+        owner.assert_running();
+        if Instant::now() > deadline {
+            owner.fail(&format!("{url} did not answer {status} within {timeout:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A client for plain-HTTP calls on loopback (no redirects followed, 5 s per request).
+pub fn plain_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("plain client")
+}
+
+/// The addresses a native configuration is written with.
+pub struct NativeAddrs {
+    /// The IdP's issuer URL (no trailing slash).
+    pub issuer: String,
+    /// For `server.grpc_addr`: Envoy's ext_authz cluster points there.
+    pub grpc_addr: String,
+    /// For `server.http_addr`: the status routes.
+    pub http_addr: String,
+}
+
+/// A [`Stack`] whose checkpoint reads a native configuration file and whose IdP logs every
+/// request (see [`idp_requests`]). Derefs to the [`Stack`].
+pub struct NativeStack {
+    pub stack: Stack,
+    /// `http://127.0.0.1:PORT` of checkpoint's status routes.
+    pub status_url: String,
+    /// [`idp_requests`] as they were the moment `/-/ready` first answered 200.
+    pub idp_requests_at_ready: Vec<String>,
+}
+
+impl std::ops::Deref for NativeStack {
+    type Target = Stack;
+
+    fn deref(&self) -> &Stack {
+        &self.stack
+    }
+}
+
+impl NativeStack {
+    /// Starts the IdP (logging its requests), the echo upstream, checkpoint with the file that
+    /// `config` writes for the given addresses, and Envoy with `envoy/envoy.yaml`; returns once
+    /// checkpoint's `/-/ready` and Envoy's `/-/healthz` answer 200.
+    pub async fn start(config: impl FnOnce(&NativeAddrs) -> String) -> NativeStack {
+        let envoy_bin = envoy_bin();
+        let root = repo();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let tls = dir.path().join("tls");
+        make_certs(&tls);
+        let plain = plain_client();
+
+        let mut idp = spawn_idp(dir.path(), 0, true);
+        let mut echo_cmd = Command::new("node");
+        echo_cmd
+            .arg(root.join("tests/upstream/echo.mjs"))
+            .env("ECHO_PORT", "0");
+        let mut upstream = Proc::spawn("upstream", echo_cmd, dir.path());
+        let issuer = idp_issuer(&mut idp).await;
+        let ready: Value = serde_json::from_str(&upstream.wait_line("ECHO_READY ").await)
+            .expect("ECHO_READY json");
+        let upstream_port = ready["port"].as_u64().expect("echo port");
+
+        let [grpc_port, status_port, https_port, http_port, admin_port] = free_ports::<5>();
+        let yaml = config(&NativeAddrs {
+            issuer: issuer.clone(),
+            grpc_addr: format!("127.0.0.1:{grpc_port}"),
+            http_addr: format!("127.0.0.1:{status_port}"),
+        });
+        let mut checkpoint = spawn_checkpoint_native(dir.path(), &yaml);
+
+        let template =
+            std::fs::read_to_string(root.join("envoy/envoy.yaml")).expect("read envoy/envoy.yaml");
+        let rendered = render(
+            &template,
+            &[
+                ("LISTEN_ADDRESS", "127.0.0.1".into()),
+                ("HTTPS_PORT", https_port.to_string()),
+                ("HTTP_PORT", http_port.to_string()),
+                ("ADMIN_PORT", admin_port.to_string()),
+                ("CHECKPOINT_ADDRESS", "127.0.0.1".into()),
+                ("CHECKPOINT_PORT", grpc_port.to_string()),
+                ("UPSTREAM_ADDRESS", "127.0.0.1".into()),
+                ("UPSTREAM_PORT", upstream_port.to_string()),
+                ("TLS_DIR", tls.display().to_string()),
+            ],
+        );
+        let envoy_config = dir.path().join("envoy.yaml");
+        std::fs::write(&envoy_config, rendered).expect("write rendered envoy.yaml");
+        let mut envoy_cmd = Command::new(envoy_bin);
+        envoy_cmd.arg("-c").arg(&envoy_config).args([
+            "--disable-hot-restart",
+            "--concurrency",
+            "1",
+            "--log-level",
+            "warn",
+            "--file-flush-interval-msec",
+            "100",
+        ]);
+        let mut envoy = Proc::spawn("envoy", envoy_cmd, dir.path());
+
+        let ca = std::fs::read(tls.join("ca.crt")).expect("read ca.crt");
+        let client = https_client(&ca, https_port, None);
+
+        let status_url = format!("http://127.0.0.1:{status_port}");
+        wait_for_status(
+            &plain,
+            &format!("{status_url}/-/ready"),
+            200,
+            &mut checkpoint,
+            READY_TIMEOUT,
+        )
+        .await;
+        let idp_requests_at_ready = idp_requests(&idp);
+        wait_for_status(
+            &client,
+            &format!("https://localhost:{https_port}/-/healthz"),
+            200,
+            &mut envoy,
+            READY_TIMEOUT,
+        )
+        .await;
+
+        NativeStack {
+            stack: Stack {
+                envoy,
+                checkpoint,
+                upstream,
+                idp,
+                issuer,
+                https_port,
+                http_port,
+                admin_port,
+                tls,
+                client,
+                plain,
+                dir,
+            },
+            status_url,
+            idp_requests_at_ready,
+        }
+    }
+}
+
+impl Stack {
+    /// The IdP's whole token response for `user`'s password grant with `scope` (space-separated)
+    /// and, when given, a `resource` indicator: then the access token is a JWT (`typ: at+jwt`)
+    /// for that audience; without one it is opaque (for user-info). Panics unless 200.
+    pub async fn token_response(&self, user: &str, scope: &str, resource: Option<&str>) -> Value {
+        let mut body = format!(
+            "grant_type=password&username={}&password={}&scope={}",
+            form_encode(user),
+            form_encode(&format!("{user}-password")),
+            form_encode(scope)
+        );
+        if let Some(resource) = resource {
+            body.push_str("&resource=");
+            body.push_str(&form_encode(resource));
+        }
+        let response = self
+            .plain
+            .post(format!("{}/token", self.issuer))
+            .basic_auth("authz-service", Some("authz-service-secret"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .await
+            .expect("token request");
+        let status = response.status();
+        let json: Value = response.json().await.expect("token response is JSON");
+        assert_eq!(status, 200, "token for {user}: {json}");
+        json
+    }
+}
+
+/// `application/x-www-form-urlencoded` value: everything but RFC 3986 unreserved characters is
+/// percent-encoded.
+pub fn form_encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
