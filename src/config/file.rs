@@ -397,9 +397,11 @@ responses: { strict_mode: false }
 
     #[test]
     fn the_shipped_example_is_valid() {
-        let file: FileConfig = serde_yaml_ng::from_str(include_str!("../../schema/checkpoint.example.yaml"))
-            .expect("the example parses");
-        let (settings, rules) = from_file(file, "checkpoint.example.yaml", Path::new(".")).expect("valid");
+        let file: FileConfig =
+            serde_yaml_ng::from_str(include_str!("../../schema/checkpoint.example.yaml"))
+                .expect("the example parses");
+        let (settings, rules) =
+            from_file(file, "checkpoint.example.yaml", Path::new(".")).expect("valid");
         assert_eq!(settings.sources.len(), 6);
         assert_eq!(rules.table.len(), 5);
     }
