@@ -42,6 +42,9 @@ pub enum RunError {
     Task(#[from] tokio::task::JoinError),
 }
 
+/// How often the identity cache's counters are logged.
+const CACHE_STATS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// The gRPC service name whose health is reported, besides the overall `""`.
 const AUTHORIZATION_SERVICE: &str = "envoy.service.auth.v3.Authorization";
 
@@ -132,6 +135,32 @@ pub async fn run(
     let ready_health = health.clone();
     let ready_flag = readiness.clone();
     let version = settings.service_version.clone();
+    // The identity cache's counters, once a minute when they moved (per-decision fields say
+    // hit/miss/coalesced for each Check; this is the aggregate).
+    let stats_checker = checker.clone();
+    let stats_task = tokio::spawn(async move {
+        let mut last = (0, 0, 0);
+        let mut tick = tokio::time::interval(CACHE_STATS_INTERVAL);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let Some(stats) = stats_checker.identity.cache_stats() else {
+                return;
+            };
+            let now = stats.snapshot();
+            if now != last {
+                tracing::info!(
+                    target: "checkpoint::identity_cache",
+                    hits = now.0,
+                    misses = now.1,
+                    coalesced = now.2,
+                    entries = stats_checker.identity.cache_entries(),
+                    "identity cache"
+                );
+                last = now;
+            }
+        }
+    });
     let mut readiness_task = tokio::spawn(async move {
         while !ready_checker.identity.ready() {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -154,6 +183,7 @@ pub async fn run(
     }
 
     readiness_task.abort();
+    stats_task.abort();
     let _ = (&mut readiness_task).await;
     readiness.set_ready(false);
     health

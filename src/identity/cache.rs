@@ -62,6 +62,17 @@ pub struct CacheStats {
     pub coalesced: AtomicU64,
 }
 
+impl CacheStats {
+    /// (hits, misses, coalesced) since start.
+    pub fn snapshot(&self) -> (u64, u64, u64) {
+        (
+            self.hits.load(Ordering::Relaxed),
+            self.misses.load(Ordering::Relaxed),
+            self.coalesced.load(Ordering::Relaxed),
+        )
+    }
+}
+
 #[derive(Clone)]
 struct Entry {
     resolution: Resolution,

@@ -300,6 +300,11 @@ impl Resolver {
         self.cache.as_ref().map(|c| &*c.stats)
     }
 
+    /// Entries the identity cache holds now (0 when it is off).
+    pub fn cache_entries(&self) -> u64 {
+        self.cache.as_ref().map_or(0, IdentityCache::len)
+    }
+
     /// Builds the sources the settings name, in order. Must run inside a tokio runtime (some
     /// sources keep keys fresh in the background). Every problem is reported, each naming the
     /// source by its position and name.
