@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """Numbers of the load benchmark (scripts/bench-load.sh).
 
-  stats.py run NAME ROUND H2LOAD_STDOUT LOG_FILE CPU_TICKS USERINFO_CALLS FOREIGN_TICKS
+  stats.py run NAME ROUND H2LOAD_STDOUT LOG_FILE CPU_TICKS USERINFO_CALLS FOREIGN_TICKS [AUTHZ_TICKS]
       one JSON line (stdout) and one progress line (stderr) for one h2load run: requests/s (h2load's), p50/p99 from h2load's per-request
       log (--log-file: start time, status, duration in microseconds), CPU microseconds per
-      request from the server processes' utime+stime ticks, non-2xx and failed counts, and the
-      CPU time (in % of one core) that went to processes outside the bench during the run.
+      request from the server processes' utime+stime ticks (and, behind Envoy, the ext_authz
+      server's share of them, AUTHZ_TICKS), non-2xx and failed counts, and the CPU time (in %
+      of one core) that went to processes outside the bench during the run.
   stats.py report RESULTS_JSONL
       the table of every run, the per-scenario means, and the ratios the targets of issue 4 need.
 """
@@ -17,8 +18,10 @@ import sys
 SCENARIOS = {
     "a": "noop ext_authz, gRPC direct (floor)",
     "b": "checkpoint, gRPC direct, warm cache",
+    "bj": "checkpoint, jwt source, gRPC direct",
     "c": "Envoy, no authorization",
     "d0": "Envoy + noop ext_authz",
+    "d0h": "Envoy + noop answering as checkpoint",
     "d": "Envoy + checkpoint ext_authz",
     "e": "Envoy jwt_authn (no cache) + rbac",
     "a@1k": "noop, fixed 1,000 req/s",
@@ -34,7 +37,7 @@ def percentile(sorted_values, q):
     return sorted_values[int(rank) - 1]
 
 
-def run(name, round_, stdout_file, log_file, ticks, userinfo_calls, other_ticks):
+def run(name, round_, stdout_file, log_file, ticks, userinfo_calls, other_ticks, authz_ticks=None):
     text = open(stdout_file, encoding="utf-8", errors="replace").read()
     rps = re.search(r"finished in ([0-9.]+)(m?s), ([0-9.]+) req/s", text)
     req = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored", text)
@@ -63,6 +66,8 @@ def run(name, round_, stdout_file, log_file, ticks, userinfo_calls, other_ticks)
         "p50_us": percentile(durations, 50),
         "p99_us": percentile(durations, 99),
         "cpu_us_per_request": cpu_us / done if done else float("nan"),
+        "authz_cpu_us_per_request": (int(authz_ticks) * 1_000_000 / clk_tck / done
+                                     if authz_ticks is not None and done else None),
         "userinfo_calls": int(userinfo_calls),
         # Clamped at 0: ticks are sampled, so the difference can come out slightly negative.
         "foreign_cpu_pct": max(0.0, 100 * int(other_ticks) / clk_tck / elapsed) if elapsed else 0.0,
@@ -121,7 +126,7 @@ def report(results_file):
     ratio("d/e throughput (Envoy+checkpoint vs jwt_authn+rbac)", "d", "e", "rps", 1.0, True)
     print()
     print("other ratios")
-    for num, den in (("d0", "c"), ("d", "c"), ("e", "c")):
+    for num, den in (("bj", "a"), ("bj", "b"), ("d0", "c"), ("d", "c"), ("e", "c")):
         if num in means and den in means:
             print(f"  {num}/{den} throughput {means[num]['rps'] / means[den]['rps']:6.2f}")
     if "a" in means and "b" in means:
@@ -131,6 +136,16 @@ def report(results_file):
     if "d" in means and "d0" in means:
         extra = means["d"]["cpu_us_per_request"] - means["d0"]["cpu_us_per_request"]
         print(f"  Envoy+checkpoint CPU above Envoy+noop: {extra:.1f} µs per request")
+    split = [(name, [r for r in rows if r["scenario"] == name and r.get("authz_cpu_us_per_request") is not None])
+             for name in ("d0", "d0h", "d")]
+    split = [(name, runs) for name, runs in split if runs]
+    if split:
+        print()
+        print("CPU per request behind Envoy, split (µs): Envoy + ext_authz server = total")
+        for name, runs in split:
+            authz = mean(r["authz_cpu_us_per_request"] for r in runs)
+            total = mean(r["cpu_us_per_request"] for r in runs)
+            print(f"  {name:<4} {SCENARIOS[name]:<38} {total - authz:6.1f} + {authz:5.1f} = {total:6.1f}")
     noisy = [r for r in rows if r["foreign_cpu_pct"] > 15]
     if noisy:
         print(f"\nWARNING: in {len(noisy)} runs more than 15% of a core went to processes outside the bench: "
@@ -141,7 +156,7 @@ def report(results_file):
 
 
 def main():
-    if len(sys.argv) == 9 and sys.argv[1] == "run":
+    if len(sys.argv) in (9, 10) and sys.argv[1] == "run":
         run(*sys.argv[2:])
     elif len(sys.argv) == 3 and sys.argv[1] == "report":
         report(sys.argv[2])

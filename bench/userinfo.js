@@ -1,13 +1,15 @@
 // The authentication manager of the load benchmark (scripts/bench-load.sh): a user-info endpoint
 // that counts its calls, so the benchmark can report how many Checks reached it.
 //
-//   node bench/userinfo.js PORT [--delay-ms N] [--echo]
+//   node bench/userinfo.js PORT [--delay-ms N] [--echo] [--jwks FILE]
 //
 // Every GET with a bearer credential answers 200
 // {"sub":"alice","groups":["admin"],"permissions":["api.users.get"]} after --delay-ms milliseconds
 // (default 0). With --echo the sub is the bearer token itself, so that N distinct tokens are N
 // distinct users (the cache-memory run). A request without a bearer credential answers 401 {}.
-// GET /__count answers {"calls":N} and is not counted. Listens on 127.0.0.1 only.
+// GET /__count answers {"calls":N} and is not counted. With --jwks, GET /jwks answers the
+// contents of FILE (the keys of a checkpoint with a local `jwt` source), counted apart:
+// {"calls":N,"jwks":M}. Listens on 127.0.0.1 only.
 'use strict';
 const http = require('http');
 
@@ -15,23 +17,33 @@ const args = process.argv.slice(2);
 const port = Number(args[0]);
 let delayMs = 0;
 let echo = false;
+let jwksFile = null;
 for (let i = 1; i < args.length; i++) {
   if (args[i] === '--delay-ms') delayMs = Number(args[++i]);
   else if (args[i] === '--echo') echo = true;
+  else if (args[i] === '--jwks') jwksFile = args[++i];
   else { console.error(`userinfo.js: unknown option ${args[i]}`); process.exit(2); }
 }
 if (!Number.isInteger(port) || port <= 0) {
-  console.error('usage: node bench/userinfo.js PORT [--delay-ms N] [--echo]');
+  console.error('usage: node bench/userinfo.js PORT [--delay-ms N] [--echo] [--jwks FILE]');
   process.exit(2);
 }
 
 let calls = 0;
+let jwksCalls = 0;
+const jwks = jwksFile === null ? null : require('fs').readFileSync(jwksFile);
 const fixed = JSON.stringify({ sub: 'alice', groups: ['admin'], permissions: ['api.users.get'] });
 
 const server = http.createServer((req, res) => {
   if (req.url === '/__count') {
     res.writeHead(200, { 'content-type': 'application/json' });
-    res.end(JSON.stringify({ calls }));
+    res.end(JSON.stringify({ calls, jwks: jwksCalls }));
+    return;
+  }
+  if (jwks !== null && req.url === '/jwks') {
+    jwksCalls++;
+    res.writeHead(200, { 'content-type': 'application/json', 'content-length': jwks.length });
+    res.end(jwks);
     return;
   }
   calls++;

@@ -1,5 +1,6 @@
 //! Micro-benchmarks of the per-Check hot path, one group per pipeline stage: route matching,
-//! expression evaluation, request normalisation and response building.
+//! expression evaluation, request normalisation, response building and encoding, and the
+//! decision log line.
 //!
 //! Run: `cargo bench --bench hot_path` (about a minute; each bench measures for 2 s). The load
 //! benchmark of the whole server is `scripts/bench-load.sh`.
@@ -8,21 +9,23 @@
 use std::collections::HashMap;
 use std::hint::black_box;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use checkpoint::check::{Decision, Denial, Outcome};
 use checkpoint::config::UserHeaders;
 use checkpoint::identity::User;
 use checkpoint::policy::{Expression, Facts};
-use checkpoint::request::{Request, path};
+use checkpoint::request::{Request, path, wire};
 use checkpoint::response::Responder;
 use checkpoint::route::{Method, MethodKey, RouteTable};
-use criterion::{Criterion, criterion_group, criterion_main};
+use checkpoint::telemetry;
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
     HttpRequest, Request as AttrRequest,
 };
 use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+use prost::Message;
 
 /// About fifty rules shaped like a real API gateway's rule file: a few top-level keys, resource
 /// collections with per-method rules, and deeper keys under some of them.
@@ -208,11 +211,42 @@ fn bench_request(c: &mut Criterion) {
         assert_eq!(request.path.as_deref(), Ok("/api/v1/users/42/profile"));
     }
     let mut group = c.benchmark_group("request");
+    // What the server does: take the decoded CheckRequest, move its strings. The copy of the
+    // fixture is made outside the measured time.
+    group.bench_function("from_check_owned_map_form", |b| {
+        b.iter_batched(
+            || map_form.clone(),
+            |check| Request::from_check_owned(black_box(check)),
+            BatchSize::SmallInput,
+        )
+    });
+    group.bench_function("from_check_owned_header_map_form", |b| {
+        b.iter_batched(
+            || pair_form.clone(),
+            |check| Request::from_check_owned(black_box(check)),
+            BatchSize::SmallInput,
+        )
+    });
+    // From the bytes on the wire to the view: the generated decoding (a hash map of the
+    // headers) then the view, against checkpoint's own decoding (`request::wire`).
+    let bytes = map_form.encode_to_vec();
+    group.bench_function("decode_and_view_generated", |b| {
+        b.iter(|| {
+            let check =
+                CheckRequest::decode(black_box(bytes.as_slice())).unwrap_or_else(|e| panic!("{e}"));
+            Request::from_check_owned(check)
+        })
+    });
+    group.bench_function("decode_and_view_wire", |b| {
+        b.iter(|| {
+            let check = wire::CheckRequest::decode(black_box(bytes.as_slice()))
+                .unwrap_or_else(|e| panic!("{e}"));
+            Request::from_wire(check)
+        })
+    });
+    // From a borrowed CheckRequest (tests, embedders): a copy, then the same.
     group.bench_function("from_check_map_form", |b| {
         b.iter(|| Request::from_check(black_box(&map_form)))
-    });
-    group.bench_function("from_check_header_map_form", |b| {
-        b.iter(|| Request::from_check(black_box(&pair_form)))
     });
     group.bench_function("normalize_clean", |b| {
         b.iter(|| path::normalize(black_box("/api/v1/users/42/profile?view=full")))
@@ -268,6 +302,48 @@ fn bench_response(c: &mut Criterion) {
     group.bench_function("deny_forbidden", |b| {
         b.iter(|| responder.build(black_box(&deny)))
     });
+    // Build and protobuf-encode, as tonic does before the answer leaves.
+    let mut buffer = Vec::with_capacity(1024);
+    group.bench_function("allow_with_user_encoded", |b| {
+        b.iter(|| {
+            buffer.clear();
+            let response = responder.build(black_box(&allow));
+            response
+                .encode(&mut buffer)
+                .unwrap_or_else(|e| panic!("{e}"));
+            buffer.len()
+        })
+    });
+    group.bench_function("allow_with_user_encoded_directly", |b| {
+        b.iter(|| responder.encode(black_box(&allow)).0.len())
+    });
+    group.finish();
+}
+
+fn bench_decision_line(c: &mut Criterion) {
+    let line = telemetry::Decision {
+        request_id: "6f1c2b1e-3d0a-4c8e-9a51-0c3f6a7b8d90",
+        rule: "/api/users",
+        method: "GET",
+        decision: "allow",
+        reason: "allowed",
+        identity_source: "userinfo",
+        identity_cache: Some("hit"),
+        identity_latency_us: None,
+        identity_failure: None,
+        detail: None,
+        user_id: Some("alice"),
+        latency_us: 42,
+    };
+    let mut buffer = Vec::with_capacity(512);
+    let mut group = c.benchmark_group("log");
+    group.bench_function("decision_line", |b| {
+        b.iter(|| {
+            buffer.clear();
+            telemetry::write_decision(&mut buffer, SystemTime::now(), black_box(&line));
+            buffer.len()
+        })
+    });
     group.finish();
 }
 
@@ -280,6 +356,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = hot_path;
     config = config();
-    targets = bench_route, bench_expression, bench_request, bench_response
+    targets = bench_route, bench_expression, bench_request, bench_response, bench_decision_line
 }
 criterion_main!(hot_path);

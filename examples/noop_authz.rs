@@ -4,15 +4,28 @@
 //! Same transport as checkpoint (tonic, `tcp_nodelay`), one tokio worker thread, so that the
 //! difference between this server and checkpoint is the work checkpoint does per Check.
 //!
-//! Usage: `noop_authz 127.0.0.1:50061`
+//! With `--identity`, every answer is instead a copy of what checkpoint answers for the bench's
+//! user (alice, group admin, strict mode): the three identity headers, `mia-allowed` to remove,
+//! and the decision as dynamic metadata. Behind Envoy (scenario d0h) this separates what Envoy
+//! spends applying checkpoint's answer from what checkpoint spends computing it.
+//!
+//! Usage: `noop_authz 127.0.0.1:50061 [--identity]`
 
+use std::collections::HashMap;
+
+use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
+use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::{
     Authorization, AuthorizationServer,
 };
-use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
+use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
+use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse, OkHttpResponse};
+use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
 use envoy_types::pb::google::rpc;
 
-struct Noop;
+struct Noop {
+    answer: CheckResponse,
+}
 
 #[tonic::async_trait]
 impl Authorization for Noop {
@@ -20,21 +33,61 @@ impl Authorization for Noop {
         &self,
         _request: tonic::Request<CheckRequest>,
     ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
-        Ok(tonic::Response::new(CheckResponse {
-            status: Some(rpc::Status {
-                code: 0,
-                ..Default::default()
-            }),
+        Ok(tonic::Response::new(self.answer.clone()))
+    }
+}
+
+/// checkpoint's allow for alice (see `response.rs`), built once.
+fn identity_answer() -> CheckResponse {
+    let header = |key: &str, value: &str| HeaderValueOption {
+        header: Some(HeaderValue {
+            key: key.into(),
+            value: value.into(),
+            raw_value: Vec::new(),
+        }),
+        append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+        ..Default::default()
+    };
+    let string = |s: &str| Value {
+        kind: Some(Kind::StringValue(s.into())),
+    };
+    let fields: HashMap<String, Value> = [
+        ("decision".to_owned(), string("allow")),
+        ("reason".to_owned(), string("allowed")),
+        ("user_id".to_owned(), string("alice")),
+    ]
+    .into();
+    CheckResponse {
+        status: Some(rpc::Status::default()),
+        http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
+            headers: vec![
+                header("miauserid", "alice"),
+                header("miausergroups", "admin"),
+                header("miauserproperties", "{}"),
+            ],
+            headers_to_remove: vec!["mia-allowed".into()],
             ..Default::default()
-        }))
+        })),
+        dynamic_metadata: Some(Struct { fields }),
     }
 }
 
 fn main() -> anyhow::Result<()> {
-    let addr: std::net::SocketAddr = std::env::args()
-        .nth(1)
-        .ok_or_else(|| anyhow::anyhow!("usage: noop_authz ADDRESS (e.g. 127.0.0.1:50061)"))?
+    let mut args = std::env::args().skip(1);
+    let addr: std::net::SocketAddr = args
+        .next()
+        .ok_or_else(|| {
+            anyhow::anyhow!("usage: noop_authz ADDRESS [--identity] (e.g. 127.0.0.1:50061)")
+        })?
         .parse()?;
+    let answer = match args.next().as_deref() {
+        None => CheckResponse {
+            status: Some(rpc::Status::default()),
+            ..Default::default()
+        },
+        Some("--identity") => identity_answer(),
+        Some(other) => anyhow::bail!("unknown option {other}"),
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -42,7 +95,7 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async {
         tonic::transport::Server::builder()
             .tcp_nodelay(true)
-            .add_service(AuthorizationServer::new(Noop))
+            .add_service(AuthorizationServer::new(Noop { answer }))
             .serve(addr)
             .await
     })?;

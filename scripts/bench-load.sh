@@ -5,8 +5,11 @@
 #   scripts/bench-load.sh --cache-memory  resident memory of checkpoint with 100,000 distinct identities
 #   scripts/bench-load.sh --coalesce      user-info calls for 1,000 concurrent Checks with one new credential
 #   scripts/bench-load.sh --all           all three
-#   scripts/bench-load.sh --profile       callgrind of the noop server and of checkpoint (scenario b),
-#                                         BENCH_PROFILE_CHECKS Checks each (20000, about 2 min)
+#   scripts/bench-load.sh --profile       callgrind of the noop server, of checkpoint (scenario b) and of
+#                                         checkpoint with a local jwt source (scenario bj),
+#                                         BENCH_PROFILE_CHECKS Checks each (20000, about 3 min);
+#                                         BENCH_PROFILE_TARGETS adds noop-envoy, checkpoint-envoy
+#                                         (the server under callgrind behind Envoy, as in d0 and d)
 #
 # Scenarios, each driven by h2load (Debian's nghttp2-client, installed if missing):
 #   a    the no-op ext_authz server (examples/noop_authz.rs), gRPC Check direct: the floor
@@ -16,6 +19,11 @@
 #   d    Envoy + checkpoint as ext_authz (gRPC)
 #   e    Envoy jwt_authn (RS256, inline JWKS, no token cache) + rbac on the groups claim
 #   a@1k, b@1k   a and b at a fixed 1,000 requests/s (h2load --rps, one connection), for p99
+#   bj   (not in the default list) checkpoint with a local `jwt` source (CHECKPOINT_CONFIG, keys
+#        from the bench's JWKS), gRPC direct, the same RS256 token: a cached verification
+#   d0h  (not in the default list) Envoy + the no-op server answering with a copy of checkpoint's
+#        allow (identity headers, a header to remove, dynamic metadata): what Envoy spends
+#        applying checkpoint's answer, apart from what checkpoint spends computing it
 #
 # Before loading anything, the script proves that the exact bytes it sends get an allow: the gRPC
 # body is posted once with curl and the CheckResponse decoded (status 0 and, for checkpoint, the
@@ -27,17 +35,21 @@
 # the ext_authz server share core 0, so the figures are "one core for the whole gateway"; the
 # user-info server (bench/userinfo.js) runs on core 1 with the load generator, out of the
 # measured CPU. CPU per request is utime+stime of the server processes (/proc/PID/stat) over
-# the run divided by the requests h2load completed. The "foreign CPU" column is the CPU time,
+# the run divided by the requests h2load completed; behind Envoy it is also split into Envoy's
+# share and the ext_authz server's. The "foreign CPU" column is the CPU time,
 # in % of one core, that both cores spent during the run on anything but the bench's own
 # processes (servers, h2load, user-info): when it is large, something else was running on the
 # machine and the run is noisy.
 #
 # Settings (environment): BENCH_ROUNDS (2), BENCH_DURATION seconds per run (8), BENCH_CONNECTIONS
 # (4) and BENCH_STREAMS per connection (8) for the saturated runs, BENCH_RATE (1000),
-# BENCH_SCENARIOS (a subset and order of "a b c d0 d e a@1k b@1k"),
+# BENCH_SCENARIOS (a subset and order of "a b c d0 d e a@1k b@1k", plus "bj" and "d0h"),
 # BENCH_LOG_LEVEL for checkpoint (info, its default: the decision log line is written for every
 # Check, to /dev/null), BENCH_PORT_BASE (47100), BENCH_KEEP=1 keeps the work folder, BENCH_BUILD=0
-# skips `cargo build` (uses target/release as it is).
+# skips `cargo build` (uses target/release as it is), BENCH_BIN a folder laid out like
+# target/release (checkpoint, examples/noop_authz, ...) to measure instead, e.g. a saved copy of
+# an earlier build for a before/after comparison (implies BENCH_BUILD=0), BENCH_PROFILE_TARGETS
+# (among "noop checkpoint checkpoint-jwt noop-envoy checkpoint-envoy") for --profile.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -67,10 +79,14 @@ P_USERINFO=$((PORT_BASE + 0))
 P_NOOP=$((PORT_BASE + 1))
 P_CHECKPOINT=$((PORT_BASE + 2))
 P_CHECKPOINT_HTTP=$((PORT_BASE + 3))
+P_CHECKPOINT_JWT=$((PORT_BASE + 4))
+P_CHECKPOINT_JWT_HTTP=$((PORT_BASE + 5))
+P_NOOP_H=$((PORT_BASE + 6))
 P_ENVOY_C=$((PORT_BASE + 10)) P_ADMIN_C=$((PORT_BASE + 11))
 P_ENVOY_D0=$((PORT_BASE + 12)) P_ADMIN_D0=$((PORT_BASE + 13))
 P_ENVOY_D=$((PORT_BASE + 14)) P_ADMIN_D=$((PORT_BASE + 15))
 P_ENVOY_E=$((PORT_BASE + 16)) P_ADMIN_E=$((PORT_BASE + 17))
+P_ENVOY_D0H=$((PORT_BASE + 18)) P_ADMIN_D0H=$((PORT_BASE + 19))
 
 say() { printf 'bench: %s\n' "$*" >&2; }
 die() { printf 'bench: error: %s\n' "$*" >&2; exit 1; }
@@ -103,11 +119,11 @@ if [ "$mode_load" = 1 ] && [ ! -x .venv/bin/envoy ]; then
 fi
 if [ "$(nproc)" -lt 2 ]; then die "needs two cores: one for the server, one for the load generator"; fi
 
-if [ "${BENCH_BUILD:-1}" = 1 ]; then
+bin="${BENCH_BIN:-target/release}"
+if [ "${BENCH_BUILD:-1}" = 1 ] && [ -z "${BENCH_BIN:-}" ]; then
   say "cargo build --release --locked --bin checkpoint --examples"
   cargo build --quiet --release --locked --bin checkpoint --examples
 fi
-bin=target/release
 for b in "$bin/checkpoint" "$bin/examples/noop_authz" "$bin/examples/check_request_frame" \
   "$bin/examples/distinct_identities"; do
   [ -x "$b" ] || die "$b is missing: build with cargo build --release --locked --bin checkpoint --examples"
@@ -166,7 +182,9 @@ times_to_ticks() {
 userinfo_calls() { curl -fsS "http://127.0.0.1:$P_USERINFO/__count" | python3 -c 'import json,sys; print(json.load(sys.stdin)["calls"])'; }
 
 start_userinfo() {
-  start 1 "$work/userinfo.log" node bench/userinfo.js "$P_USERINFO" "$@"
+  local jwks=()
+  [ -f "$work/jwks.json" ] && jwks=(--jwks "$work/jwks.json")
+  start 1 "$work/userinfo.log" node bench/userinfo.js "$P_USERINFO" "${jwks[@]}" "$@"
   userinfo_pid=$last_pid
   wait_port "$P_USERINFO" user-info "$userinfo_pid" "$work/userinfo.log"
 }
@@ -198,6 +216,39 @@ start_checkpoint() {
   else
     wait_port "$P_CHECKPOINT" checkpoint "$checkpoint_pid" "$work/checkpoint.err"
   fi
+}
+
+# checkpoint with a local `jwt` source instead of user-info (native configuration file), the
+# same rules; waits until it is ready (its keys fetched from the bench's JWKS).
+start_checkpoint_jwt() {
+  local out=/dev/null i
+  [ "${BENCH_KEEP:-0}" = 1 ] && out="$work/checkpoint-jwt.log"
+  cat >"$work/checkpoint-jwt.yaml" <<YAML
+version: 1
+server:
+  grpc_addr: "127.0.0.1:$P_CHECKPOINT_JWT"
+  http_addr: "127.0.0.1:$P_CHECKPOINT_JWT_HTTP"
+  log_level: "$LOG_LEVEL_CHECKPOINT"
+  shutdown_delay: 0s
+rules: { file: "$root/bench/auth.json" }
+identity:
+  sources:
+  - type: jwt
+    issuer: "https://issuer.bench.test"
+    jwks_uri: "http://127.0.0.1:$P_USERINFO/jwks"
+    algorithms: [RS256]
+YAML
+  taskset -c 0 env -i PATH="$PATH" CHECKPOINT_CONFIG="$work/checkpoint-jwt.yaml" \
+    "$@" "$bin/checkpoint" >"$out" 2>"$work/checkpoint-jwt.err" &
+  checkpoint_jwt_pid=$!
+  pids+=("$checkpoint_jwt_pid")
+  for i in $(seq 1 600); do
+    if curl -fsS -o /dev/null "http://127.0.0.1:$P_CHECKPOINT_JWT_HTTP/-/ready" 2>/dev/null; then return 0; fi
+    kill -0 "$checkpoint_jwt_pid" 2>/dev/null ||
+      die "checkpoint (jwt) exited: $(tail -5 "$work/checkpoint-jwt.err")"
+    sleep 0.1
+  done
+  die "checkpoint (jwt) is not ready after 60 s: $(tail -5 "$work/checkpoint-jwt.err")"
 }
 
 # Posts a gRPC body with curl; prints the decoded CheckResponse (see check_request_frame decode).
@@ -251,28 +302,38 @@ for name in CHECKPOINT_IDENTITY_CACHE_TTL CHECKPOINT_IDENTITY_CACHE_MAX_ENTRIES 
   if [ -n "${!name:-}" ]; then passthrough_note+="${passthrough_note:+ }$name=${!name}"; fi
 done
 
-# ---- the load scenarios -----------------------------------------------------------------------------
-load_scenarios() {
-  # The real Envoy binary, not the Python launcher, so that its pid is the one doing the work.
-  envoy_bin="$(.venv/bin/python -c 'import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy"))')"
-  [ -x "$envoy_bin" ] || die "no Envoy binary at $envoy_bin"
-  declare -gA envoy_pid=()
-
-  # An RS256 key, its JWKS and one token. The token is the credential of every scenario, so the
-  # requests are the same size everywhere; checkpoint passes it to user-info, Envoy verifies it.
+# An RS256 key, its JWKS ($work/jwks.json, served by user-info with --jwks) and one token ($jwt).
+# The token is the credential of every scenario, so the requests are the same size everywhere;
+# checkpoint passes it to user-info (b, d), verifies it itself (bj), Envoy verifies it (e).
+make_jwt() {
+  local modulus now header payload signature
   openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$work/jwt.key" 2>/dev/null
-  local modulus now header payload signature jwks
   modulus="$(openssl rsa -in "$work/jwt.key" -noout -modulus | cut -d= -f2)"
   jwks="$(python3 -c '
 import base64, json, sys
 n = base64.urlsafe_b64encode(bytes.fromhex(sys.argv[1])).rstrip(b"=").decode()
 print(json.dumps({"keys": [{"kty": "RSA", "alg": "RS256", "use": "sig", "kid": "bench", "n": n, "e": "AQAB"}]}, separators=(",", ":")))
 ' "$modulus")"
+  printf '%s\n' "$jwks" >"$work/jwks.json"
   now="$(date +%s)"
   header="$(printf '{"alg":"RS256","typ":"JWT","kid":"bench"}' | base64url)"
-  payload="$(printf '{"iss":"bench-issuer","sub":"alice","groups":["admin"],"permissions":["api.users.get"],"iat":%d,"exp":%d}' "$now" "$((now + 3600))" | base64url)"
+  payload="$(printf '{"iss":"https://issuer.bench.test","sub":"alice","groups":["admin"],"permissions":["api.users.get"],"iat":%d,"exp":%d}' "$now" "$((now + 3600))" | base64url)"
   signature="$(printf '%s.%s' "$header" "$payload" | openssl dgst -sha256 -sign "$work/jwt.key" -binary | base64url)"
   jwt="$header.$payload.$signature"
+}
+
+# ---- the load scenarios -----------------------------------------------------------------------------
+find_envoy() {
+  # The real Envoy binary, not the Python launcher, so that its pid is the one doing the work.
+  envoy_bin="$(.venv/bin/python -c 'import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy"))')"
+  [ -x "$envoy_bin" ] || die "no Envoy binary at $envoy_bin"
+  declare -gA envoy_pid=()
+}
+
+load_scenarios() {
+  find_envoy
+
+  make_jwt
 
   "$bin/examples/check_request_frame" encode "$work/check.bin" --token "$jwt" --path '/api/users/42?view=full'
   "$bin/examples/check_request_frame" encode "$work/anonymous.bin" --token '' --path '/api/users/42?view=full'
@@ -284,6 +345,15 @@ print(json.dumps({"keys": [{"kty": "RSA", "alg": "RS256", "use": "sig", "kid": "
   noop_pid=$last_pid
   wait_port "$P_NOOP" noop_authz "$noop_pid" "$work/noop.log"
   start_checkpoint
+  case " $SCENARIOS " in *" bj "*) start_checkpoint_jwt ;; esac
+  case " $SCENARIOS " in
+    *" d0h "*)
+      start 0 "$work/noop-h.log" "$bin/examples/noop_authz" "127.0.0.1:$P_NOOP_H" --identity
+      noop_h_pid=$last_pid
+      wait_port "$P_NOOP_H" "noop_authz --identity" "$noop_h_pid" "$work/noop-h.log"
+      start_envoy d0h bench/envoy-ext-authz.yaml "$P_ENVOY_D0H" "$P_ADMIN_D0H" AUTHZ_PORT="$P_NOOP_H"
+      ;;
+  esac
   start_envoy c bench/envoy-plain.yaml "$P_ENVOY_C" "$P_ADMIN_C"
   start_envoy d0 bench/envoy-ext-authz.yaml "$P_ENVOY_D0" "$P_ADMIN_D0" AUTHZ_PORT="$P_NOOP"
   start_envoy d bench/envoy-ext-authz.yaml "$P_ENVOY_D" "$P_ADMIN_D" AUTHZ_PORT="$P_CHECKPOINT"
@@ -297,8 +367,18 @@ print(json.dumps({"keys": [{"kty": "RSA", "alg": "RS256", "use": "sig", "kid": "
   expect_lines "b (checkpoint)" "$answer" "status 0" "header miauserid=alice" "header miausergroups=admin"
   answer="$(grpc_post "$P_CHECKPOINT" "$work/anonymous.bin")"
   expect_lines "b (checkpoint, no credential)" "$answer" "status 16" "denied 401"
+  if [ -n "${checkpoint_jwt_pid:-}" ]; then
+    answer="$(grpc_post "$P_CHECKPOINT_JWT" "$work/check.bin")"
+    expect_lines "bj (checkpoint, jwt source)" "$answer" "status 0" "header miauserid=alice" "header miausergroups=admin"
+    answer="$(grpc_post "$P_CHECKPOINT_JWT" "$work/anonymous.bin")"
+    expect_lines "bj (checkpoint, jwt source, no credential)" "$answer" "status 16" "denied 401"
+  fi
   [ "$(envoy_get "$P_ENVOY_C")" = "200 " ] || die "c: expected 200, got $(envoy_get "$P_ENVOY_C")"
   [ "$(envoy_get "$P_ENVOY_D0" -H "authorization: Bearer $jwt")" = "200 " ] || die "d0: expected 200"
+  if [ -n "${noop_h_pid:-}" ]; then
+    [ "$(envoy_get "$P_ENVOY_D0H" -H "authorization: Bearer $jwt")" = "200 alice" ] ||
+      die "d0h: expected 200 with miauserid alice upstream"
+  fi
   for s in d e; do
     local port_var="P_ENVOY_${s^^}" got
     got="$(envoy_get "${!port_var}" -H "authorization: Bearer $jwt")"
@@ -316,7 +396,7 @@ print(json.dumps({"keys": [{"kty": "RSA", "alg": "RS256", "use": "sig", "kid": "
     done
   done
   echo
-  echo "checkpoint at $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$root" diff --quiet 2>/dev/null || echo '+dirty'), settings: ${passthrough_note:-defaults}, LOG_LEVEL=$LOG_LEVEL_CHECKPOINT, $ROUNDS rounds of ${DURATION}s, saturated runs: $CONNECTIONS connections x $STREAMS streams, h2load on core 1, servers on core 0"
+  echo "checkpoint at $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$root" diff --quiet 2>/dev/null || echo '+dirty')${BENCH_BIN:+ (binaries from $BENCH_BIN)}, settings: ${passthrough_note:-defaults}, LOG_LEVEL=$LOG_LEVEL_CHECKPOINT, $ROUNDS rounds of ${DURATION}s, saturated runs: $CONNECTIONS connections x $STREAMS streams, h2load on core 1, servers on core 0"
   python3 bench/stats.py report "$results"
   local total_calls
   total_calls="$(userinfo_calls)"
@@ -334,10 +414,12 @@ run_scenario() {
   case "$s" in
     a) url="http://127.0.0.1:$P_NOOP/envoy.service.auth.v3.Authorization/Check" servers=("$noop_pid") args=("${grpc[@]}" "${saturate[@]}") ;;
     b) url="http://127.0.0.1:$P_CHECKPOINT/envoy.service.auth.v3.Authorization/Check" servers=("$checkpoint_pid") args=("${grpc[@]}" "${saturate[@]}") ;;
+    bj) url="http://127.0.0.1:$P_CHECKPOINT_JWT/envoy.service.auth.v3.Authorization/Check" servers=("$checkpoint_jwt_pid") args=("${grpc[@]}" "${saturate[@]}") ;;
     a@1k) url="http://127.0.0.1:$P_NOOP/envoy.service.auth.v3.Authorization/Check" servers=("$noop_pid") args=("${grpc[@]}" "${paced[@]}") ;;
     b@1k) url="http://127.0.0.1:$P_CHECKPOINT/envoy.service.auth.v3.Authorization/Check" servers=("$checkpoint_pid") args=("${grpc[@]}" "${paced[@]}") ;;
     c) url="http://127.0.0.1:$P_ENVOY_C/api/users/42" servers=("${envoy_pid[c]}") args=("${rest[@]}" "${saturate[@]}") ;;
     d0) url="http://127.0.0.1:$P_ENVOY_D0/api/users/42" servers=("${envoy_pid[d0]}" "$noop_pid") args=("${rest[@]}" "${saturate[@]}") ;;
+    d0h) url="http://127.0.0.1:$P_ENVOY_D0H/api/users/42" servers=("${envoy_pid[d0h]}" "$noop_h_pid") args=("${rest[@]}" "${saturate[@]}") ;;
     d) url="http://127.0.0.1:$P_ENVOY_D/api/users/42" servers=("${envoy_pid[d]}" "$checkpoint_pid") args=("${rest[@]}" "${saturate[@]}") ;;
     e) url="http://127.0.0.1:$P_ENVOY_E/api/users/42" servers=("${envoy_pid[e]}") args=("${rest[@]}" "${saturate[@]}") ;;
   esac
@@ -346,9 +428,10 @@ run_scenario() {
   case "$s" in *@1k) warmup=300 ;; esac
   taskset -c 1 h2load -n "$warmup" "${args[@]}" "$url" >"$work/$tag.warmup" 2>&1 ||
     die "$s: warm-up failed: $(tail -3 "$work/$tag.warmup")"
-  local calls0 ticks0 calls1 ticks1 busy0 busy1 ui0 ui1 h2load_times
+  local calls0 ticks0 calls1 ticks1 busy0 busy1 ui0 ui1 h2load_times authz0 authz1
   calls0="$(userinfo_calls)"
   ticks0="$(cpu_ticks "${servers[@]}")"
+  authz0="$(cpu_ticks "${servers[@]:1}")"
   ui0="$(cpu_ticks "$userinfo_pid")"
   busy0="$(machine_busy)"
   # In a subshell, so that `times` reports h2load's own CPU time as the children's.
@@ -360,11 +443,12 @@ run_scenario() {
   case "$h2load_times" in failed*) die "$s: h2load failed: $(tail -3 "$work/$tag.out")" ;; esac
   busy1="$(machine_busy)"
   ticks1="$(cpu_ticks "${servers[@]}")"
+  authz1="$(cpu_ticks "${servers[@]:1}")"
   ui1="$(cpu_ticks "$userinfo_pid")"
   calls1="$(userinfo_calls)"
   local foreign=$((busy1 - busy0 - (ticks1 - ticks0) - (ui1 - ui0) - $(times_to_ticks <<<"$h2load_times")))
   python3 bench/stats.py run "$s" "$round" "$work/$tag.out" "$work/$tag.log" "$((ticks1 - ticks0))" \
-    "$((calls1 - calls0))" "$foreign" >>"$results"
+    "$((calls1 - calls0))" "$foreign" "$((authz1 - authz0))" >>"$results"
 }
 
 # ---- resident memory with 100,000 distinct identities --------------------------------------------------
@@ -418,32 +502,74 @@ coalesce() {
 # ---- where the time goes: callgrind, a bounded number of Checks, noop then checkpoint -------------------
 profile() {
   command -v valgrind >/dev/null 2>&1 || die "valgrind is missing (apt-get install valgrind)"
-  local n="${BENCH_PROFILE_CHECKS:-20000}" which pid port out total
+  local n="${BENCH_PROFILE_CHECKS:-20000}" which pid port out total frame
   "$bin/examples/check_request_frame" encode "$work/check.bin" --token profile-token --path '/api/users/42?view=full'
-  local grpc=(-H 'content-type: application/grpc' -H 'te: trailers' -d "$work/check.bin" -c 1 -m 8)
+  make_jwt
+  "$bin/examples/check_request_frame" encode "$work/jwt.bin" --token "$jwt" --path '/api/users/42?view=full'
   start_userinfo
-  for which in noop checkpoint; do
+  local targets="${BENCH_PROFILE_TARGETS:-noop checkpoint checkpoint-jwt}"
+  case " $targets " in *-envoy*) find_envoy ;; esac
+  for which in $targets; do
     out="$work/callgrind.$which"
-    if [ "$which" = noop ]; then
-      start 0 "$work/noop.log" valgrind --tool=callgrind --callgrind-out-file="$out" \
-        "$bin/examples/noop_authz" "127.0.0.1:$P_NOOP"
-      pid=$last_pid
-      wait_port_slow "$P_NOOP" "noop under valgrind"
-      port=$P_NOOP
-    else
-      start_checkpoint valgrind --tool=callgrind --callgrind-out-file="$out"
-      pid=$checkpoint_pid
-      port=$P_CHECKPOINT
+    frame="$work/check.bin"
+    local via_envoy=0
+    case "$which" in
+      noop)
+        start 0 "$work/noop.log" valgrind --tool=callgrind --callgrind-out-file="$out" \
+          "$bin/examples/noop_authz" "127.0.0.1:$P_NOOP"
+        pid=$last_pid
+        wait_port_slow "$P_NOOP" "noop under valgrind"
+        port=$P_NOOP
+        ;;
+      checkpoint)
+        start_checkpoint valgrind --tool=callgrind --callgrind-out-file="$out"
+        pid=$checkpoint_pid
+        port=$P_CHECKPOINT
+        ;;
+      checkpoint-jwt)
+        start_checkpoint_jwt valgrind --tool=callgrind --callgrind-out-file="$out"
+        pid=$checkpoint_jwt_pid
+        port=$P_CHECKPOINT_JWT
+        frame="$work/jwt.bin"
+        expect_lines "checkpoint-jwt" "$(grpc_post "$port" "$frame")" "status 0" "header miauserid=alice"
+        ;;
+      noop-envoy)
+        start 0 "$work/noop.log" valgrind --tool=callgrind --callgrind-out-file="$out" \
+          "$bin/examples/noop_authz" "127.0.0.1:$P_NOOP"
+        pid=$last_pid
+        wait_port_slow "$P_NOOP" "noop under valgrind"
+        start_envoy d0 bench/envoy-ext-authz.yaml "$P_ENVOY_D0" "$P_ADMIN_D0" AUTHZ_PORT="$P_NOOP"
+        port=$P_ENVOY_D0 via_envoy=1
+        ;;
+      checkpoint-envoy)
+        start_checkpoint valgrind --tool=callgrind --callgrind-out-file="$out"
+        pid=$checkpoint_pid
+        start_envoy d bench/envoy-ext-authz.yaml "$P_ENVOY_D" "$P_ADMIN_D" AUTHZ_PORT="$P_CHECKPOINT"
+        port=$P_ENVOY_D via_envoy=1
+        ;;
+      *) die "BENCH_PROFILE_TARGETS: unknown target $which (noop, checkpoint, checkpoint-jwt, noop-envoy, checkpoint-envoy)" ;;
+    esac
+    local load=(-H 'content-type: application/grpc' -H 'te: trailers' -d "$frame" -c 1 -m 8)
+    local url="http://127.0.0.1:$port/envoy.service.auth.v3.Authorization/Check"
+    if [ "$via_envoy" = 1 ]; then
+      # Through Envoy: what Envoy really sends the ext_authz server for a plain GET.
+      load=(-H "authorization: Bearer profile-token" -c 1 -m 8)
+      url="http://127.0.0.1:$port/api/users/42?view=full"
     fi
     # Warm-up (connections, caches, the identity cache entry), then zero the counters.
-    taskset -c 1 h2load -n 200 "${grpc[@]}" "http://127.0.0.1:$port/envoy.service.auth.v3.Authorization/Check" >/dev/null
+    taskset -c 1 h2load -n 200 "${load[@]}" "$url" >/dev/null
     callgrind_control --zero "$pid" >/dev/null
-    taskset -c 1 h2load -n "$n" "${grpc[@]}" "http://127.0.0.1:$port/envoy.service.auth.v3.Authorization/Check" >"$work/profile.$which.out"
+    taskset -c 1 h2load -n "$n" "${load[@]}" "$url" >"$work/profile.$which.out"
     grep -q "status codes: $n 2xx" "$work/profile.$which.out" || die "$which: not all $n Checks answered 200"
     callgrind_control --dump "$pid" >/dev/null
     sleep 1
     kill "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
+    if [ "$via_envoy" = 1 ]; then
+      local e
+      for e in "${!envoy_pid[@]}"; do kill "${envoy_pid[$e]}" 2>/dev/null || true; wait "${envoy_pid[$e]}" 2>/dev/null || true; done
+      envoy_pid=()
+    fi
     total="$(callgrind_annotate "$out.1" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }')"
     echo
     echo "$which: $((total / n)) instructions per Check ($n Checks, LOG_LEVEL=$LOG_LEVEL_CHECKPOINT for checkpoint)"
@@ -458,17 +584,19 @@ profile() {
           # No early exit: under pipefail, a closed pipe would fail the script.
           if (shown++ < 15) printf "  %6.1f%%  %7d  %s\n", 100 * ir / total, ir / n, substr(name, 1, 150)
         }'
-    if [ "$which" = checkpoint ]; then
+    if [ "${which%-envoy}" != noop ]; then
       echo "  checkpoint's own functions (inclusive, per Check):"
       callgrind_annotate --inclusive=yes --threshold=100 "$out.1" 2>/dev/null |
         awk -v n="$n" -v total="$total" '
-          /checkpoint::|moka::future::base_cache::BaseCache<K,V,S>::get_with_hash|tracing_core::event::Event::dispatch|prost::message::Message::(en|de)code / {
+          /checkpoint::|moka::future::base_cache::BaseCache<K,V,S>::get_with_hash|tracing_core::event::Event::dispatch|prost::message::Message::(en|de)code|jsonwebtoken::|aws_lc/ {
             ir = $1; gsub(",", "", ir)
             name = $0; sub(/^ *[0-9,]+ +\( *[0-9.]+%\) +(\?\?\?:)?/, "", name); sub(/ \[[^]]*\]$/, "", name)
             if (shown++ < 20) printf "  %6.1f%%  %7d  %s\n", 100 * ir / total, ir / n, substr(name, 1, 150)
           }'
     fi
   done
+  echo
+  echo "user-info calls during the profile (warm-ups included): $(userinfo_calls)"
 }
 
 started_at=$SECONDS

@@ -2,9 +2,9 @@
 //! reflection serves (built by build.rs from the files envoy-types ships).
 //!
 //! Called by tonic for every Check. Turns the request into our own [`Request`], honours the
-//! call's `grpc-timeout`, runs the [`Checker`], writes the decision log line and returns the
-//! answer. A deny is `Ok(CheckResponse)`; this module never returns `Err(Status)` for a policy
-//! outcome.
+//! call's `grpc-timeout`, runs the [`Checker`], writes the decision log line
+//! ([`telemetry::decision`]) and returns the answer. A deny is `Ok(CheckResponse)`; this module
+//! never returns `Err(Status)` for a policy outcome.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,11 +12,13 @@ use std::time::Duration;
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::Authorization;
 use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 use tokio::time::Instant;
+use tonic::codegen::{Body, BoxFuture, Context, Poll, Service, StdError, http};
 use tonic::metadata::MetadataMap;
 
-use crate::check::{Checker, Decision};
-use crate::request::Request;
-use crate::response::Responder;
+use crate::check::{Checker, Decision, Outcome};
+use crate::request::{Request, wire};
+use crate::response::{Encoded, Responder};
+use crate::telemetry;
 
 /// The encoded `FileDescriptorSet` of `envoy/service/auth/v3/external_auth.proto` and its
 /// imports.
@@ -24,6 +26,12 @@ pub const DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/ext_authz_descriptor.bin"));
 
 /// Answers Envoy's Check calls.
+///
+/// Two ways to serve it: the `Authorization` trait that envoy-types generates (wrap it in
+/// `AuthorizationServer`), or [`AuthorizationService::into_server`], the same service decoding
+/// `CheckRequest` with [`crate::request::wire`] (only what checkpoint reads, no hash map of the
+/// headers) and writing the answer's bytes directly. Both answer the same request with the same
+/// response and log line.
 pub struct AuthorizationService {
     checker: Arc<Checker>,
     responder: Arc<Responder>,
@@ -32,6 +40,59 @@ pub struct AuthorizationService {
 impl AuthorizationService {
     pub fn new(checker: Arc<Checker>, responder: Arc<Responder>) -> AuthorizationService {
         AuthorizationService { checker, responder }
+    }
+
+    /// The service with checkpoint's own decoding of `CheckRequest`, ready for
+    /// `tonic::transport::Server::add_service`.
+    pub fn into_server(self) -> CheckServer {
+        CheckServer {
+            inner: Arc::new(self),
+        }
+    }
+
+    /// One Check, from the request view to the answer (`answer` writes it: a `CheckResponse`
+    /// or its bytes); writes the decision line.
+    async fn decide<R>(
+        &self,
+        view: &Request,
+        started: Instant,
+        deadline: Option<Instant>,
+        answer: impl FnOnce(&Responder, &Outcome<'_>) -> R,
+    ) -> R {
+        let outcome = self.checker.check(view, deadline).await;
+        let response = answer(&self.responder, &outcome);
+        if telemetry::decision_enabled() {
+            let (rule, method) = match outcome.rule {
+                Some((path, method)) => (path, method.as_str()),
+                None => ("", ""),
+            };
+            telemetry::decision(&telemetry::Decision {
+                request_id: &view.request_id,
+                rule,
+                method,
+                decision: match outcome.decision {
+                    Decision::Allow => "allow",
+                    Decision::Deny(_) => "deny",
+                },
+                reason: outcome.reason,
+                identity_source: outcome.identity_source,
+                identity_cache: outcome.identity_cache.map(|l| l.as_str()),
+                identity_latency_us: outcome.identity_latency.map(|d| d.as_micros() as u64),
+                identity_failure: outcome.failure.as_ref().map(|f| f.reason),
+                detail: outcome.failure.as_ref().map(|f| f.detail.as_str()),
+                user_id: outcome.user.as_ref().map(|u| u.id.as_str()),
+                latency_us: started.elapsed().as_micros() as u64,
+            });
+        }
+        response
+    }
+}
+
+/// The last Checks' decision lines may still be queued when the server stops serving: write them
+/// before the process can exit (the server drops the service once in-flight Checks are done).
+impl Drop for AuthorizationService {
+    fn drop(&mut self) {
+        telemetry::flush();
     }
 }
 
@@ -43,30 +104,87 @@ impl Authorization for AuthorizationService {
     ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
         let started = Instant::now();
         let deadline = grpc_timeout(request.metadata()).map(|t| started + t);
-        let view = Request::from_check(request.get_ref());
-        let outcome = self.checker.check(&view, deadline).await;
-        let response = self.responder.build(&outcome);
-        let (rule, method) = match outcome.rule {
-            Some((path, method)) => (path, method.as_str()),
-            None => ("", ""),
-        };
-        tracing::info!(
-            target: "checkpoint::decision",
-            request_id = %view.request_id,
-            rule,
-            method,
-            decision = match outcome.decision { Decision::Allow => "allow", Decision::Deny(_) => "deny" },
-            reason = outcome.reason,
-            identity_source = outcome.identity_source,
-            identity_cache = outcome.identity_cache.map(|l| l.as_str()),
-            identity_latency_us = outcome.identity_latency.map(|d| d.as_micros() as u64),
-            identity_failure = outcome.failure.as_ref().map(|f| f.reason),
-            detail = outcome.failure.as_ref().map(|f| f.detail.as_str()),
-            user_id = outcome.user.as_ref().map(|u| u.id.as_str()),
-            latency_us = started.elapsed().as_micros() as u64,
-            "decision"
-        );
+        // Taken, not borrowed: the header strings move into the view instead of being copied.
+        let view = Request::from_check_owned(request.into_inner());
+        let response = self
+            .decide(&view, started, deadline, Responder::build)
+            .await;
         Ok(tonic::Response::new(response))
+    }
+}
+
+/// The gRPC path of Check.
+const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
+
+/// `envoy.service.auth.v3.Authorization` served by [`AuthorizationService`] with the lean
+/// decoding of [`crate::request::wire`] and the answer encoded directly
+/// ([`Responder::encode`]); what envoy-types' `AuthorizationServer` does otherwise (same
+/// defaults: no compression, tonic's message size limits; any other method is UNIMPLEMENTED).
+#[derive(Clone)]
+pub struct CheckServer {
+    inner: Arc<AuthorizationService>,
+}
+
+impl tonic::server::NamedService for CheckServer {
+    const NAME: &'static str = "envoy.service.auth.v3.Authorization";
+}
+
+impl<B> Service<http::Request<B>> for CheckServer
+where
+    B: Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        if request.uri().path() != CHECK_PATH {
+            return Box::pin(async move {
+                let mut response = http::Response::new(tonic::body::Body::default());
+                let headers = response.headers_mut();
+                headers.insert(
+                    tonic::Status::GRPC_STATUS,
+                    (tonic::Code::Unimplemented as i32).into(),
+                );
+                headers.insert(
+                    http::header::CONTENT_TYPE,
+                    tonic::metadata::GRPC_CONTENT_TYPE,
+                );
+                Ok(response)
+            });
+        }
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            let codec = tonic_prost::ProstCodec::<Encoded, wire::CheckRequest>::default();
+            let mut grpc = tonic::server::Grpc::new(codec);
+            Ok(grpc.unary(WireCheck(inner), request).await)
+        })
+    }
+}
+
+/// One Check call on [`CheckServer`].
+struct WireCheck(Arc<AuthorizationService>);
+
+impl tonic::server::UnaryService<wire::CheckRequest> for WireCheck {
+    type Response = Encoded;
+    type Future = BoxFuture<tonic::Response<Encoded>, tonic::Status>;
+
+    fn call(&mut self, request: tonic::Request<wire::CheckRequest>) -> Self::Future {
+        let service = self.0.clone();
+        Box::pin(async move {
+            let started = Instant::now();
+            let deadline = grpc_timeout(request.metadata()).map(|t| started + t);
+            let view = Request::from_wire(request.into_inner());
+            let response = service
+                .decide(&view, started, deadline, Responder::encode)
+                .await;
+            Ok(tonic::Response::new(response))
+        })
     }
 }
 
@@ -115,6 +233,168 @@ mod tests {
             }
             assert_eq!(grpc_timeout(&metadata), want, "{text:?}");
         }
+    }
+
+    /// Both ways of serving Check, over real gRPC connections: the same answers for the same
+    /// requests, allows and denies, map and pair header forms, an unknown method refused.
+    #[tokio::test]
+    async fn the_wire_server_answers_as_the_generated_one() {
+        use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
+        use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+        use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
+            HttpRequest, Request as AttrRequest,
+        };
+        use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+        use envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
+
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("checkpoint.yaml");
+        std::fs::write(
+            &path,
+            r#"
+version: 1
+rules:
+  inline:
+    /api: { GET: { authorization: { expression: "groups.admin", public: false } } }
+    /public: { ALL: { authorization: { expression: "true", public: true } } }
+identity:
+  sources: [ { type: trusted_headers } ]
+"#,
+        )
+        .expect("write config");
+        let env: std::collections::HashMap<String, String> =
+            [("CHECKPOINT_CONFIG".to_owned(), path.display().to_string())].into();
+        let config = crate::config::Config::load(&env).expect("config");
+        let app = crate::App::new(config, &env).expect("app");
+        let responder = Arc::new(Responder::new(
+            app.settings.strict_mode,
+            &app.settings.user_headers,
+        ));
+        let checker = Arc::new(app.checker);
+        let serve = |generated: bool| {
+            let service = AuthorizationService::new(checker.clone(), responder.clone());
+            async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind");
+                let addr = listener.local_addr().expect("addr");
+                let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+                let router = if generated {
+                    tonic::transport::Server::builder()
+                        .add_service(AuthorizationServer::new(service))
+                } else {
+                    tonic::transport::Server::builder().add_service(service.into_server())
+                };
+                tokio::spawn(router.serve_with_incoming(incoming));
+                AuthorizationClient::connect(format!("http://{addr}"))
+                    .await
+                    .expect("connect")
+            }
+        };
+        let mut generated = serve(true).await;
+        let mut lean = serve(false).await;
+
+        let map_form = |path: &str, headers: &[(&str, &str)]| {
+            let mut http = HttpRequest {
+                method: "GET".into(),
+                path: path.into(),
+                id: "stream-1".into(),
+                ..Default::default()
+            };
+            for (k, v) in headers {
+                http.headers.insert((*k).into(), (*v).into());
+            }
+            http
+        };
+        let admin = [
+            ("miauserid", "alice"),
+            ("miausergroups", "admin,users"),
+            ("x-request-id", "r-1"),
+        ];
+        let mut pair_form = map_form("", &[]);
+        pair_form.method.clear();
+        pair_form.header_map = Some(HeaderMap {
+            headers: [
+                (":method", "GET"),
+                (":path", "/api/x"),
+                ("MiaUserId", "bob"),
+            ]
+            .iter()
+            .map(|(k, v)| HeaderValue {
+                key: (*k).into(),
+                raw_value: v.as_bytes().to_vec(),
+                ..Default::default()
+            })
+            .collect(),
+        });
+        let cases = [
+            map_form("/api/users", &admin),
+            map_form("/api/users", &[("miauserid", "bob")]),
+            map_form("/api/users", &[]),
+            map_form("/public/page", &[]),
+            map_form("/nowhere", &admin),
+            map_form("api/not-origin-form", &admin),
+            pair_form,
+        ];
+        let mut codes = Vec::new();
+        for http in cases {
+            let check = CheckRequest {
+                attributes: Some(AttributeContext {
+                    request: Some(AttrRequest {
+                        http: Some(http),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+            };
+            let want = generated.check(check.clone()).await.expect("generated");
+            let got = lean.check(check.clone()).await.expect("lean");
+            let want = want.into_inner();
+            codes.push(want.status.as_ref().map(|s| s.code).unwrap_or(-1));
+            assert_eq!(got.into_inner(), want, "{check:?}");
+        }
+        // OK, UNAUTHENTICATED, PERMISSION_DENIED, NOT_FOUND, INVALID_ARGUMENT all occurred.
+        codes.sort_unstable();
+        codes.dedup();
+        assert_eq!(codes, [0, 3, 5, 7, 16]);
+        assert!(
+            lean.check(CheckRequest::default()).await.is_ok(),
+            "an empty request is a deny, not an error"
+        );
+
+        // Any other method of the service: UNIMPLEMENTED, as the generated server answers.
+        let addr = {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            let service = AuthorizationService::new(checker.clone(), responder.clone());
+            tokio::spawn(
+                tonic::transport::Server::builder()
+                    .add_service(service.into_server())
+                    .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+            );
+            addr
+        };
+        let mut channel = tonic::client::Grpc::new(
+            tonic::transport::Channel::from_shared(format!("http://{addr}"))
+                .expect("uri")
+                .connect()
+                .await
+                .expect("connect"),
+        );
+        channel.ready().await.expect("ready");
+        let status = channel
+            .unary::<CheckRequest, CheckResponse, _>(
+                tonic::Request::new(CheckRequest::default()),
+                "/envoy.service.auth.v3.Authorization/Other"
+                    .parse()
+                    .expect("path"),
+                tonic_prost::ProstCodec::default(),
+            )
+            .await
+            .expect_err("unimplemented");
+        assert_eq!(status.code(), tonic::Code::Unimplemented);
     }
 
     #[test]

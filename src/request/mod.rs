@@ -6,11 +6,14 @@
 //! case-insensitive [`Headers`] view, built once. The path is normalised here (see [`path`]), so
 //! every later stage sees the path the upstream will act on.
 //!
-//! Called by `service` for every Check. Only this module and `response` touch protobuf types.
+//! Called by `service` for every Check. Only this module, `service` and `response` touch
+//! protobuf types. [`wire`] is the server's own, leaner decoding of `CheckRequest`: the same
+//! bytes, only the fields a `Request` needs, the header map as a list (no hashing).
 //! Must never panic on any input: non-UTF-8 header bytes become U+FFFD, never an error.
 
 pub mod path;
 
+use envoy_types::pb::envoy::config::core::v3::HeaderValue;
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 
 use crate::route::Method;
@@ -51,19 +54,93 @@ impl Headers {
         K: AsRef<str>,
         V: Into<String>,
     {
-        let mut entries: Vec<(String, String)> = Vec::new();
+        let mut headers = Headers::default();
         for (name, value) in pairs {
-            let name = name.as_ref().to_ascii_lowercase();
-            let value = value.into();
-            match entries.iter_mut().find(|(n, _)| *n == name) {
-                Some((_, existing)) => {
-                    existing.push_str(if name == "cookie" { "; " } else { "," });
-                    existing.push_str(&value);
-                }
-                None => entries.push((name, value)),
+            headers.append(name.as_ref().to_ascii_lowercase(), value.into());
+        }
+        headers
+    }
+
+    /// Envoy's map form, taking its strings rather than copying them. The names are unique
+    /// and, from Envoy, already lower-case; any other name is lower-cased in place, and names
+    /// that then collide are joined as in [`Headers::from_pairs`].
+    fn from_map(map: std::collections::HashMap<String, String>) -> Headers {
+        let mut entries = Vec::with_capacity(map.len());
+        let mut renamed = false;
+        for (mut name, value) in map {
+            if name.bytes().any(|b| b.is_ascii_uppercase()) {
+                name.make_ascii_lowercase();
+                renamed = true;
+            }
+            entries.push((name, value));
+        }
+        if !renamed {
+            return Headers { entries };
+        }
+        let mut headers = Headers {
+            entries: Vec::with_capacity(entries.len()),
+        };
+        for (name, value) in entries {
+            headers.append(name, value);
+        }
+        headers
+    }
+
+    /// Envoy's map form as [`wire`] decodes it, a list of entries in arrival order, with the
+    /// map's own rule for a repeated key (the last one wins). Names are handled as in
+    /// [`Headers::from_map`].
+    fn from_map_entries(map: Vec<wire::MapEntry>) -> Headers {
+        if map
+            .iter()
+            .any(|e| e.key.bytes().any(|b| b.is_ascii_uppercase()))
+        {
+            // Never from Envoy: exactly what the generic decoding would have built.
+            return Headers::from_map(map.into_iter().map(|e| (e.key, e.value)).collect());
+        }
+        let mut entries: Vec<(String, String)> = Vec::with_capacity(map.len());
+        for wire::MapEntry { key, value } in map {
+            match entries.iter_mut().find(|(n, _)| *n == key) {
+                Some((_, existing)) => *existing = value,
+                None => entries.push((key, value)),
             }
         }
         Headers { entries }
+    }
+
+    /// Envoy's pair form (`header_map`), taking its strings: raw bytes that are UTF-8 are
+    /// moved, not copied; others become U+FFFD where they are not.
+    fn from_header_values(pairs: Vec<HeaderValue>) -> Headers {
+        let mut headers = Headers {
+            entries: Vec::with_capacity(pairs.len()),
+        };
+        for pair in pairs {
+            let HeaderValue {
+                key: mut name,
+                value,
+                raw_value,
+            } = pair;
+            name.make_ascii_lowercase();
+            let value = if raw_value.is_empty() {
+                value
+            } else {
+                String::from_utf8(raw_value)
+                    .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+            };
+            headers.append(name, value);
+        }
+        headers
+    }
+
+    /// Adds a header whose name is already lower-case, joining it to an earlier one of the
+    /// same name.
+    fn append(&mut self, name: String, value: String) {
+        match self.entries.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, existing)) => {
+                existing.push_str(if name == "cookie" { "; " } else { "," });
+                existing.push_str(&value);
+            }
+            None => self.entries.push((name, value)),
+        }
     }
 
     /// The value of a header; `name` must be lower-case (configuration lower-cases every name).
@@ -92,17 +169,24 @@ impl Headers {
 }
 
 impl Request {
-    /// Reads what the stages need from Envoy's `CheckRequest`.
+    /// Reads what the stages need from Envoy's `CheckRequest`, copying what it keeps. The
+    /// server takes the request instead ([`Request::from_check_owned`]); both give the same
+    /// `Request`.
     pub fn from_check(check: &CheckRequest) -> Request {
-        let attributes = check.attributes.as_ref();
-        let http = attributes
-            .and_then(|a| a.request.as_ref())
-            .and_then(|r| r.http.as_ref());
-        let source = attributes.and_then(|a| a.source.as_ref());
-        let principal = source.map(|s| s.principal.clone()).unwrap_or_default();
-        let certificate = source.map(|s| s.certificate.clone()).unwrap_or_default();
-        let metadata = attributes
-            .and_then(|a| a.metadata_context.as_ref())
+        Request::from_check_owned(check.clone())
+    }
+
+    /// Reads what the stages need from Envoy's `CheckRequest`, moving its strings (the
+    /// headers above all) instead of copying them: the Check's hot path.
+    pub fn from_check_owned(check: CheckRequest) -> Request {
+        let (http, source, metadata_context) = match check.attributes {
+            Some(a) => (a.request.and_then(|r| r.http), a.source, a.metadata_context),
+            None => (None, None, None),
+        };
+        let (principal, certificate) = source
+            .map(|s| (s.principal, s.certificate))
+            .unwrap_or_default();
+        let metadata = metadata_context
             .filter(|m| !m.filter_metadata.is_empty())
             .map(|m| {
                 m.filter_metadata
@@ -121,34 +205,91 @@ impl Request {
                 metadata,
             };
         };
-        let headers = match &http.header_map {
+        let headers = match http.header_map {
             // Envoy fills one form or the other; `header_map` wins when it has entries.
-            Some(map) if !map.headers.is_empty() => {
-                Headers::from_pairs(map.headers.iter().map(|h| {
-                    let value = if h.raw_value.is_empty() {
-                        h.value.clone()
-                    } else {
-                        String::from_utf8_lossy(&h.raw_value).into_owned()
-                    };
-                    (h.key.as_str(), value)
-                }))
-            }
-            _ => Headers::from_pairs(http.headers.iter().map(|(k, v)| (k.as_str(), v.clone()))),
+            Some(map) if !map.headers.is_empty() => Headers::from_header_values(map.headers),
+            _ => Headers::from_map(http.headers),
         };
-        let method_text = non_empty(&http.method).or_else(|| headers.get(":method"));
-        let raw_path = non_empty(&http.path).or_else(|| headers.get(":path"));
+        Request::finish(
+            headers,
+            &http.method,
+            &http.path,
+            http.id,
+            principal,
+            certificate,
+            metadata,
+        )
+    }
+
+    /// The server's path: a `CheckRequest` decoded by [`wire`], its strings moved. Gives the
+    /// `Request` [`Request::from_check`] gives for the same bytes.
+    pub fn from_wire(check: wire::CheckRequest) -> Request {
+        let (http, source, metadata_context) = match check.attributes {
+            Some(a) => (a.request.and_then(|r| r.http), a.source, a.metadata_context),
+            None => (None, None, None),
+        };
+        let (principal, certificate) = source
+            .map(|s| (s.principal, s.certificate))
+            .unwrap_or_default();
+        let metadata = metadata_context
+            .filter(|m| !m.filter_metadata.is_empty())
+            .map(|m| {
+                m.filter_metadata
+                    .iter()
+                    .map(|(k, v)| (k.clone(), struct_to_json(v)))
+                    .collect()
+            });
+        let Some(http) = http else {
+            return Request {
+                method: None,
+                path: Err(path::PathError::NotOriginForm),
+                headers: Headers::default(),
+                principal,
+                request_id: String::new(),
+                certificate,
+                metadata,
+            };
+        };
+        let headers = match http.header_map {
+            Some(map) if !map.headers.is_empty() => Headers::from_header_values(map.headers),
+            _ => Headers::from_map_entries(http.headers),
+        };
+        Request::finish(
+            headers,
+            &http.method,
+            &http.path,
+            http.id,
+            principal,
+            certificate,
+            metadata,
+        )
+    }
+
+    /// What both decodings share once the headers are read.
+    fn finish(
+        headers: Headers,
+        method: &str,
+        path: &str,
+        id: String,
+        principal: String,
+        certificate: String,
+        metadata: Option<serde_json::Map<String, serde_json::Value>>,
+    ) -> Request {
+        let method_text = non_empty(method).or_else(|| headers.get(":method"));
+        let method = method_text.and_then(Method::parse);
+        let raw_path = non_empty(path).or_else(|| headers.get(":path"));
+        let path = raw_path
+            .map(path::normalize)
+            .unwrap_or(Err(path::PathError::NotOriginForm));
         // Envoy 1.40 fills `id` with its internal stream id, which appears nowhere else; the
         // x-request-id header is what access logs and upstreams see.
-        let request_id = headers
-            .get("x-request-id")
-            .or_else(|| non_empty(&http.id))
-            .unwrap_or_default()
-            .to_owned();
+        let request_id = match headers.get("x-request-id") {
+            Some(id) => id.to_owned(),
+            None => id,
+        };
         Request {
-            method: method_text.and_then(Method::parse),
-            path: raw_path
-                .map(path::normalize)
-                .unwrap_or(Err(path::PathError::NotOriginForm)),
+            method,
+            path,
             principal,
             request_id,
             headers,
@@ -160,6 +301,68 @@ impl Request {
     /// The value of a lower-case header name.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name)
+    }
+}
+
+/// `CheckRequest` as the server decodes it: the same wire format (field numbers from
+/// `envoy/service/auth/v3/attribute_context.proto`), only the fields a [`Request`] reads; every
+/// other field is skipped unread. The `headers` map is read as the list of entries it is on the
+/// wire, which spares a hash map (hashing every name, growing the table) per Check; the
+/// map's rule for a repeated key is applied when the view is built.
+pub mod wire {
+    use envoy_types::pb::envoy::config::core::v3::{HeaderMap, Metadata};
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct CheckRequest {
+        #[prost(message, optional, tag = "1")]
+        pub attributes: Option<AttributeContext>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct AttributeContext {
+        #[prost(message, optional, tag = "1")]
+        pub source: Option<Peer>,
+        #[prost(message, optional, tag = "4")]
+        pub request: Option<AttributeRequest>,
+        #[prost(message, optional, tag = "11")]
+        pub metadata_context: Option<Metadata>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Peer {
+        #[prost(string, tag = "4")]
+        pub principal: String,
+        #[prost(string, tag = "5")]
+        pub certificate: String,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct AttributeRequest {
+        #[prost(message, optional, tag = "2")]
+        pub http: Option<HttpRequest>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct HttpRequest {
+        #[prost(string, tag = "1")]
+        pub id: String,
+        #[prost(string, tag = "2")]
+        pub method: String,
+        #[prost(message, repeated, tag = "3")]
+        pub headers: Vec<MapEntry>,
+        #[prost(string, tag = "4")]
+        pub path: String,
+        #[prost(message, optional, tag = "13")]
+        pub header_map: Option<HeaderMap>,
+    }
+
+    /// One entry of a `map<string, string>`, as it is encoded.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct MapEntry {
+        #[prost(string, tag = "1")]
+        pub key: String,
+        #[prost(string, tag = "2")]
+        pub value: String,
     }
 }
 
@@ -277,6 +480,159 @@ mod tests {
         assert_eq!(req.method, None);
         assert!(req.path.is_err());
         assert!(req.headers.is_empty());
+    }
+
+    /// The two decodings of the same bytes give the same view (map-form headers compared as
+    /// sets: a hash map has no order).
+    fn assert_same_view(check: &CheckRequest) {
+        use prost::Message;
+        let bytes = check.encode_to_vec();
+        let stock = Request::from_check(&CheckRequest::decode(bytes.as_slice()).expect("stock"));
+        let lean = Request::from_wire(wire::CheckRequest::decode(bytes.as_slice()).expect("wire"));
+        assert_eq!(lean.method, stock.method);
+        assert_eq!(lean.path, stock.path);
+        assert_eq!(lean.principal, stock.principal);
+        assert_eq!(lean.request_id, stock.request_id);
+        assert_eq!(lean.certificate, stock.certificate);
+        assert_eq!(lean.metadata, stock.metadata);
+        let sorted = |r: &Request| {
+            let mut h: Vec<(String, String)> = r
+                .headers
+                .iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect();
+            h.sort();
+            h
+        };
+        assert_eq!(sorted(&lean), sorted(&stock));
+    }
+
+    #[test]
+    fn the_wire_decoding_reads_what_the_generated_one_reads() {
+        use envoy_types::pb::envoy::config::core::v3::Metadata;
+        use envoy_types::pb::envoy::service::auth::v3::attribute_context::Peer;
+        use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
+
+        assert_same_view(&CheckRequest::default());
+        let mut http = HttpRequest {
+            id: "stream-7".into(),
+            method: "GET".into(),
+            path: "/api//users/./42?x=1".into(),
+            host: "api.example".into(),
+            scheme: "https".into(),
+            protocol: "HTTP/2".into(),
+            body: "ignored".into(),
+            ..Default::default()
+        };
+        for (k, v) in [
+            (":authority", "api.example"),
+            ("authorization", "Bearer t"),
+            ("cookie", "a=1; b=2"),
+            ("x-request-id", "req-9"),
+            ("x-empty", ""),
+        ] {
+            http.headers.insert(k.into(), v.into());
+        }
+        let mut check = check_with(http.clone());
+        assert_same_view(&check);
+
+        // Source, certificate, metadata, and fields the lean decoding skips.
+        let attributes = check.attributes.as_mut().expect("attributes");
+        attributes.source = Some(Peer {
+            principal: "spiffe://cluster.local/ns/a/sa/b".into(),
+            certificate: "-----BEGIN%20CERTIFICATE-----".into(),
+            service: "skipped".into(),
+            ..Default::default()
+        });
+        attributes.destination = Some(Peer {
+            principal: "skipped".into(),
+            ..Default::default()
+        });
+        attributes
+            .context_extensions
+            .insert("skipped".into(), "yes".into());
+        let payload = Struct {
+            fields: [(
+                "sub".to_owned(),
+                Value {
+                    kind: Some(Kind::StringValue("alice".into())),
+                },
+            )]
+            .into(),
+        };
+        attributes.metadata_context = Some(Metadata {
+            filter_metadata: [("envoy.filters.http.jwt_authn".to_owned(), payload)].into(),
+            ..Default::default()
+        });
+        assert_same_view(&check);
+
+        // No x-request-id: Envoy's id; no method or path fields: the pseudo-headers.
+        let mut bare = http.clone();
+        bare.headers.remove("x-request-id");
+        bare.method.clear();
+        bare.path.clear();
+        bare.headers.insert(":method".into(), "POST".into());
+        bare.headers.insert(":path".into(), "/orders?id=3".into());
+        assert_same_view(&check_with(bare));
+
+        // Names that are not lower-case (never from Envoy), colliding once lower-cased.
+        let mut shouting = http.clone();
+        shouting.headers.insert("X-Tag".into(), "a".into());
+        shouting.headers.insert("x-tag".into(), "a".into());
+        assert_same_view(&check_with(shouting));
+
+        // The pair form wins over the map form.
+        let pair = |k: &str, v: &[u8]| HeaderValue {
+            key: k.into(),
+            raw_value: v.to_vec(),
+            ..Default::default()
+        };
+        let mut pairs = http;
+        pairs.header_map = Some(HeaderMap {
+            headers: vec![
+                pair(":method", b"PUT"),
+                pair(":path", b"/a/b"),
+                pair("X-Tag", b"a"),
+                pair("x-tag", b"b"),
+                pair("cookie", b"a=1"),
+                pair("Cookie", b"b=2"),
+                pair("x-bin", &[0xff, b'o', b'k']),
+                HeaderValue {
+                    key: "x-text".into(),
+                    value: "plain".into(),
+                    ..Default::default()
+                },
+            ],
+        });
+        assert_same_view(&check_with(pairs));
+    }
+
+    #[test]
+    fn a_repeated_map_key_on_the_wire_keeps_the_last_value_as_the_map_does() {
+        use prost::Message;
+        let entry = |k: &str, v: &str| wire::MapEntry {
+            key: k.into(),
+            value: v.into(),
+        };
+        let lean = wire::CheckRequest {
+            attributes: Some(wire::AttributeContext {
+                request: Some(wire::AttributeRequest {
+                    http: Some(wire::HttpRequest {
+                        method: "GET".into(),
+                        path: "/".into(),
+                        headers: vec![entry("x-a", "1"), entry("x-b", "2"), entry("x-a", "3")],
+                        ..Default::default()
+                    }),
+                }),
+                ..Default::default()
+            }),
+        };
+        let bytes = lean.encode_to_vec();
+        let stock = CheckRequest::decode(bytes.as_slice()).expect("stock decodes");
+        assert_same_view(&stock);
+        let view = Request::from_wire(lean);
+        assert_eq!(view.header("x-a"), Some("3"));
+        assert_eq!(view.headers.len(), 2);
     }
 
     #[test]
