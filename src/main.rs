@@ -199,6 +199,7 @@ async fn serve_async(app: App) -> anyhow::Result<()> {
     };
     tracing::info!(grpc = %grpc_addr, http = %http_addr, "listening");
     run(app, listeners, termination()).await?;
+    telemetry::flush();
     Ok(())
 }
 
