@@ -33,6 +33,7 @@ use base64::Engine;
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use serde_json::{Map, Value};
 
+use super::http::{self, Reasons};
 use super::{BoxFuture, Context, Failure, KeyHasher, Resolution, Source, claims};
 use crate::config::sources::{ClaimMapping, ClientAuth, IntrospectionSource, TokenLocation};
 use crate::request::Request;
@@ -55,6 +56,11 @@ pub struct Introspection {
     /// `client_secret_post`: `&client_id=...&client_secret=...`, appended to every body.
     body_credentials: String,
 }
+
+const REASONS: Reasons = Reasons {
+    too_large: "introspection_too_large",
+    unreachable: "introspection_unreachable",
+};
 
 /// An HTTP client fit for introspection: no redirects (a redirect could carry the token and our
 /// client credentials to another URL), pooled connections.
@@ -210,9 +216,9 @@ impl Introspection {
             let response = call
                 .send()
                 .await
-                .map_err(|e| Failure::new("introspection_unreachable", describe(&e)))?;
+                .map_err(|e| Failure::new("introspection_unreachable", http::describe(&e)))?;
             let status = response.status();
-            let body = read_bounded(response).await;
+            let body = http::read_bounded(response, MAX_BODY_BYTES, REASONS).await;
             if !status.is_success() {
                 // The OAuth error code (`invalid_client`, `unsupported_token_type`) says which
                 // side is misconfigured; it is a fixed vocabulary, never a credential.
@@ -308,55 +314,6 @@ pub fn form_encode(value: &str) -> String {
         }
     }
     out
-}
-
-/// Reads the body chunk by chunk, refusing it as soon as it passes [`MAX_BODY_BYTES`].
-async fn read_bounded(mut response: reqwest::Response) -> Result<Vec<u8>, Failure> {
-    let too_large = || {
-        Failure::new(
-            "introspection_too_large",
-            format!("the answer is larger than {MAX_BODY_BYTES} bytes"),
-        )
-    };
-    if response
-        .content_length()
-        .is_some_and(|len| len > MAX_BODY_BYTES as u64)
-    {
-        return Err(too_large());
-    }
-    let mut body = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|e| Failure::new("introspection_unreachable", describe(&e)))?
-    {
-        if body.len() + chunk.len() > MAX_BODY_BYTES {
-            return Err(too_large());
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
-}
-
-/// An error's description and causes, without the request (whose body holds the token).
-fn describe(error: &reqwest::Error) -> String {
-    let kind = if error.is_connect() {
-        "connection failed"
-    } else if error.is_timeout() {
-        "timed out"
-    } else if error.is_body() || error.is_decode() {
-        "reading the body failed"
-    } else {
-        "request failed"
-    };
-    let mut text = String::from(kind);
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 impl Source for Introspection {

@@ -394,7 +394,7 @@ async fn get_document(client: &reqwest::Client, url: &reqwest::Url) -> Result<Ve
         .header(reqwest::header::ACCEPT, "application/json")
         .send()
         .await
-        .map_err(|e| describe(&e))?;
+        .map_err(|e| super::http::describe(&e))?;
     let status = response.status();
     if !status.is_success() {
         return Err(format!("answered {status}"));
@@ -406,31 +406,17 @@ async fn get_document(client: &reqwest::Client, url: &reqwest::Url) -> Result<Ve
         return Err(format!("larger than {MAX_DOCUMENT_BYTES} bytes"));
     }
     let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(|e| describe(&e))? {
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| super::http::describe(&e))?
+    {
         if body.len() + chunk.len() > MAX_DOCUMENT_BYTES {
             return Err(format!("larger than {MAX_DOCUMENT_BYTES} bytes"));
         }
         body.extend_from_slice(&chunk);
     }
     Ok(body)
-}
-
-/// An error's description with its causes.
-fn describe(error: &reqwest::Error) -> String {
-    let mut text = if error.is_connect() {
-        "connection failed".to_owned()
-    } else if error.is_timeout() {
-        "timed out".to_owned()
-    } else {
-        "request failed".to_owned()
-    };
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// The timer: fetches at once, then every `refresh_interval`; after a failure, retries sooner

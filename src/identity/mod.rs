@@ -16,6 +16,7 @@ pub mod api_key;
 pub mod cache;
 pub mod claims;
 pub mod envoy_metadata;
+pub mod http;
 pub mod introspection;
 pub mod jwks;
 pub mod jwt;

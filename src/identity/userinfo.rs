@@ -15,6 +15,7 @@ use std::sync::Arc;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Map, Value};
 
+use super::http::{self, Reasons};
 use super::{BoxFuture, Context, Failure, KeyHasher, Resolution, Source, User, ascii_json};
 use crate::config::UserInfoSettings;
 use crate::request::Request;
@@ -31,6 +32,11 @@ pub const PER_REQUEST_HEADERS: &[&str] = &[
     "x-cloud-trace-context",
     "x-amzn-trace-id",
 ];
+
+const REASONS: Reasons = Reasons {
+    too_large: "userinfo_too_large",
+    unreachable: "userinfo_unreachable",
+};
 
 pub struct UserInfo {
     client: reqwest::Client,
@@ -122,7 +128,7 @@ impl UserInfo {
                 .headers(headers)
                 .send()
                 .await
-                .map_err(|e| Failure::new("userinfo_unreachable", describe(&e)))?;
+                .map_err(|e| Failure::new("userinfo_unreachable", http::describe(&e)))?;
             let status = response.status();
             if status.is_client_error() {
                 return Ok(None);
@@ -133,7 +139,7 @@ impl UserInfo {
                     format!("user-info answered {status}"),
                 ));
             }
-            read_bounded(response, self.settings.max_body_bytes)
+            http::read_bounded(response, self.settings.max_body_bytes, REASONS)
                 .await
                 .map(Some)
         };
@@ -222,55 +228,6 @@ fn strings(fields: &Map<String, Value>, key: &str) -> Result<Vec<String>, String
             .collect(),
         Some(_) => Err(format!("\"{key}\" is not an array of strings")),
     }
-}
-
-/// Reads the body chunk by chunk, refusing it as soon as it passes `limit`.
-async fn read_bounded(mut response: reqwest::Response, limit: usize) -> Result<Vec<u8>, Failure> {
-    let too_large = || {
-        Failure::new(
-            "userinfo_too_large",
-            format!("user-info body is larger than {limit} bytes"),
-        )
-    };
-    if response
-        .content_length()
-        .is_some_and(|len| len > limit as u64)
-    {
-        return Err(too_large());
-    }
-    let mut body = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|e| Failure::new("userinfo_unreachable", describe(&e)))?
-    {
-        if body.len() + chunk.len() > limit {
-            return Err(too_large());
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
-}
-
-/// An error's description without the URL's query (which could hold a secret).
-fn describe(error: &reqwest::Error) -> String {
-    let kind = if error.is_connect() {
-        "connection failed"
-    } else if error.is_timeout() {
-        "timed out"
-    } else if error.is_body() || error.is_decode() {
-        "reading the body failed"
-    } else {
-        "request failed"
-    };
-    let mut text = String::from(kind);
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 impl Source for UserInfo {
