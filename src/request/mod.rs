@@ -186,24 +186,9 @@ impl Request {
         let (principal, certificate) = source
             .map(|s| (s.principal, s.certificate))
             .unwrap_or_default();
-        let metadata = metadata_context
-            .filter(|m| !m.filter_metadata.is_empty())
-            .map(|m| {
-                m.filter_metadata
-                    .iter()
-                    .map(|(k, v)| (k.clone(), struct_to_json(v)))
-                    .collect()
-            });
+        let metadata = metadata_json(metadata_context);
         let Some(http) = http else {
-            return Request {
-                method: None,
-                path: Err(path::PathError::NotOriginForm),
-                headers: Headers::default(),
-                principal,
-                request_id: String::new(),
-                certificate,
-                metadata,
-            };
+            return Request::without_http(principal, certificate, metadata);
         };
         let headers = match http.header_map {
             // Envoy fills one form or the other; `header_map` wins when it has entries.
@@ -221,6 +206,23 @@ impl Request {
         )
     }
 
+    /// A Check without HTTP attributes: a request no rule can match.
+    fn without_http(
+        principal: String,
+        certificate: String,
+        metadata: Option<serde_json::Map<String, serde_json::Value>>,
+    ) -> Request {
+        Request {
+            method: None,
+            path: Err(path::PathError::NotOriginForm),
+            headers: Headers::default(),
+            principal,
+            request_id: String::new(),
+            certificate,
+            metadata,
+        }
+    }
+
     /// The server's path: a `CheckRequest` decoded by [`wire`], its strings moved. Gives the
     /// `Request` [`Request::from_check`] gives for the same bytes.
     pub fn from_wire(check: wire::CheckRequest) -> Request {
@@ -231,24 +233,9 @@ impl Request {
         let (principal, certificate) = source
             .map(|s| (s.principal, s.certificate))
             .unwrap_or_default();
-        let metadata = metadata_context
-            .filter(|m| !m.filter_metadata.is_empty())
-            .map(|m| {
-                m.filter_metadata
-                    .iter()
-                    .map(|(k, v)| (k.clone(), struct_to_json(v)))
-                    .collect()
-            });
+        let metadata = metadata_json(metadata_context);
         let Some(http) = http else {
-            return Request {
-                method: None,
-                path: Err(path::PathError::NotOriginForm),
-                headers: Headers::default(),
-                principal,
-                request_id: String::new(),
-                certificate,
-                metadata,
-            };
+            return Request::without_http(principal, certificate, metadata);
         };
         let headers = match http.header_map {
             Some(map) if !map.headers.is_empty() => Headers::from_header_values(map.headers),
@@ -364,6 +351,18 @@ pub mod wire {
         #[prost(string, tag = "2")]
         pub value: String,
     }
+}
+
+/// `metadata_context.filter_metadata` as JSON (namespace -> object), when Envoy sends any.
+fn metadata_json(
+    context: Option<envoy_types::pb::envoy::config::core::v3::Metadata>,
+) -> Option<serde_json::Map<String, serde_json::Value>> {
+    context.filter(|m| !m.filter_metadata.is_empty()).map(|m| {
+        m.filter_metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), struct_to_json(v)))
+            .collect()
+    })
 }
 
 /// A protobuf `Struct` as JSON.

@@ -49,30 +49,7 @@ impl Server {
         let config = Config::load(&env).unwrap_or_else(|e| panic!("config: {:?}", e.problems));
         let app = checkpoint::App::new(config, &env)
             .unwrap_or_else(|e| panic!("sources: {:?}", e.problems));
-        let grpc = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let http = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let (grpc_addr, http_addr) = (grpc.local_addr().unwrap(), http.local_addr().unwrap());
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(checkpoint::run(
-            app,
-            checkpoint::Listeners { grpc, http },
-            async move {
-                let _ = stopped.await;
-            },
-        ));
-        let server = Server {
-            grpc: grpc_addr,
-            http: http_addr,
-            stop: Some(stop),
-            task,
-            _dir: dir,
-        };
-        server.wait_ready().await;
-        server
+        Server::serve(app, dir).await
     }
 
     /// Starts checkpoint from a native configuration file (`CHECKPOINT_CONFIG`) with `yaml` as
