@@ -86,18 +86,55 @@ fn main() -> anyhow::Result<()> {
             ..Default::default()
         },
         Some("--identity") => identity_answer(),
+        Some("--identity-headers") => CheckResponse {
+            dynamic_metadata: None,
+            ..identity_answer()
+        },
+        Some("--identity-set") => {
+            let mut a = identity_answer();
+            a.dynamic_metadata = None;
+            if let Some(HttpResponse::OkResponse(ok)) = &mut a.http_response {
+                ok.headers_to_remove.clear();
+            }
+            a
+        }
+        Some("--identity-one") => {
+            let mut a = identity_answer();
+            a.dynamic_metadata = None;
+            if let Some(HttpResponse::OkResponse(ok)) = &mut a.http_response {
+                ok.headers_to_remove.clear();
+                ok.headers.truncate(1);
+            }
+            a
+        }
         Some(other) => anyhow::bail!("unknown option {other}"),
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()?;
+    let runtime = if std::env::var("NOOP_CT").is_ok() {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?
+    };
     runtime.block_on(async {
+        if let Ok(path) = std::env::var("NOOP_UDS") {
+            let _ = std::fs::remove_file(&path);
+            let l = tokio::net::UnixListener::bind(&path)?;
+            tonic::transport::Server::builder()
+                .add_service(AuthorizationServer::new(Noop { answer }))
+                .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(l))
+                .await?;
+            return Ok::<(), anyhow::Error>(());
+        }
         tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .add_service(AuthorizationServer::new(Noop { answer }))
             .serve(addr)
-            .await
+            .await?;
+        Ok(())
     })?;
     Ok(())
 }

@@ -35,4 +35,4 @@ pub mod telemetry;
 
 mod server;
 
-pub use server::{App, Listeners, RunError, run};
+pub use server::{App, GrpcListener, Listeners, RunError, run};

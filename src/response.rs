@@ -80,6 +80,8 @@ pub fn status_of(denial: Denial) -> (i32, u16, &'static str, &'static str) {
 #[derive(Debug, Clone)]
 pub struct Responder {
     strict: bool,
+    /// Whether answers carry the decision as `dynamic_metadata` (off unless configured).
+    dynamic_metadata: bool,
     user_id: String,
     groups: String,
     properties: String,
@@ -114,11 +116,21 @@ impl Responder {
         });
         Responder {
             strict,
+            dynamic_metadata: false,
             user_id: headers.user_id.clone(),
             groups: headers.groups.clone(),
             properties: headers.properties.clone(),
             bodies,
         }
+    }
+
+    /// Answers also carry `decision`, `reason` and `user_id` as dynamic metadata, which Envoy
+    /// stores under `envoy.filters.http.ext_authz`. Off by default: merging that Struct costs
+    /// Envoy about 14,000 instructions per request (callgrind, Envoy 1.40), about 6% of what
+    /// Envoy spends on a request with ext_authz.
+    pub fn with_dynamic_metadata(mut self, on: bool) -> Responder {
+        self.dynamic_metadata = on;
+        self
     }
 
     /// Envoy's answer for an outcome.
@@ -135,7 +147,9 @@ impl Responder {
             }
             Decision::Deny(denial) => self.deny(denial),
         };
-        response.dynamic_metadata = Some(metadata(outcome));
+        if self.dynamic_metadata {
+            response.dynamic_metadata = Some(metadata(outcome));
+        }
         response
     }
 
@@ -151,7 +165,9 @@ impl Responder {
             }
             Decision::Deny(denial) => self.encode_deny(&mut out, denial),
         }
-        encode_metadata(&mut out, outcome);
+        if self.dynamic_metadata {
+            encode_metadata(&mut out, outcome);
+        }
         Encoded(out)
     }
 
@@ -545,8 +561,8 @@ mod tests {
         let mut decisions = vec![Decision::Allow];
         decisions.extend(DENIALS.map(Decision::Deny));
         let mut checked = 0;
-        for strict in [true, false] {
-            let responder = Responder::new(strict, &headers);
+        for (strict, metadata) in [(true, true), (false, true), (true, false), (false, false)] {
+            let responder = Responder::new(strict, &headers).with_dynamic_metadata(metadata);
             for decision in &decisions {
                 for user in &users {
                     let outcome = outcome(decision.clone(), "some_reason", user.clone());
@@ -559,13 +575,18 @@ mod tests {
                     );
                     let decoded = CheckResponse::decode(encoded.0.as_slice()).expect("decodes");
                     assert_eq!(decoded, built, "{decision:?} strict={strict} {user:?}");
+                    assert_eq!(
+                        decoded.dynamic_metadata.is_some(),
+                        metadata,
+                        "dynamic metadata only when asked for"
+                    );
                     // What the codec writes is those bytes.
                     assert_eq!(encoded.encode_to_vec(), encoded.0);
                     checked += 1;
                 }
             }
         }
-        assert_eq!(checked, 2 * 6 * 4);
+        assert_eq!(checked, 4 * 6 * 4);
     }
 
     #[test]

@@ -54,6 +54,10 @@ async fn user_info_receives_exactly_the_proxied_headers() {
         ))
         .await;
     assert_eq!(answer(&response).http_status, 200);
+    assert_eq!(
+        response.dynamic_metadata, None,
+        "no dynamic metadata unless CHECKPOINT_DYNAMIC_METADATA asks for it"
+    );
     let calls = userinfo.calls();
     assert_eq!(calls.len(), 1);
     let call = &calls[0];

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::sources::{SourceSettings, Span, TrustedHeadersSource, UserinfoSource};
-use super::{RequestHeaders, SettingError, Settings, UserHeaders, duration};
+use super::{ListenAddr, RequestHeaders, SettingError, Settings, UserHeaders, duration};
 
 /// The native configuration file (YAML or JSON); when set it wins over every other variable.
 pub const CHECKPOINT_CONFIG: &str = "CHECKPOINT_CONFIG";
@@ -74,6 +74,14 @@ pub const CHECKPOINT_IDENTITY_CACHE_MAX_ENTRIES: &str = "CHECKPOINT_IDENTITY_CAC
 pub const DEFAULT_CHECKPOINT_IDENTITY_CACHE_MAX_ENTRIES: u64 = 100_000;
 pub const CHECKPOINT_DRAIN_TIMEOUT: &str = "CHECKPOINT_DRAIN_TIMEOUT";
 pub const DEFAULT_CHECKPOINT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Permissions of the gRPC Unix socket (octal), when `CHECKPOINT_GRPC_ADDR` is `unix:...`.
+pub const CHECKPOINT_GRPC_SOCKET_MODE: &str = "CHECKPOINT_GRPC_SOCKET_MODE";
+pub const DEFAULT_CHECKPOINT_GRPC_SOCKET_MODE: u32 = 0o660;
+/// Runtime worker threads; 0 (the default) = one per CPU the process may use.
+pub const CHECKPOINT_WORKER_THREADS: &str = "CHECKPOINT_WORKER_THREADS";
+/// Whether answers carry `decision`, `reason` and `user_id` as Envoy dynamic metadata.
+pub const CHECKPOINT_DYNAMIC_METADATA: &str = "CHECKPOINT_DYNAMIC_METADATA";
+pub const DEFAULT_CHECKPOINT_DYNAMIC_METADATA: bool = false;
 
 /// Every variable this module reads (for "ignored because the file wins").
 pub const ALL: &[&str] = &[
@@ -105,7 +113,13 @@ pub const ALL: &[&str] = &[
     CHECKPOINT_NEGATIVE_CACHE_TTL,
     CHECKPOINT_IDENTITY_CACHE_MAX_ENTRIES,
     CHECKPOINT_DRAIN_TIMEOUT,
+    CHECKPOINT_GRPC_SOCKET_MODE,
+    CHECKPOINT_WORKER_THREADS,
+    CHECKPOINT_DYNAMIC_METADATA,
 ];
+
+/// Upper bound of `CHECKPOINT_WORKER_THREADS` (and `server.worker_threads`).
+pub const MAX_WORKER_THREADS: u64 = 1024;
 
 /// Not a knob: an answer larger than this is not a user profile.
 pub const USERINFO_MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -196,9 +210,35 @@ pub fn settings_from(vars: &HashMap<String, String>) -> Result<Settings, Vec<Set
         CHECKPOINT_HTTP_ADDR,
         SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), http_port),
     );
-    let grpc_addr = r.socket_addr(CHECKPOINT_GRPC_ADDR, DEFAULT_CHECKPOINT_GRPC_ADDR);
+    let grpc_addr = match r.string(CHECKPOINT_GRPC_ADDR) {
+        None => ListenAddr::Tcp(DEFAULT_CHECKPOINT_GRPC_ADDR),
+        Some(text) => text.parse().unwrap_or_else(|message| {
+            r.error(CHECKPOINT_GRPC_ADDR, message);
+            ListenAddr::Tcp(DEFAULT_CHECKPOINT_GRPC_ADDR)
+        }),
+    };
+    let grpc_socket_mode = match r.string(CHECKPOINT_GRPC_SOCKET_MODE) {
+        None => DEFAULT_CHECKPOINT_GRPC_SOCKET_MODE,
+        Some(text) => super::parse_mode(&text).unwrap_or_else(|message| {
+            r.error(CHECKPOINT_GRPC_SOCKET_MODE, message);
+            DEFAULT_CHECKPOINT_GRPC_SOCKET_MODE
+        }),
+    };
+    let worker_threads = r.count(CHECKPOINT_WORKER_THREADS, 0);
+    if worker_threads > MAX_WORKER_THREADS {
+        r.error(
+            CHECKPOINT_WORKER_THREADS,
+            format!("{worker_threads} is more than {MAX_WORKER_THREADS}"),
+        );
+    }
     let settings = Settings {
         grpc_addr,
+        grpc_socket_mode,
+        worker_threads: worker_threads.min(MAX_WORKER_THREADS) as usize,
+        dynamic_metadata: r.boolean(
+            CHECKPOINT_DYNAMIC_METADATA,
+            DEFAULT_CHECKPOINT_DYNAMIC_METADATA,
+        ),
         http_addr,
         service_name: SERVICE_NAME.to_owned(),
         service_version: r

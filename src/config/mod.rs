@@ -23,8 +23,13 @@ pub use rules::{Rule, RuleError, RuleSet};
 /// Everything checkpoint needs to start, validated.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// Where `Authorization/Check`, health and reflection are served.
-    pub grpc_addr: SocketAddr,
+    /// Where `Authorization/Check`, health and reflection are served: TCP or a Unix socket.
+    pub grpc_addr: ListenAddr,
+    /// Permissions of the Unix socket file (`grpc_addr` = `unix:...`), e.g. `0o660`.
+    pub grpc_socket_mode: u32,
+    /// Runtime worker threads; 0 = one per CPU the process may use. One worker runs the
+    /// single-threaded scheduler (see `main`).
+    pub worker_threads: usize,
     /// Where the HTTP status routes are served.
     pub http_addr: SocketAddr,
     /// Reported by the status routes.
@@ -38,6 +43,9 @@ pub struct Settings {
     pub drain_timeout: Duration,
     /// Strict mode denies; non-strict mode answers OK with `mia-allowed: 0` (see `response`).
     pub strict_mode: bool,
+    /// Whether answers carry the decision as dynamic metadata (Envoy's access logs, later
+    /// filters); off by default because Envoy spends measurably on every Struct it merges.
+    pub dynamic_metadata: bool,
     /// The rule file (`<CONFIGURATION_PATH>/<CONFIGURATION_FILE_NAME>.json`).
     pub rules_file: PathBuf,
     /// The identity sources, in the order they are asked.
@@ -122,6 +130,56 @@ impl UserInfoSettings {
             }),
             _ => Err(problems),
         }
+    }
+}
+
+/// A listening address: `host:port`, or `unix:PATH` (also `unix://` + absolute path) for a
+/// Unix domain socket, for an Envoy on the same host or in the same pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl std::str::FromStr for ListenAddr {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<ListenAddr, String> {
+        if let Some(rest) = text.strip_prefix("unix:") {
+            let path = rest.strip_prefix("//").unwrap_or(rest);
+            if path.is_empty() || path.contains('\0') {
+                return Err(format!(
+                    "\"{text}\" names no socket path (unix:/run/checkpoint/grpc.sock)"
+                ));
+            }
+            if rest.starts_with("//") && !path.starts_with('/') {
+                return Err(format!(
+                    "\"{text}\": after unix:// the path must be absolute"
+                ));
+            }
+            return Ok(ListenAddr::Unix(PathBuf::from(path)));
+        }
+        text.parse().map(ListenAddr::Tcp).map_err(|_| {
+            format!("\"{text}\" is not an address such as 0.0.0.0:50051 or unix:/run/checkpoint/grpc.sock")
+        })
+    }
+}
+
+impl std::fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListenAddr::Tcp(addr) => addr.fmt(f),
+            ListenAddr::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+/// Parses a Unix file mode written in octal (`660`, `0660`, `0o660`); at most `0o777`.
+pub fn parse_mode(text: &str) -> Result<u32, String> {
+    let digits = text.strip_prefix("0o").unwrap_or(text);
+    match u32::from_str_radix(digits, 8) {
+        Ok(mode) if mode <= 0o777 && !digits.is_empty() => Ok(mode),
+        _ => Err(format!("\"{text}\" is not an octal file mode such as 0660")),
     }
 }
 
@@ -215,6 +273,61 @@ impl Config {
                 }
                 Err(ConfigErrors { problems })
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_addresses_tcp_or_unix() {
+        let ok: &[(&str, ListenAddr)] = &[
+            (
+                "127.0.0.1:50051",
+                ListenAddr::Tcp("127.0.0.1:50051".parse().expect("addr")),
+            ),
+            ("[::]:1", ListenAddr::Tcp("[::]:1".parse().expect("addr"))),
+            (
+                "unix:/run/checkpoint/grpc.sock",
+                ListenAddr::Unix("/run/checkpoint/grpc.sock".into()),
+            ),
+            (
+                "unix:///run/grpc.sock",
+                ListenAddr::Unix("/run/grpc.sock".into()),
+            ),
+            ("unix:grpc.sock", ListenAddr::Unix("grpc.sock".into())),
+        ];
+        for (text, want) in ok {
+            assert_eq!(text.parse::<ListenAddr>().as_ref(), Ok(want), "{text}");
+        }
+        assert_eq!(
+            ListenAddr::Unix("/run/grpc.sock".into()).to_string(),
+            "unix:/run/grpc.sock"
+        );
+        for bad in [
+            "unix:",
+            "unix://",
+            "unix://relative",
+            "localhost:50051",
+            "50051",
+            "",
+        ] {
+            assert!(
+                bad.parse::<ListenAddr>().is_err(),
+                "{bad:?} must be refused"
+            );
+        }
+    }
+
+    #[test]
+    fn file_modes_are_octal() {
+        assert_eq!(parse_mode("660"), Ok(0o660));
+        assert_eq!(parse_mode("0600"), Ok(0o600));
+        assert_eq!(parse_mode("0o666"), Ok(0o666));
+        for bad in ["", "0o", "888", "1777", "rw-rw----", "-1"] {
+            assert!(parse_mode(bad).is_err(), "{bad:?} must be refused");
         }
     }
 }

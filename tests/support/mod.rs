@@ -77,7 +77,10 @@ impl Server {
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(checkpoint::run(
             app,
-            checkpoint::Listeners { grpc, http },
+            checkpoint::Listeners {
+                grpc: grpc.into(),
+                http,
+            },
             async move {
                 let _ = stopped.await;
             },
