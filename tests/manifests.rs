@@ -487,6 +487,8 @@ fn mount_sidecar_envoy(docs: &[Doc], root: &Path, tls: &Path) -> PathBuf {
                     std::fs::read_to_string(tls.join(source)).expect("read cert"),
                 ));
             }
+        } else if volume.get("emptyDir").is_some() {
+            // Empty until a container writes to it (the checkpoint socket).
         } else {
             panic!("unexpected volume {:?}", volume["name"]);
         }
@@ -636,7 +638,7 @@ fn sidecar_envoy_config_is_the_template_with_the_documented_changes() {
         redirect.remove("port_redirect").is_some(),
         "the template redirects with port_redirect"
     );
-    // 3. A STATIC checkpoint cluster (no DNS for 127.0.0.1).
+    // 3. A STATIC checkpoint cluster whose endpoint is the Unix socket in the shared volume.
     let cluster = at(
         &mut expected,
         &["static_resources", "clusters", "name=checkpoint"],
@@ -645,6 +647,10 @@ fn sidecar_envoy_config_is_the_template_with_the_documented_changes() {
     .expect("checkpoint cluster");
     cluster.insert(Value::from("type"), Value::from("STATIC"));
     cluster.remove("dns_lookup_family");
+    let address = &mut cluster.get_mut("load_assignment").expect("load_assignment")["endpoints"][0]
+        ["lb_endpoints"][0]["endpoint"]["address"];
+    *address = serde_yaml_ng::from_str("pipe: { path: /var/run/checkpoint/grpc.sock }")
+        .expect("pipe address");
 
     let mut diffs = Vec::new();
     differences(&expected, &embedded, String::new(), &mut diffs);
@@ -652,6 +658,69 @@ fn sidecar_envoy_config_is_the_template_with_the_documented_changes() {
         diffs.is_empty(),
         "sidecar.yaml's envoy.yaml drifted from envoy/envoy.yaml:\n{}",
         diffs.join("\n")
+    );
+}
+
+/// The socket Envoy dials is the one checkpoint serves, in a volume both containers mount and
+/// nothing else does.
+#[test]
+fn sidecar_envoy_and_checkpoint_share_the_unix_socket() {
+    let docs = kubernetes_documents();
+    let deployment = find(&docs, "Deployment", "checkpoint-gateway");
+    let pod = &deployment.value["spec"]["template"]["spec"];
+    let container = |name: &str| {
+        seq(&pod["containers"])
+            .iter()
+            .find(|c| c["name"].as_str() == Some(name))
+            .unwrap_or_else(|| panic!("no container {name}"))
+    };
+    let checkpoint = container("checkpoint");
+    let addr = seq(&checkpoint["env"])
+        .iter()
+        .find(|e| e["name"].as_str() == Some("CHECKPOINT_GRPC_ADDR"))
+        .and_then(|e| e["value"].as_str())
+        .expect("CHECKPOINT_GRPC_ADDR");
+    let path = addr.strip_prefix("unix:").expect("a unix: address");
+    let embedded = find(&docs, "ConfigMap", "checkpoint-gateway-envoy").value["data"]["envoy.yaml"]
+        .as_str()
+        .expect("envoy.yaml in the ConfigMap");
+    let mut envoy: Value = serde_yaml_ng::from_str(embedded).expect("embedded envoy.yaml");
+    let cluster = at(
+        &mut envoy,
+        &["static_resources", "clusters", "name=checkpoint"],
+    );
+    assert_eq!(
+        cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+            ["pipe"]["path"]
+            .as_str(),
+        Some(path),
+        "Envoy dials the socket checkpoint serves"
+    );
+    let dir = Path::new(path).parent().expect("socket folder");
+    let volume_at = |c: &Value| {
+        seq(&c["volumeMounts"])
+            .iter()
+            .find(|m| m["mountPath"].as_str().map(Path::new) == Some(dir))
+            .and_then(|m| m["name"].as_str())
+            .map(str::to_owned)
+    };
+    let volume = volume_at(checkpoint).expect("checkpoint mounts the socket folder");
+    assert_eq!(
+        volume_at(container("envoy")),
+        Some(volume.clone()),
+        "Envoy mounts it too"
+    );
+    let declared = seq(&pod["volumes"])
+        .iter()
+        .find(|v| v["name"].as_str() == Some(volume.as_str()))
+        .expect("the volume is declared");
+    assert!(
+        declared.get("emptyDir").is_some(),
+        "a pod-private emptyDir, not a host path: {declared:?}"
+    );
+    assert!(
+        pod["securityContext"]["fsGroup"].as_u64().is_some(),
+        "fsGroup owns the emptyDir, so the 0660 socket is reachable by both containers"
     );
 }
 

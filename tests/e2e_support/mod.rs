@@ -570,6 +570,27 @@ pub fn plain_client() -> reqwest::Client {
         .expect("plain client")
 }
 
+/// A rendered `envoy/envoy.yaml` whose `checkpoint` cluster dials the Unix socket `socket`
+/// instead of a TCP address: a STATIC cluster with a `pipe` endpoint, the change
+/// envoy/kubernetes/sidecar.yaml makes.
+pub fn checkpoint_over_unix_socket(rendered: &str, socket: &Path) -> String {
+    let mut config: Value = serde_yaml_ng::from_str(rendered).expect("rendered envoy.yaml");
+    let clusters = config["static_resources"]["clusters"]
+        .as_array_mut()
+        .expect("clusters");
+    let cluster = clusters
+        .iter_mut()
+        .find(|c| c["name"] == "checkpoint")
+        .expect("the checkpoint cluster")
+        .as_object_mut()
+        .expect("cluster object");
+    cluster.insert("type".into(), Value::from("STATIC"));
+    cluster.remove("dns_lookup_family");
+    cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"] =
+        serde_json::json!({ "pipe": { "path": socket.display().to_string() } });
+    serde_yaml_ng::to_string(&config).expect("envoy.yaml")
+}
+
 /// The addresses a native configuration is written with.
 pub struct NativeAddrs {
     /// The IdP's issuer URL (no trailing slash).
@@ -622,9 +643,12 @@ impl NativeStack {
         let upstream_port = ready["port"].as_u64().expect("echo port");
 
         let [grpc_port, status_port, https_port, http_port, admin_port] = free_ports::<5>();
+        // checkpoint serves gRPC on a Unix socket and Envoy dials it, as in
+        // envoy/kubernetes/sidecar.yaml (tests/e2e.rs covers the TCP hop).
+        let socket = dir.path().join("grpc.sock");
         let yaml = config(&NativeAddrs {
             issuer: issuer.clone(),
-            grpc_addr: format!("127.0.0.1:{grpc_port}"),
+            grpc_addr: format!("unix:{}", socket.display()),
             http_addr: format!("127.0.0.1:{status_port}"),
         });
         let mut checkpoint = spawn_checkpoint_native(dir.path(), &yaml);
@@ -645,6 +669,7 @@ impl NativeStack {
                 ("TLS_DIR", tls.display().to_string()),
             ],
         );
+        let rendered = checkpoint_over_unix_socket(&rendered, &socket);
         let envoy_config = dir.path().join("envoy.yaml");
         std::fs::write(&envoy_config, rendered).expect("write rendered envoy.yaml");
         let mut envoy_cmd = Command::new(envoy_bin);
