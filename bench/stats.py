@@ -23,6 +23,8 @@ SCENARIOS = {
     "d0": "Envoy + noop ext_authz",
     "d0h": "Envoy + noop answering as checkpoint",
     "d": "Envoy + checkpoint ext_authz",
+    "d0u": "Envoy + noop, Unix socket",
+    "du": "Envoy + checkpoint, Unix socket",
     "e": "Envoy jwt_authn (no cache) + rbac",
     "a@1k": "noop, fixed 1,000 req/s",
     "b@1k": "checkpoint, fixed 1,000 req/s",
@@ -124,9 +126,12 @@ def report(results_file):
     ratio("b/a p99 at 1,000 req/s", "b@1k", "a@1k", "p99_us", 1.5, False)
     ratio("d/d0 throughput (Envoy+checkpoint vs Envoy+noop)", "d", "d0", "rps", 0.95, True)
     ratio("d/e throughput (Envoy+checkpoint vs jwt_authn+rbac)", "d", "e", "rps", 1.0, True)
+    ratio("du/d0u throughput (the same over a Unix socket)", "du", "d0u", "rps", 0.95, True)
+    ratio("du/e throughput (Unix socket vs jwt_authn+rbac)", "du", "e", "rps", 1.0, True)
     print()
     print("other ratios")
-    for num, den in (("bj", "a"), ("bj", "b"), ("d0", "c"), ("d", "c"), ("e", "c")):
+    for num, den in (("bj", "a"), ("bj", "b"), ("d0", "c"), ("d", "c"), ("e", "c"), ("du", "d"),
+                     ("d0u", "d0")):
         if num in means and den in means:
             print(f"  {num}/{den} throughput {means[num]['rps'] / means[den]['rps']:6.2f}")
     if "a" in means and "b" in means:
@@ -137,7 +142,7 @@ def report(results_file):
         extra = means["d"]["cpu_us_per_request"] - means["d0"]["cpu_us_per_request"]
         print(f"  Envoy+checkpoint CPU above Envoy+noop: {extra:.1f} µs per request")
     split = [(name, [r for r in rows if r["scenario"] == name and r.get("authz_cpu_us_per_request") is not None])
-             for name in ("d0", "d0h", "d")]
+             for name in ("d0", "d0h", "d", "d0u", "du")]
     split = [(name, runs) for name, runs in split if runs]
     if split:
         print()

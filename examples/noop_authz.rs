@@ -1,15 +1,19 @@
 //! The floor of the load benchmark (`scripts/bench-load.sh`): an ext_authz gRPC server that
 //! answers every Check with OK and does nothing else.
 //!
-//! Same transport as checkpoint (tonic, `tcp_nodelay`), one tokio worker thread, so that the
-//! difference between this server and checkpoint is the work checkpoint does per Check.
+//! Same transport as checkpoint (tonic, `TCP_NODELAY`, or a Unix socket) and the same scheduler
+//! checkpoint runs with one worker (tokio's single-threaded one), so that the difference between
+//! this server and checkpoint is the work checkpoint does per Check.
 //!
 //! With `--identity`, every answer is instead a copy of what checkpoint answers for the bench's
 //! user (alice, group admin, strict mode): the three identity headers, `mia-allowed` to remove,
-//! and the decision as dynamic metadata. Behind Envoy (scenario d0h) this separates what Envoy
-//! spends applying checkpoint's answer from what checkpoint spends computing it.
+//! and the decision as dynamic metadata (checkpoint with `CHECKPOINT_DYNAMIC_METADATA=true`);
+//! `--identity-headers` is the same without the metadata (checkpoint's default). Behind Envoy
+//! (scenario d0h, profile targets envoy-*) this separates what Envoy spends applying
+//! checkpoint's answer from what checkpoint spends computing it.
 //!
-//! Usage: `noop_authz 127.0.0.1:50061 [--identity]`
+//! Usage: `noop_authz 127.0.0.1:50061 [--identity | --identity-headers]`, or with
+//! `unix:/path/grpc.sock` as the address.
 
 use std::collections::HashMap;
 
@@ -74,12 +78,13 @@ fn identity_answer() -> CheckResponse {
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let addr: std::net::SocketAddr = args
+    let usage = "usage: noop_authz ADDRESS [--identity | --identity-headers] \
+                 (ADDRESS: 127.0.0.1:50061 or unix:/path/grpc.sock)";
+    let addr: checkpoint::config::ListenAddr = args
         .next()
-        .ok_or_else(|| {
-            anyhow::anyhow!("usage: noop_authz ADDRESS [--identity] (e.g. 127.0.0.1:50061)")
-        })?
-        .parse()?;
+        .ok_or_else(|| anyhow::anyhow!(usage))?
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!("{e}; {usage}"))?;
     let answer = match args.next().as_deref() {
         None => CheckResponse {
             status: Some(rpc::Status::default()),
@@ -90,51 +95,32 @@ fn main() -> anyhow::Result<()> {
             dynamic_metadata: None,
             ..identity_answer()
         },
-        Some("--identity-set") => {
-            let mut a = identity_answer();
-            a.dynamic_metadata = None;
-            if let Some(HttpResponse::OkResponse(ok)) = &mut a.http_response {
-                ok.headers_to_remove.clear();
-            }
-            a
-        }
-        Some("--identity-one") => {
-            let mut a = identity_answer();
-            a.dynamic_metadata = None;
-            if let Some(HttpResponse::OkResponse(ok)) = &mut a.http_response {
-                ok.headers_to_remove.clear();
-                ok.headers.truncate(1);
-            }
-            a
-        }
-        Some(other) => anyhow::bail!("unknown option {other}"),
+        Some(other) => anyhow::bail!("unknown option {other}; {usage}"),
     };
-    let runtime = if std::env::var("NOOP_CT").is_ok() {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()?
-    };
+    // The scheduler checkpoint picks for one worker (see `runtime` in src/main.rs).
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
-        if let Ok(path) = std::env::var("NOOP_UDS") {
-            let _ = std::fs::remove_file(&path);
-            let l = tokio::net::UnixListener::bind(&path)?;
-            tonic::transport::Server::builder()
-                .add_service(AuthorizationServer::new(Noop { answer }))
-                .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(l))
-                .await?;
-            return Ok::<(), anyhow::Error>(());
+        let listener = checkpoint::GrpcListener::bind(&addr, 0o600).await?;
+        let server = tonic::transport::Server::builder()
+            .add_service(AuthorizationServer::new(Noop { answer }));
+        match listener {
+            checkpoint::GrpcListener::Tcp(listener) => {
+                server
+                    .serve_with_incoming(
+                        tonic::transport::server::TcpIncoming::from(listener)
+                            .with_nodelay(Some(true)),
+                    )
+                    .await?
+            }
+            checkpoint::GrpcListener::Unix { listener, .. } => {
+                server
+                    .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener))
+                    .await?
+            }
         }
-        tonic::transport::Server::builder()
-            .tcp_nodelay(true)
-            .add_service(AuthorizationServer::new(Noop { answer }))
-            .serve(addr)
-            .await?;
-        Ok(())
+        Ok::<(), anyhow::Error>(())
     })?;
     Ok(())
 }

@@ -10,6 +10,9 @@
 #                                         BENCH_PROFILE_CHECKS Checks each (20000, about 3 min);
 #                                         BENCH_PROFILE_TARGETS adds noop-envoy, checkpoint-envoy
 #                                         (the server under callgrind behind Envoy, as in d0 and d)
+#                                         and envoy-noop, envoy-noop-identity, envoy-noop-headers,
+#                                         envoy-checkpoint, envoy-jwt (Envoy itself under callgrind:
+#                                         what Envoy spends per request with each answer, and in e)
 #
 # Scenarios, each driven by h2load (Debian's nghttp2-client, installed if missing):
 #   a    the no-op ext_authz server (examples/noop_authz.rs), gRPC Check direct: the floor
@@ -17,6 +20,8 @@
 #   c    Envoy, no authorization, in front of a direct_response route
 #   d0   Envoy + the no-op server as ext_authz (gRPC)
 #   d    Envoy + checkpoint as ext_authz (gRPC)
+#   d0u, du   d0 and d with Envoy dialing the ext_authz server's Unix socket instead of TCP (the
+#        sidecar pod of envoy/kubernetes/sidecar.yaml)
 #   e    Envoy jwt_authn (RS256, inline JWKS, no token cache) + rbac on the groups claim
 #   a@1k, b@1k   a and b at a fixed 1,000 requests/s (h2load --rps, one connection), for p99
 #   bj   (not in the default list) checkpoint with a local `jwt` source (CHECKPOINT_CONFIG, keys
@@ -43,13 +48,14 @@
 #
 # Settings (environment): BENCH_ROUNDS (2), BENCH_DURATION seconds per run (8), BENCH_CONNECTIONS
 # (4) and BENCH_STREAMS per connection (8) for the saturated runs, BENCH_RATE (1000),
-# BENCH_SCENARIOS (a subset and order of "a b c d0 d e a@1k b@1k", plus "bj" and "d0h"),
+# BENCH_SCENARIOS (a subset and order of "a b c d0 d d0u du e a@1k b@1k", plus "bj" and "d0h"),
 # BENCH_LOG_LEVEL for checkpoint (info, its default: the decision log line is written for every
 # Check, to /dev/null), BENCH_PORT_BASE (47100), BENCH_KEEP=1 keeps the work folder, BENCH_BUILD=0
 # skips `cargo build` (uses target/release as it is), BENCH_BIN a folder laid out like
 # target/release (checkpoint, examples/noop_authz, ...) to measure instead, e.g. a saved copy of
 # an earlier build for a before/after comparison (implies BENCH_BUILD=0), BENCH_PROFILE_TARGETS
-# (among "noop checkpoint checkpoint-jwt noop-envoy checkpoint-envoy") for --profile.
+# (among "noop checkpoint checkpoint-jwt noop-envoy checkpoint-envoy envoy-noop envoy-noop-identity
+# envoy-noop-headers envoy-checkpoint envoy-jwt") for --profile.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -71,7 +77,7 @@ DURATION="${BENCH_DURATION:-8}"
 CONNECTIONS="${BENCH_CONNECTIONS:-4}"
 STREAMS="${BENCH_STREAMS:-8}"
 RATE="${BENCH_RATE:-1000}"
-SCENARIOS="${BENCH_SCENARIOS:-a b c d0 d e a@1k b@1k}"
+SCENARIOS="${BENCH_SCENARIOS:-a b c d0 d d0u du e a@1k b@1k}"
 LOG_LEVEL_CHECKPOINT="${BENCH_LOG_LEVEL:-info}"
 PORT_BASE="${BENCH_PORT_BASE:-47100}"
 
@@ -87,6 +93,9 @@ P_ENVOY_D0=$((PORT_BASE + 12)) P_ADMIN_D0=$((PORT_BASE + 13))
 P_ENVOY_D=$((PORT_BASE + 14)) P_ADMIN_D=$((PORT_BASE + 15))
 P_ENVOY_E=$((PORT_BASE + 16)) P_ADMIN_E=$((PORT_BASE + 17))
 P_ENVOY_D0H=$((PORT_BASE + 18)) P_ADMIN_D0H=$((PORT_BASE + 19))
+P_ENVOY_D0U=$((PORT_BASE + 20)) P_ADMIN_D0U=$((PORT_BASE + 21))
+P_ENVOY_DU=$((PORT_BASE + 22)) P_ADMIN_DU=$((PORT_BASE + 23))
+P_CHECKPOINT_UNIX_HTTP=$((PORT_BASE + 7))
 
 say() { printf 'bench: %s\n' "$*" >&2; }
 die() { printf 'bench: error: %s\n' "$*" >&2; exit 1; }
@@ -189,33 +198,43 @@ start_userinfo() {
   wait_port "$P_USERINFO" user-info "$userinfo_pid" "$work/userinfo.log"
 }
 
-# checkpoint with the rule file bench/auth.json and the user-info server above; arguments, if
-# any, are a command that wraps it (valgrind).
-start_checkpoint() {
-  local out=/dev/null name passthrough=()
-  [ "${BENCH_KEEP:-0}" = 1 ] && out="$work/checkpoint.log"
+# checkpoint with the rule file bench/auth.json and the user-info server above, gRPC on $1 (an
+# address or unix:PATH), status routes on port $2, stderr to $work/$3.err; the remaining
+# arguments, if any, are a command that wraps it (valgrind). Waits until /-/ready answers 200;
+# the pid goes to $last_pid.
+start_checkpoint_at() {
+  local grpc="$1" http="$2" name="$3" out=/dev/null var passthrough=() i
+  shift 3
+  [ "${BENCH_KEEP:-0}" = 1 ] && out="$work/$name.log"
   # The knobs worth varying between runs are passed on from the caller's environment.
-  for name in CHECKPOINT_IDENTITY_CACHE_TTL CHECKPOINT_IDENTITY_CACHE_MAX_ENTRIES \
-    CHECKPOINT_NEGATIVE_CACHE_TTL HEADERS_TO_PROXY AUTHORIZATION_HEADERS_TO_PROXY; do
-    if [ -n "${!name:-}" ]; then passthrough+=("$name=${!name}"); fi
+  for var in CHECKPOINT_IDENTITY_CACHE_TTL CHECKPOINT_IDENTITY_CACHE_MAX_ENTRIES \
+    CHECKPOINT_NEGATIVE_CACHE_TTL HEADERS_TO_PROXY AUTHORIZATION_HEADERS_TO_PROXY \
+    CHECKPOINT_WORKER_THREADS CHECKPOINT_DYNAMIC_METADATA; do
+    if [ -n "${!var:-}" ]; then passthrough+=("$var=${!var}"); fi
   done
   # Security of the bench itself: env -i, so no variable of the caller's shell changes the run.
   taskset -c 0 env -i PATH="$PATH" \
     CONFIGURATION_PATH="$root/bench" CONFIGURATION_FILE_NAME=auth \
     USERINFO_URL="http://127.0.0.1:$P_USERINFO/userinfo" \
     CUSTOM_PERMISSIONS_KEY=permissions \
-    CHECKPOINT_GRPC_ADDR="127.0.0.1:$P_CHECKPOINT" \
-    CHECKPOINT_HTTP_ADDR="127.0.0.1:$P_CHECKPOINT_HTTP" \
+    CHECKPOINT_GRPC_ADDR="$grpc" \
+    CHECKPOINT_HTTP_ADDR="127.0.0.1:$http" \
     LOG_LEVEL="$LOG_LEVEL_CHECKPOINT" DELAY_SHUTDOWN_SECONDS=0 \
     "${passthrough[@]}" \
-    "$@" "$bin/checkpoint" >"$out" 2>"$work/checkpoint.err" &
-  checkpoint_pid=$!
-  pids+=("$checkpoint_pid")
-  if [ "$#" -gt 0 ]; then
-    wait_port_slow "$P_CHECKPOINT" checkpoint "$checkpoint_pid" "$work/checkpoint.err"
-  else
-    wait_port "$P_CHECKPOINT" checkpoint "$checkpoint_pid" "$work/checkpoint.err"
-  fi
+    "$@" "$bin/checkpoint" >"$out" 2>"$work/$name.err" &
+  last_pid=$!
+  pids+=("$last_pid")
+  for i in $(seq 1 600); do
+    if curl -fsS -o /dev/null "http://127.0.0.1:$http/-/ready" 2>/dev/null; then return 0; fi
+    kill -0 "$last_pid" 2>/dev/null || die "checkpoint ($name) exited: $(tail -5 "$work/$name.err")"
+    sleep 0.1
+  done
+  die "checkpoint ($name) is not ready after 60 s: $(tail -5 "$work/$name.err")"
+}
+
+start_checkpoint() {
+  start_checkpoint_at "127.0.0.1:$P_CHECKPOINT" "$P_CHECKPOINT_HTTP" checkpoint "$@"
+  checkpoint_pid=$last_pid
 }
 
 # checkpoint with a local `jwt` source instead of user-info (native configuration file), the
@@ -283,22 +302,41 @@ start_envoy() {
   local name="$1" template="$2" listen="$3" admin="$4" i
   shift 4
   env LISTEN_PORT="$listen" ADMIN_PORT="$admin" "$@" bash scripts/render-envoy.sh "$template" "$work/envoy-$name.yaml" >&2
-  start 0 "$work/envoy-$name.log" "$envoy_bin" -c "$work/envoy-$name.yaml" --concurrency 1 \
-    --disable-hot-restart -l warning
+  start 0 "$work/envoy-$name.log" "${envoy_wrap[@]}" "$envoy_bin" -c "$work/envoy-$name.yaml" \
+    --concurrency 1 --disable-hot-restart -l warning
   envoy_pid[$name]=$last_pid
-  for i in $(seq 1 100); do
+  # Under valgrind (envoy_wrap) Envoy takes a while to start.
+  for i in $(seq 1 $((${#envoy_wrap[@]} > 0 ? 600 : 100))); do
     if [ "$(curl -fsS "http://127.0.0.1:$admin/ready" 2>/dev/null)" = LIVE ]; then return 0; fi
     kill -0 "$last_pid" 2>/dev/null || die "envoy $name exited: $(tail -5 "$work/envoy-$name.log")"
     sleep 0.1
   done
-  die "envoy $name is not ready after 10 s: $(tail -5 "$work/envoy-$name.log")"
+  die "envoy $name is not ready: $(tail -5 "$work/envoy-$name.log")"
 }
+# A command that wraps Envoy in start_envoy (valgrind for the envoy-* profile targets).
+envoy_wrap=()
 
 base64url() { openssl base64 -A | tr '+/' '-_' | tr -d '='; }
 
+# The ext_authz server's endpoint in bench/envoy-ext-authz.yaml: TCP on loopback, or a Unix socket.
+tcp_endpoint() { printf 'socket_address: { address: 127.0.0.1, port_value: %s }' "$1"; }
+pipe_endpoint() { printf 'pipe: { path: "%s" }' "$1"; }
+
+# Waits until the Unix socket $1 exists; $2 names its server, whose pid and log are $3 and $4.
+wait_socket() {
+  local i
+  for i in $(seq 1 100); do
+    [ -S "$1" ] && return 0
+    kill -0 "$3" 2>/dev/null || die "$2 exited: $(tail -5 "$4")"
+    sleep 0.1
+  done
+  die "$2: no socket at $1 after 10 s"
+}
+
 passthrough_note=""
 for name in CHECKPOINT_IDENTITY_CACHE_TTL CHECKPOINT_IDENTITY_CACHE_MAX_ENTRIES \
-  CHECKPOINT_NEGATIVE_CACHE_TTL HEADERS_TO_PROXY AUTHORIZATION_HEADERS_TO_PROXY; do
+  CHECKPOINT_NEGATIVE_CACHE_TTL HEADERS_TO_PROXY AUTHORIZATION_HEADERS_TO_PROXY \
+  CHECKPOINT_WORKER_THREADS CHECKPOINT_DYNAMIC_METADATA; do
   if [ -n "${!name:-}" ]; then passthrough_note+="${passthrough_note:+ }$name=${!name}"; fi
 done
 
@@ -351,12 +389,23 @@ load_scenarios() {
       start 0 "$work/noop-h.log" "$bin/examples/noop_authz" "127.0.0.1:$P_NOOP_H" --identity
       noop_h_pid=$last_pid
       wait_port "$P_NOOP_H" "noop_authz --identity" "$noop_h_pid" "$work/noop-h.log"
-      start_envoy d0h bench/envoy-ext-authz.yaml "$P_ENVOY_D0H" "$P_ADMIN_D0H" AUTHZ_PORT="$P_NOOP_H"
+      start_envoy d0h bench/envoy-ext-authz.yaml "$P_ENVOY_D0H" "$P_ADMIN_D0H" AUTHZ_ADDRESS="$(tcp_endpoint "$P_NOOP_H")"
       ;;
   esac
   start_envoy c bench/envoy-plain.yaml "$P_ENVOY_C" "$P_ADMIN_C"
-  start_envoy d0 bench/envoy-ext-authz.yaml "$P_ENVOY_D0" "$P_ADMIN_D0" AUTHZ_PORT="$P_NOOP"
-  start_envoy d bench/envoy-ext-authz.yaml "$P_ENVOY_D" "$P_ADMIN_D" AUTHZ_PORT="$P_CHECKPOINT"
+  start_envoy d0 bench/envoy-ext-authz.yaml "$P_ENVOY_D0" "$P_ADMIN_D0" AUTHZ_ADDRESS="$(tcp_endpoint "$P_NOOP")"
+  start_envoy d bench/envoy-ext-authz.yaml "$P_ENVOY_D" "$P_ADMIN_D" AUTHZ_ADDRESS="$(tcp_endpoint "$P_CHECKPOINT")"
+  case " $SCENARIOS " in
+    *" d0u "* | *" du "*)
+      start 0 "$work/noop-unix.log" "$bin/examples/noop_authz" "unix:$work/noop.sock"
+      noop_unix_pid=$last_pid
+      wait_socket "$work/noop.sock" "noop_authz (Unix socket)" "$noop_unix_pid" "$work/noop-unix.log"
+      start_checkpoint_at "unix:$work/checkpoint.sock" "$P_CHECKPOINT_UNIX_HTTP" checkpoint-unix
+      checkpoint_unix_pid=$last_pid
+      start_envoy d0u bench/envoy-ext-authz.yaml "$P_ENVOY_D0U" "$P_ADMIN_D0U" AUTHZ_ADDRESS="$(pipe_endpoint "$work/noop.sock")"
+      start_envoy du bench/envoy-ext-authz.yaml "$P_ENVOY_DU" "$P_ADMIN_DU" AUTHZ_ADDRESS="$(pipe_endpoint "$work/checkpoint.sock")"
+      ;;
+  esac
   start_envoy e bench/envoy-jwt.yaml "$P_ENVOY_E" "$P_ADMIN_E" JWKS_JSON="$jwks"
 
   say "verifying that every scenario answers with the expected decision"
@@ -375,18 +424,23 @@ load_scenarios() {
   fi
   [ "$(envoy_get "$P_ENVOY_C")" = "200 " ] || die "c: expected 200, got $(envoy_get "$P_ENVOY_C")"
   [ "$(envoy_get "$P_ENVOY_D0" -H "authorization: Bearer $jwt")" = "200 " ] || die "d0: expected 200"
+  local verified_unix=""
+  if [ -n "${noop_unix_pid:-}" ]; then
+    [ "$(envoy_get "$P_ENVOY_D0U" -H "authorization: Bearer $jwt")" = "200 " ] || die "d0u: expected 200"
+    verified_unix=" du"
+  fi
   if [ -n "${noop_h_pid:-}" ]; then
     [ "$(envoy_get "$P_ENVOY_D0H" -H "authorization: Bearer $jwt")" = "200 alice" ] ||
       die "d0h: expected 200 with miauserid alice upstream"
   fi
-  for s in d e; do
+  for s in d e$verified_unix; do
     local port_var="P_ENVOY_${s^^}" got
     got="$(envoy_get "${!port_var}" -H "authorization: Bearer $jwt")"
     [ "$got" = "200 alice" ] || die "$s: expected 200 with miauserid alice upstream, got '$got'"
     got="$(envoy_get "${!port_var}")"
     [ "$got" = "401 " ] || die "$s: expected 401 without a credential, got '$got'"
   done
-  say "verified: a, b allow (b with miauserid=alice, 401 without credential); c, d0 200; d, e 200 with miauserid=alice upstream, 401 without credential"
+  say "verified: a, b allow (b with miauserid=alice, 401 without credential); c, d0${verified_unix:+, d0u} 200; d, e${verified_unix:+, du} 200 with miauserid=alice upstream, 401 without credential"
 
   local results="$work/results.jsonl" round
   : >"$results"
@@ -421,6 +475,8 @@ run_scenario() {
     d0) url="http://127.0.0.1:$P_ENVOY_D0/api/users/42" servers=("${envoy_pid[d0]}" "$noop_pid") args=("${rest[@]}" "${saturate[@]}") ;;
     d0h) url="http://127.0.0.1:$P_ENVOY_D0H/api/users/42" servers=("${envoy_pid[d0h]}" "$noop_h_pid") args=("${rest[@]}" "${saturate[@]}") ;;
     d) url="http://127.0.0.1:$P_ENVOY_D/api/users/42" servers=("${envoy_pid[d]}" "$checkpoint_pid") args=("${rest[@]}" "${saturate[@]}") ;;
+    d0u) url="http://127.0.0.1:$P_ENVOY_D0U/api/users/42" servers=("${envoy_pid[d0u]}" "$noop_unix_pid") args=("${rest[@]}" "${saturate[@]}") ;;
+    du) url="http://127.0.0.1:$P_ENVOY_DU/api/users/42" servers=("${envoy_pid[du]}" "$checkpoint_unix_pid") args=("${rest[@]}" "${saturate[@]}") ;;
     e) url="http://127.0.0.1:$P_ENVOY_E/api/users/42" servers=("${envoy_pid[e]}") args=("${rest[@]}" "${saturate[@]}") ;;
   esac
   local tag="${s/@/_}.$round"
@@ -508,11 +564,11 @@ profile() {
   "$bin/examples/check_request_frame" encode "$work/jwt.bin" --token "$jwt" --path '/api/users/42?view=full'
   start_userinfo
   local targets="${BENCH_PROFILE_TARGETS:-noop checkpoint checkpoint-jwt}"
-  case " $targets " in *-envoy*) find_envoy ;; esac
+  case " $targets " in *envoy*) find_envoy ;; esac
   for which in $targets; do
     out="$work/callgrind.$which"
     frame="$work/check.bin"
-    local via_envoy=0
+    local via_envoy=0 token=profile-token helper="" noop_flag=()
     case "$which" in
       noop)
         start 0 "$work/noop.log" valgrind --tool=callgrind --callgrind-out-file="$out" \
@@ -538,22 +594,50 @@ profile() {
           "$bin/examples/noop_authz" "127.0.0.1:$P_NOOP"
         pid=$last_pid
         wait_port_slow "$P_NOOP" "noop under valgrind"
-        start_envoy d0 bench/envoy-ext-authz.yaml "$P_ENVOY_D0" "$P_ADMIN_D0" AUTHZ_PORT="$P_NOOP"
+        start_envoy d0 bench/envoy-ext-authz.yaml "$P_ENVOY_D0" "$P_ADMIN_D0" AUTHZ_ADDRESS="$(tcp_endpoint "$P_NOOP")"
         port=$P_ENVOY_D0 via_envoy=1
         ;;
       checkpoint-envoy)
         start_checkpoint valgrind --tool=callgrind --callgrind-out-file="$out"
         pid=$checkpoint_pid
-        start_envoy d bench/envoy-ext-authz.yaml "$P_ENVOY_D" "$P_ADMIN_D" AUTHZ_PORT="$P_CHECKPOINT"
+        start_envoy d bench/envoy-ext-authz.yaml "$P_ENVOY_D" "$P_ADMIN_D" AUTHZ_ADDRESS="$(tcp_endpoint "$P_CHECKPOINT")"
         port=$P_ENVOY_D via_envoy=1
         ;;
-      *) die "BENCH_PROFILE_TARGETS: unknown target $which (noop, checkpoint, checkpoint-jwt, noop-envoy, checkpoint-envoy)" ;;
+      # Envoy itself under callgrind, the ext_authz server (or jwt_authn) running normally.
+      envoy-noop | envoy-noop-identity | envoy-noop-headers)
+        case "$which" in
+          envoy-noop-identity) noop_flag=(--identity) ;;
+          envoy-noop-headers) noop_flag=(--identity-headers) ;;
+        esac
+        start 0 "$work/noop.log" "$bin/examples/noop_authz" "127.0.0.1:$P_NOOP" "${noop_flag[@]}"
+        helper=$last_pid
+        wait_port "$P_NOOP" noop_authz "$helper" "$work/noop.log"
+        envoy_wrap=(valgrind --tool=callgrind --callgrind-out-file="$out")
+        start_envoy d0 bench/envoy-ext-authz.yaml "$P_ENVOY_D0" "$P_ADMIN_D0" AUTHZ_ADDRESS="$(tcp_endpoint "$P_NOOP")"
+        envoy_wrap=()
+        pid=${envoy_pid[d0]} port=$P_ENVOY_D0 via_envoy=1
+        ;;
+      envoy-checkpoint)
+        start_checkpoint
+        helper=$checkpoint_pid
+        envoy_wrap=(valgrind --tool=callgrind --callgrind-out-file="$out")
+        start_envoy d bench/envoy-ext-authz.yaml "$P_ENVOY_D" "$P_ADMIN_D" AUTHZ_ADDRESS="$(tcp_endpoint "$P_CHECKPOINT")"
+        envoy_wrap=()
+        pid=${envoy_pid[d]} port=$P_ENVOY_D via_envoy=1
+        ;;
+      envoy-jwt)
+        envoy_wrap=(valgrind --tool=callgrind --callgrind-out-file="$out")
+        start_envoy e bench/envoy-jwt.yaml "$P_ENVOY_E" "$P_ADMIN_E" JWKS_JSON="$jwks"
+        envoy_wrap=()
+        pid=${envoy_pid[e]} port=$P_ENVOY_E via_envoy=1 token=$jwt
+        ;;
+      *) die "BENCH_PROFILE_TARGETS: unknown target $which (noop, checkpoint, checkpoint-jwt, noop-envoy, checkpoint-envoy, envoy-noop, envoy-noop-identity, envoy-noop-headers, envoy-checkpoint, envoy-jwt)" ;;
     esac
     local load=(-H 'content-type: application/grpc' -H 'te: trailers' -d "$frame" -c 1 -m 8)
     local url="http://127.0.0.1:$port/envoy.service.auth.v3.Authorization/Check"
     if [ "$via_envoy" = 1 ]; then
       # Through Envoy: what Envoy really sends the ext_authz server for a plain GET.
-      load=(-H "authorization: Bearer profile-token" -c 1 -m 8)
+      load=(-H "authorization: Bearer $token" -c 1 -m 8)
       url="http://127.0.0.1:$port/api/users/42?view=full"
     fi
     # Warm-up (connections, caches, the identity cache entry), then zero the counters.
@@ -570,7 +654,16 @@ profile() {
       for e in "${!envoy_pid[@]}"; do kill "${envoy_pid[$e]}" 2>/dev/null || true; wait "${envoy_pid[$e]}" 2>/dev/null || true; done
       envoy_pid=()
     fi
+    if [ -n "$helper" ]; then kill "$helper" 2>/dev/null || true; wait "$helper" 2>/dev/null || true; fi
     total="$(callgrind_annotate "$out.1" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }')"
+    case "$which" in
+      envoy-*)
+        # Envoy's binary carries no symbols: the total is what there is to say.
+        echo
+        echo "$which: $((total / n)) Envoy instructions per request ($n requests)"
+        continue
+        ;;
+    esac
     echo
     echo "$which: $((total / n)) instructions per Check ($n Checks, LOG_LEVEL=$LOG_LEVEL_CHECKPOINT for checkpoint)"
     echo "  top functions by inclusive cost, below the runtime's own frames (per Check):"
