@@ -19,7 +19,7 @@ use checkpoint::request::{Request, path, wire};
 use checkpoint::response::Responder;
 use checkpoint::route::{Method, MethodKey, RouteTable};
 use checkpoint::telemetry;
-use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use criterion::{Criterion, criterion_group, criterion_main};
 use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
     HttpRequest, Request as AttrRequest,
@@ -211,42 +211,29 @@ fn bench_request(c: &mut Criterion) {
         assert_eq!(request.path.as_deref(), Ok("/api/v1/users/42/profile"));
     }
     let mut group = c.benchmark_group("request");
-    // What the server does: take the decoded CheckRequest, move its strings. The copy of the
-    // fixture is made outside the measured time.
-    group.bench_function("from_check_owned_map_form", |b| {
-        b.iter_batched(
-            || map_form.clone(),
-            |check| Request::from_check_owned(black_box(check)),
-            BatchSize::SmallInput,
-        )
+    // What the server does: the bytes on the wire straight into the view (`request::wire`),
+    // in both header forms, against the generated decoding followed by the view.
+    let map_bytes = map_form.encode_to_vec();
+    let pair_bytes = pair_form.encode_to_vec();
+    group.bench_function("decode_and_view_wire_map_form", |b| {
+        b.iter(|| wire::decode(black_box(map_bytes.as_slice())).unwrap_or_else(|e| panic!("{e}")))
     });
-    group.bench_function("from_check_owned_header_map_form", |b| {
-        b.iter_batched(
-            || pair_form.clone(),
-            |check| Request::from_check_owned(black_box(check)),
-            BatchSize::SmallInput,
-        )
+    group.bench_function("decode_and_view_wire_header_map_form", |b| {
+        b.iter(|| wire::decode(black_box(pair_bytes.as_slice())).unwrap_or_else(|e| panic!("{e}")))
     });
-    // From the bytes on the wire to the view: the generated decoding (a hash map of the
-    // headers) then the view, against checkpoint's own decoding (`request::wire`).
-    let bytes = map_form.encode_to_vec();
     group.bench_function("decode_and_view_generated", |b| {
         b.iter(|| {
-            let check =
-                CheckRequest::decode(black_box(bytes.as_slice())).unwrap_or_else(|e| panic!("{e}"));
-            Request::from_check_owned(check)
-        })
-    });
-    group.bench_function("decode_and_view_wire", |b| {
-        b.iter(|| {
-            let check = wire::CheckRequest::decode(black_box(bytes.as_slice()))
+            let check = CheckRequest::decode(black_box(map_bytes.as_slice()))
                 .unwrap_or_else(|e| panic!("{e}"));
-            Request::from_wire(check)
+            Request::from_check(&check)
         })
     });
-    // From a borrowed CheckRequest (tests, embedders): a copy, then the same.
+    // From a CheckRequest already decoded (tests, embedders, envoy-types' generated server).
     group.bench_function("from_check_map_form", |b| {
         b.iter(|| Request::from_check(black_box(&map_form)))
+    });
+    group.bench_function("from_check_header_map_form", |b| {
+        b.iter(|| Request::from_check(black_box(&pair_form)))
     });
     group.bench_function("normalize_clean", |b| {
         b.iter(|| path::normalize(black_box("/api/v1/users/42/profile?view=full")))

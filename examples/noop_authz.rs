@@ -1,8 +1,9 @@
 //! The floor of the load benchmark (`scripts/bench-load.sh`): an ext_authz gRPC server that
 //! answers every Check with OK and does nothing else.
 //!
-//! Same transport as checkpoint (tonic, `TCP_NODELAY`, or a Unix socket) and the same scheduler
-//! checkpoint runs with one worker (tokio's single-threaded one), so that the difference between
+//! Same transport as checkpoint (tonic, `TCP_NODELAY`, or a Unix socket), the same scheduler
+//! checkpoint runs with one worker (tokio's single-threaded one) and the same allocator
+//! (mimalloc), so that the difference between
 //! this server and checkpoint is the work checkpoint does per Check.
 //!
 //! With `--identity`, every answer is instead a copy of what checkpoint answers for the bench's
@@ -26,6 +27,11 @@ use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
 use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse, OkHttpResponse};
 use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
 use envoy_types::pb::google::rpc;
+
+/// The allocator checkpoint's binary runs with (src/main.rs), so that the floor differs from
+/// checkpoint only by checkpoint's work.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 struct Noop {
     answer: CheckResponse,

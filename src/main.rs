@@ -10,6 +10,12 @@ use anyhow::Context;
 use checkpoint::config::{Config, ConfigErrors};
 use checkpoint::{App, GrpcListener, Listeners, run, telemetry};
 
+/// mimalloc instead of the system allocator: a Check allocates and frees a few dozen small
+/// blocks (h2 frames, tonic's buffers, the request view, the answer), and glibc's malloc spent
+/// 12% of checkpoint's instructions on them (bench/RESULTS.md, third round).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const USAGE: &str = "usage: checkpoint [serve | check-config | schema | --help | --version]
 
   serve         serve Envoy's Authorization/Check (the default)

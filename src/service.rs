@@ -104,8 +104,7 @@ impl Authorization for AuthorizationService {
     ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
         let started = Instant::now();
         let deadline = grpc_timeout(request.metadata()).map(|t| started + t);
-        // Taken, not borrowed: the header strings move into the view instead of being copied.
-        let view = Request::from_check_owned(request.into_inner());
+        let view = Request::from_check(request.get_ref());
         let response = self
             .decide(&view, started, deadline, Responder::build)
             .await;
@@ -160,26 +159,82 @@ where
         }
         let inner = self.inner.clone();
         Box::pin(async move {
-            let codec = tonic_prost::ProstCodec::<Encoded, wire::CheckRequest>::default();
-            let mut grpc = tonic::server::Grpc::new(codec);
+            let mut grpc = tonic::server::Grpc::new(WireCodec);
             Ok(grpc.unary(WireCheck(inner), request).await)
         })
+    }
+}
+
+/// The codec of [`CheckServer`]: `CheckRequest` bytes into a [`Request`] ([`wire::decode`]),
+/// an [`Encoded`] answer's bytes out as they are.
+struct WireCodec;
+
+impl tonic::codec::Codec for WireCodec {
+    type Encode = Encoded;
+    type Decode = Request;
+    type Encoder = WireCodec;
+    type Decoder = WireCodec;
+
+    fn encoder(&mut self) -> WireCodec {
+        WireCodec
+    }
+
+    fn decoder(&mut self) -> WireCodec {
+        WireCodec
+    }
+}
+
+impl tonic::codec::Encoder for WireCodec {
+    type Item = Encoded;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: Encoded,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        prost::bytes::BufMut::put_slice(dst, &item.0);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for WireCodec {
+    type Item = Request;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Request>, tonic::Status> {
+        use prost::bytes::Buf;
+        let len = src.remaining();
+        // The message is one contiguous buffer in tonic; copied first should it ever not be.
+        let decoded = if src.chunk().len() == len {
+            let decoded = wire::decode(src.chunk());
+            src.advance(len);
+            decoded
+        } else {
+            wire::decode(&src.copy_to_bytes(len))
+        };
+        decoded
+            .map(Some)
+            .map_err(|e| tonic::Status::invalid_argument(format!("CheckRequest: {e}")))
     }
 }
 
 /// One Check call on [`CheckServer`].
 struct WireCheck(Arc<AuthorizationService>);
 
-impl tonic::server::UnaryService<wire::CheckRequest> for WireCheck {
+impl tonic::server::UnaryService<Request> for WireCheck {
     type Response = Encoded;
     type Future = BoxFuture<tonic::Response<Encoded>, tonic::Status>;
 
-    fn call(&mut self, request: tonic::Request<wire::CheckRequest>) -> Self::Future {
+    fn call(&mut self, request: tonic::Request<Request>) -> Self::Future {
         let service = self.0.clone();
         Box::pin(async move {
             let started = Instant::now();
             let deadline = grpc_timeout(request.metadata()).map(|t| started + t);
-            let view = Request::from_wire(request.into_inner());
+            let view = request.into_inner();
             let response = service
                 .decide(&view, started, deadline, Responder::encode)
                 .await;

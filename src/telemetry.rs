@@ -316,7 +316,7 @@ pub const MAX_QUEUED_BYTES: usize = 4 << 20;
 
 /// How long the writer lets lines gather after the first one before writing them: at most
 /// one write (and one wake-up of the writer) per window, whatever the request rate.
-pub const BATCH_WINDOW: Duration = Duration::from_millis(5);
+pub const BATCH_WINDOW: Duration = Duration::from_millis(20);
 
 /// A typical line is about 350 bytes.
 const LINE_CAPACITY: usize = 512;

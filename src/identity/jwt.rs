@@ -211,15 +211,33 @@ fn parts(token: &str) -> Option<(&str, &str, &str)> {
 
 /// Whether `token` is a JWT at all: three base64url parts and a header that is a JSON object.
 /// Anything else is somebody else's token (an opaque one for introspection).
+///
+/// Asked on every Check, cache hits included (it decides the cache key), so it allocates
+/// nothing for an ordinary header: decoded on the stack, checked as JSON without building it.
 pub fn is_jwt(token: &str) -> bool {
+    let Some((header, _, _)) = parts(token) else {
+        return false;
+    };
     if token.len() > MAX_TOKEN_BYTES {
         // Shaped like a JWT but too large to decode: ours to refuse.
-        return parts(token).is_some();
+        return true;
     }
-    parts(token)
-        .and_then(|(header, _, _)| URL_SAFE_NO_PAD.decode(header).ok())
-        .and_then(|bytes| serde_json::from_slice::<Map<String, Value>>(&bytes).ok())
-        .is_some()
+    let mut buffer = [0u8; 1024];
+    match URL_SAFE_NO_PAD.decode_slice(header, &mut buffer) {
+        Ok(len) => is_json_object(buffer.get(..len).unwrap_or_default()),
+        Err(base64::DecodeSliceError::OutputSliceTooSmall) => URL_SAFE_NO_PAD
+            .decode(header)
+            .is_ok_and(|bytes| is_json_object(&bytes)),
+        Err(base64::DecodeSliceError::DecodeError(_)) => false,
+    }
+}
+
+/// Whether `bytes` are one JSON object (and nothing else), without building it.
+fn is_json_object(bytes: &[u8]) -> bool {
+    let first = bytes
+        .iter()
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
+    first == Some(&b'{') && serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok()
 }
 
 /// Checks `token` against `keys` and `policy` at `now` (seconds since the epoch) and returns its
@@ -783,9 +801,18 @@ mod tests {
             "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhIn0.c2ln",
             // `alg: none` has an empty signature and is still a JWT (to refuse).
             "eyJhbGciOiJub25lIn0.eyJzdWIiOiJhIn0.",
+            // Whitespace around the header object is still JSON.
+            "IHsiYWxnIjoiUlMyNTYifSA.eyJzdWIiOiJhIn0.c2ln",
         ] {
             assert!(is_jwt(token), "{token}");
         }
+        // A header larger than the stack buffer is decoded on the heap, same answer.
+        let long = format!("{{\"alg\":\"RS256\",\"x\":\"{}\"}}", "a".repeat(2000));
+        let token = format!("{}.eyJzdWIiOiJhIn0.c2ln", URL_SAFE_NO_PAD.encode(long));
+        assert!(is_jwt(&token));
+        let long = format!("[\"{}\"]", "a".repeat(2000));
+        let token = format!("{}.eyJzdWIiOiJhIn0.c2ln", URL_SAFE_NO_PAD.encode(long));
+        assert!(!is_jwt(&token));
         for token in [
             "opaque-token",
             "a.b",
@@ -794,6 +821,8 @@ mod tests {
             "eyJhbGciOiJSUzI1NiJ9..c2ln",
             "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhIn0=.c2ln",
             "WyJhIl0.eyJzdWIiOiJhIn0.c2ln", // header `["a"]`: JSON but not an object
+            "eyJhIjoxfX0.eyJzdWIiOiJhIn0.c2ln", // header `{"a":1}}`: an object, then more
+            "eyJhIjox.eyJzdWIiOiJhIn0.c2ln", // header `{"a":1`: cut short
         ] {
             assert!(!is_jwt(token), "{token}");
         }
