@@ -1,14 +1,18 @@
 #!/usr/bin/env python3
 """Numbers of the load benchmark (scripts/bench-load.sh).
 
-  stats.py run NAME ROUND H2LOAD_STDOUT LOG_FILE CPU_TICKS USERINFO_CALLS FOREIGN_TICKS [AUTHZ_TICKS]
+  stats.py run NAME ROUND H2LOAD_STDOUT LOG_FILE CPU_TICKS USERINFO_CALLS FOREIGN_TICKS AUTHZ_TICKS SWITCHES
       one JSON line (stdout) and one progress line (stderr) for one h2load run: requests/s (h2load's), p50/p99 from h2load's per-request
       log (--log-file: start time, status, duration in microseconds), CPU microseconds per
       request from the server processes' utime+stime ticks (and, behind Envoy, the ext_authz
-      server's share of them, AUTHZ_TICKS), non-2xx and failed counts, and the CPU time (in %
-      of one core) that went to processes outside the bench during the run.
+      server's share of them, AUTHZ_TICKS), the server processes' context switches per request
+      (SWITCHES), non-2xx and failed counts, and the CPU time (in % of one core) that went to
+      processes outside the bench during the run.
   stats.py report RESULTS_JSONL
-      the table of every run, the per-scenario means, and the ratios the targets of issue 4 need.
+      the table of every run, the per-scenario means, and the ratios the targets of issue 4 need,
+      each two ways: the ratio of the means, and the median of the per-round ratios (the
+      scenarios alternate, so each round pairs runs made seconds apart; the median is what one
+      disturbed run cannot move).
 """
 import json
 import os
@@ -39,7 +43,7 @@ def percentile(sorted_values, q):
     return sorted_values[int(rank) - 1]
 
 
-def run(name, round_, stdout_file, log_file, ticks, userinfo_calls, other_ticks, authz_ticks=None):
+def run(name, round_, stdout_file, log_file, ticks, userinfo_calls, other_ticks, authz_ticks, switches):
     text = open(stdout_file, encoding="utf-8", errors="replace").read()
     rps = re.search(r"finished in ([0-9.]+)(m?s), ([0-9.]+) req/s", text)
     req = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored", text)
@@ -68,8 +72,10 @@ def run(name, round_, stdout_file, log_file, ticks, userinfo_calls, other_ticks,
         "p50_us": percentile(durations, 50),
         "p99_us": percentile(durations, 99),
         "cpu_us_per_request": cpu_us / done if done else float("nan"),
+        # Only behind Envoy (two processes) is there an ext_authz server's share.
         "authz_cpu_us_per_request": (int(authz_ticks) * 1_000_000 / clk_tck / done
-                                     if authz_ticks is not None and done else None),
+                                     if name.startswith("d") and done else None),
+        "switches_per_request": int(switches) / done if done else float("nan"),
         "userinfo_calls": int(userinfo_calls),
         # Clamped at 0: ticks are sampled, so the difference can come out slightly negative.
         "foreign_cpu_pct": max(0.0, 100 * int(other_ticks) / clk_tck / elapsed) if elapsed else 0.0,
@@ -77,6 +83,7 @@ def run(name, round_, stdout_file, log_file, ticks, userinfo_calls, other_ticks,
     print(json.dumps(row))
     print(f"bench: {name:>5} round {round_}: {row['rps']:8.0f} req/s  p50 {row['p50_us']} µs  "
           f"p99 {row['p99_us']} µs  CPU {row['cpu_us_per_request']:.1f} µs/req  "
+          f"switches {row['switches_per_request']:.3f}/req  "
           f"non-2xx {row['non_2xx'] + row['failed']}  user-info {row['userinfo_calls']}  "
           f"foreign CPU {row['foreign_cpu_pct']:.0f}%", file=sys.stderr)
 
@@ -86,14 +93,24 @@ def mean(values):
     return sum(values) / len(values) if values else float("nan")
 
 
+def median(values):
+    values = sorted(values)
+    if not values:
+        return float("nan")
+    middle = len(values) // 2
+    return values[middle] if len(values) % 2 else (values[middle - 1] + values[middle]) / 2
+
+
 def report(results_file):
     rows = [json.loads(line) for line in open(results_file, encoding="utf-8") if line.strip()]
-    header = f"{'scenario':<6} {'what':<38} {'round':>5} {'req/s':>9} {'p50 µs':>8} {'p99 µs':>8} {'CPU µs/req':>10} {'non-2xx':>8} {'user-info':>9} {'foreign CPU':>11}"
+    header = (f"{'scenario':<6} {'what':<38} {'round':>5} {'req/s':>9} {'p50 µs':>8} {'p99 µs':>8} "
+              f"{'CPU µs/req':>10} {'switches/req':>12} {'non-2xx':>8} {'user-info':>9} {'foreign CPU':>11}")
     print(header)
     print("-" * len(header))
     for r in rows:
         print(f"{r['scenario']:<6} {SCENARIOS.get(r['scenario'], ''):<38} {r['round']:>5} {r['rps']:>9.0f} "
               f"{r['p50_us']:>8} {r['p99_us']:>8} {r['cpu_us_per_request']:>10.1f} "
+              f"{r.get('switches_per_request', float('nan')):>12.3f} "
               f"{r['non_2xx'] + r['failed']:>8} {r['userinfo_calls']:>9} {r['foreign_cpu_pct']:>10.0f}%")
     print()
     print("means over rounds")
@@ -104,23 +121,31 @@ def report(results_file):
         runs = [r for r in rows if r["scenario"] == name]
         if not runs:
             continue
-        m = {k: mean(r[k] for r in runs) for k in ("rps", "p50_us", "p99_us", "cpu_us_per_request", "foreign_cpu_pct")}
+        m = {k: mean(r.get(k, float("nan")) for r in runs)
+             for k in ("rps", "p50_us", "p99_us", "cpu_us_per_request", "switches_per_request", "foreign_cpu_pct")}
         m["bad"] = sum(r["non_2xx"] + r["failed"] for r in runs)
         m["userinfo_calls"] = sum(r["userinfo_calls"] for r in runs)
         means[name] = m
         print(f"{name:<6} {SCENARIOS[name]:<38} {len(runs):>5} {m['rps']:>9.0f} {m['p50_us']:>8.0f} "
-              f"{m['p99_us']:>8.0f} {m['cpu_us_per_request']:>10.1f} {m['bad']:>8} {m['userinfo_calls']:>9} "
+              f"{m['p99_us']:>8.0f} {m['cpu_us_per_request']:>10.1f} {m['switches_per_request']:>12.3f} {m['bad']:>8} {m['userinfo_calls']:>9} "
               f"{m['foreign_cpu_pct']:>10.0f}%")
     print()
-    print("ratios (issue 4 targets)")
+    print("ratios (issue 4 targets): ratio of the means | median of the per-round ratios (lowest-highest)")
 
     def ratio(label, num, den, key, target, higher_is_better):
         if num not in means or den not in means:
             return
         value = means[num][key] / means[den][key]
-        met = value >= target if higher_is_better else value <= target
+        by_round = {r["round"]: r[key] for r in rows if r["scenario"] == num}
+        paired = [by_round[r["round"]] / r[key] for r in rows if r["scenario"] == den and r["round"] in by_round]
+        middle = median(paired)
         sign = ">=" if higher_is_better else "<="
-        print(f"  {label:<52} {value:6.2f}   target {sign} {target:<4}  {'met' if met else 'NOT MET'}")
+
+        def verdict(v):
+            return "met" if (v >= target if higher_is_better else v <= target) else "NOT MET"
+
+        print(f"  {label:<52} {value:6.2f} {verdict(value):<7} | {middle:5.2f} ({min(paired):.2f}-{max(paired):.2f}) "
+              f"{verdict(middle):<7}  target {sign} {target}")
 
     ratio("b/a throughput (checkpoint direct vs floor)", "b", "a", "rps", 0.8, True)
     ratio("b/a p99 at 1,000 req/s", "b@1k", "a@1k", "p99_us", 1.5, False)
@@ -161,7 +186,7 @@ def report(results_file):
 
 
 def main():
-    if len(sys.argv) in (9, 10) and sys.argv[1] == "run":
+    if len(sys.argv) == 11 and sys.argv[1] == "run":
         run(*sys.argv[2:])
     elif len(sys.argv) == 3 and sys.argv[1] == "report":
         report(sys.argv[2])

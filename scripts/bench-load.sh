@@ -176,6 +176,14 @@ cpu_ticks() {
   echo "$total"
 }
 
+# Context switches (voluntary and not) of the processes given, all their threads: behind Envoy,
+# how often Envoy and the ext_authz server hand the core to each other.
+context_switches() {
+  local pid
+  for pid in "$@"; do cat /proc/"$pid"/task/*/status 2>/dev/null; done |
+    awk '/^(voluntary|nonvoluntary)_ctxt_switches:/ { s += $2 } END { print s + 0 }'
+}
+
 # Busy ticks of cores 0 and 1 (everything but idle and iowait), to see what else ran meanwhile.
 machine_busy() { awk '$1 == "cpu0" || $1 == "cpu1" { s += $2 + $3 + $4 + $7 + $8 + $9 } END { print s }' /proc/stat; }
 
@@ -484,8 +492,9 @@ run_scenario() {
   case "$s" in *@1k) warmup=300 ;; esac
   taskset -c 1 h2load -n "$warmup" "${args[@]}" "$url" >"$work/$tag.warmup" 2>&1 ||
     die "$s: warm-up failed: $(tail -3 "$work/$tag.warmup")"
-  local calls0 ticks0 calls1 ticks1 busy0 busy1 ui0 ui1 h2load_times authz0 authz1
+  local calls0 ticks0 calls1 ticks1 busy0 busy1 ui0 ui1 h2load_times authz0 authz1 switches0 switches1
   calls0="$(userinfo_calls)"
+  switches0="$(context_switches "${servers[@]}")"
   ticks0="$(cpu_ticks "${servers[@]}")"
   authz0="$(cpu_ticks "${servers[@]:1}")"
   ui0="$(cpu_ticks "$userinfo_pid")"
@@ -499,12 +508,13 @@ run_scenario() {
   case "$h2load_times" in failed*) die "$s: h2load failed: $(tail -3 "$work/$tag.out")" ;; esac
   busy1="$(machine_busy)"
   ticks1="$(cpu_ticks "${servers[@]}")"
+  switches1="$(context_switches "${servers[@]}")"
   authz1="$(cpu_ticks "${servers[@]:1}")"
   ui1="$(cpu_ticks "$userinfo_pid")"
   calls1="$(userinfo_calls)"
   local foreign=$((busy1 - busy0 - (ticks1 - ticks0) - (ui1 - ui0) - $(times_to_ticks <<<"$h2load_times")))
   python3 bench/stats.py run "$s" "$round" "$work/$tag.out" "$work/$tag.log" "$((ticks1 - ticks0))" \
-    "$((calls1 - calls0))" "$foreign" "$((authz1 - authz0))" >>"$results"
+    "$((calls1 - calls0))" "$foreign" "$((authz1 - authz0))" "$((switches1 - switches0))" >>"$results"
 }
 
 # ---- resident memory with 100,000 distinct identities --------------------------------------------------
