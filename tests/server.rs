@@ -297,6 +297,83 @@ async fn hostile_requests_are_denied_never_allowed_and_never_crash() {
     assert_eq!(empty.http_status, 400);
 }
 
+/// Bytes that are not a `CheckRequest` get INVALID_ARGUMENT (Envoy then answers its
+/// `status_on_error`), never an allow, and the connection and the server go on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_check_messages_are_refused_and_the_server_goes_on() {
+    let (_userinfo, server) = with_userinfo(&[]).await;
+    let http = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .expect("client");
+    let url = format!(
+        "http://{}/envoy.service.auth.v3.Authorization/Check",
+        server.grpc
+    );
+    let frame = |message: &[u8]| {
+        let mut body = vec![0u8];
+        body.extend_from_slice(&(message.len() as u32).to_be_bytes());
+        body.extend_from_slice(message);
+        body
+    };
+    let malformed: [&[u8]; 4] = [
+        // attributes: a length beyond the end of the message
+        &[0x0a, 0x05, 0x01],
+        // attributes.request.http.path (a string) that is not UTF-8
+        &[0x0a, 0x07, 0x22, 0x05, 0x12, 0x03, 0x22, 0x01, 0xff],
+        // a varint of eleven bytes
+        &[
+            0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01,
+        ],
+        // wire type 7 does not exist
+        &[0x0f],
+    ];
+    for message in malformed {
+        let response = http
+            .post(&url)
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(frame(message))
+            .send()
+            .await
+            .expect("answered");
+        assert_eq!(response.status(), 200, "{message:?}");
+        assert_eq!(
+            response
+                .headers()
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok()),
+            Some("3"),
+            "{message:?}: {:?}",
+            response.headers()
+        );
+    }
+    // The same server answers a good Check right after, on a new and on the same connection.
+    let mut client = server.client().await;
+    let allowed = answer(
+        &client
+            .check(request("GET", "/", &[]))
+            .await
+            .expect("answered")
+            .into_inner(),
+    );
+    assert_eq!(allowed.http_status, 200);
+    let mut good = Vec::new();
+    prost::Message::encode(&request("GET", "/", &[]), &mut good).expect("encode");
+    let response = http
+        .post(&url)
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(frame(&good))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(response.status(), 200);
+    assert!(response.headers().get("grpc-status").is_none());
+    let body = response.bytes().await.expect("body");
+    assert!(body.len() > 5, "a CheckResponse message: {body:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_routes_health_and_reflection() {
     let (_userinfo, server) = with_userinfo(&[("SERVICE_VERSION", "9.9.9")]).await;
