@@ -341,6 +341,20 @@ wait_socket() {
   die "$2: no socket at $1 after 10 s"
 }
 
+# What `checkpoint allowed-headers` prints for the bench's checkpoint (the same variables as
+# start_checkpoint_at): ${ALLOWED_HEADERS} of bench/envoy-ext-authz.yaml, for d and d0 alike.
+bench_allowed_headers() {
+  local var passthrough=()
+  for var in HEADERS_TO_PROXY AUTHORIZATION_HEADERS_TO_PROXY; do
+    if [ -n "${!var:-}" ]; then passthrough+=("$var=${!var}"); fi
+  done
+  env -i PATH="$PATH" CONFIGURATION_PATH="$root/bench" CONFIGURATION_FILE_NAME=auth \
+    USERINFO_URL="http://127.0.0.1:$P_USERINFO/userinfo" CUSTOM_PERMISSIONS_KEY=permissions \
+    "${passthrough[@]}" "$bin/checkpoint" allowed-headers
+}
+ALLOWED_HEADERS="$(bench_allowed_headers)" || die "checkpoint allowed-headers failed"
+export ALLOWED_HEADERS
+
 passthrough_note=""
 for name in CHECKPOINT_IDENTITY_CACHE_TTL CHECKPOINT_IDENTITY_CACHE_MAX_ENTRIES \
   CHECKPOINT_NEGATIVE_CACHE_TTL HEADERS_TO_PROXY AUTHORIZATION_HEADERS_TO_PROXY \

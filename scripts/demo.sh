@@ -133,9 +133,12 @@ start checkpoint env \
 wait_ready checkpoint curl -sf "http://127.0.0.1:$status_port/-/ready"
 
 # ---- Envoy -------------------------------------------------------------------------------------------------
+# The headers Envoy sends on each Check: what checkpoint says its configuration (the same variables) reads.
+allowed_headers="$(env -i CONFIGURATION_PATH="$root/envoy/demo" CONFIGURATION_FILE_NAME=auth USERINFO_URL="$issuer/me" \
+  HEADERS_TO_PROXY=authorization,cookie,x-request-id "$checkpoint_bin" allowed-headers)"
 LISTEN_ADDRESS=127.0.0.1 HTTPS_PORT="$https_port" HTTP_PORT="$http_port" ADMIN_PORT="$admin_port" \
   CHECKPOINT_ADDRESS=127.0.0.1 CHECKPOINT_PORT="$grpc_port" \
-  UPSTREAM_ADDRESS=127.0.0.1 UPSTREAM_PORT="$upstream_port" TLS_DIR="$tls" \
+  UPSTREAM_ADDRESS=127.0.0.1 UPSTREAM_PORT="$upstream_port" TLS_DIR="$tls" ALLOWED_HEADERS="$allowed_headers" \
   bash "$root/scripts/render-envoy.sh" "$root/envoy/envoy.yaml" "$state/envoy.yaml"
 start envoy "$root/.venv/bin/envoy" -c "$state/envoy.yaml" --disable-hot-restart --concurrency 1 --log-level warn
 wait_ready envoy curl -sf --cacert "$tls/ca.crt" "https://127.0.0.1:$https_port/-/healthz"

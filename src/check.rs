@@ -83,6 +83,21 @@ pub struct Checker {
 }
 
 impl Checker {
+    /// Every request header a Check may read: the identity sources' (credentials, proxied
+    /// headers), the backoffice and client-type headers, `x-request-id` for the decision log,
+    /// `authorization` for the identity cache's expiry cap. Envoy's ext_authz `allowed_headers`
+    /// may list exactly these (`check-config` prints them); Envoy adds `host`, `:method` and
+    /// `:path` on its own.
+    pub fn headers_read(&self) -> std::collections::BTreeSet<String> {
+        let mut names = self.identity.request_headers();
+        names.insert(self.request_headers.backoffice.clone());
+        names.insert(self.request_headers.client_type.clone());
+        names.insert("x-request-id".to_owned());
+        names.insert("authorization".to_owned());
+        names.retain(|name| !name.is_empty());
+        names
+    }
+
     /// Runs the stages for one request. `deadline` is the Check call's own deadline.
     pub async fn check(&self, request: &Request, deadline: Option<Instant>) -> Outcome<'_> {
         let path = match &request.path {

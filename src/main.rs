@@ -16,11 +16,14 @@ use checkpoint::{App, GrpcListener, Listeners, run, telemetry};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const USAGE: &str = "usage: checkpoint [serve | check-config | schema | --help | --version]
+const USAGE: &str =
+    "usage: checkpoint [serve | check-config | allowed-headers | schema | --help | --version]
 
-  serve         serve Envoy's Authorization/Check (the default)
-  check-config  load and validate the configuration and the rules, print a summary
-  schema        print the JSON Schema of the native configuration file (CHECKPOINT_CONFIG)
+  serve            serve Envoy's Authorization/Check (the default)
+  check-config     load and validate the configuration and the rules, print a summary
+  allowed-headers  print, for Envoy's ext_authz `allowed_headers`, the request headers this
+                   configuration reads (Envoy then sends no others on the Check call)
+  schema           print the JSON Schema of the native configuration file (CHECKPOINT_CONFIG)
 
 Configuration comes from CHECKPOINT_CONFIG (a YAML or JSON file) or from Mia-Platform's
 environment variables; see README.md for the reference.";
@@ -35,6 +38,7 @@ fn main() -> ExitCode {
     match command {
         "serve" => serve(),
         "check-config" => check_config(),
+        "allowed-headers" => allowed_headers(),
         "schema" => {
             print!("{}", checkpoint::config::file::schema());
             ExitCode::SUCCESS
@@ -84,12 +88,17 @@ fn report(errors: &ConfigErrors) {
 /// measured on a gRPC Check with one core, it spends a third less CPU per Check than the
 /// multi-threaded scheduler with one worker (a third of the system calls: no cross-thread
 /// wake-ups). Returns the runtime and the number of workers it runs.
-fn runtime(worker_threads: usize) -> Result<(tokio::runtime::Runtime, usize), ExitCode> {
+fn runtime(
+    worker_threads: usize,
+    purpose: Purpose,
+) -> Result<(tokio::runtime::Runtime, usize), ExitCode> {
     let workers = match worker_threads {
         0 => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
         n => n,
     };
-    let built = if workers == 1 {
+    // To inspect the configuration, a runtime nothing drives: the sources' background tasks
+    // (a JWKS fetch) never run, so check-config and allowed-headers contact nobody.
+    let built = if workers == 1 || purpose == Purpose::Inspect {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -108,12 +117,12 @@ fn runtime(worker_threads: usize) -> Result<(tokio::runtime::Runtime, usize), Ex
 /// Loads the configuration, then builds the runtime it asks for and, inside it, the identity
 /// sources (they may start background refreshes): everything that can be wrong before a port
 /// is bound.
-fn prepare(env: &HashMap<String, String>) -> Result<Prepared, ExitCode> {
+fn prepare(env: &HashMap<String, String>, purpose: Purpose) -> Result<Prepared, ExitCode> {
     let config = load_from(env).map_err(|errors| {
         report(&errors);
         ExitCode::FAILURE
     })?;
-    let (runtime, workers) = runtime(config.settings.worker_threads)?;
+    let (runtime, workers) = runtime(config.settings.worker_threads, purpose)?;
     let (origin, ignored) = (config.origin.clone(), config.ignored.clone());
     let app = {
         let _guard = runtime.enter();
@@ -132,6 +141,14 @@ fn prepare(env: &HashMap<String, String>) -> Result<Prepared, ExitCode> {
     })
 }
 
+/// What the prepared application is for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    Serve,
+    /// `check-config`, `allowed-headers`: built, validated, never run.
+    Inspect,
+}
+
 struct Prepared {
     runtime: tokio::runtime::Runtime,
     workers: usize,
@@ -140,9 +157,31 @@ struct Prepared {
     ignored: Vec<&'static str>,
 }
 
+/// `checkpoint allowed-headers`: the value of ext_authz `allowed_headers` for this
+/// configuration, as one line of YAML (flow style), for scripts/render-envoy.sh's
+/// `${ALLOWED_HEADERS}`. A bad configuration is reported as by `check-config`.
+fn allowed_headers() -> ExitCode {
+    let env = environment();
+    match prepare(&env, Purpose::Inspect) {
+        Ok(Prepared { runtime, app, .. }) => {
+            let _guard = runtime.enter();
+            let patterns: Vec<String> = app
+                .checker
+                .headers_read()
+                .iter()
+                // A JSON string is a YAML double-quoted scalar: any name stays one value.
+                .map(|name| format!("{{ exact: {} }}", serde_json::Value::from(name.as_str())))
+                .collect();
+            println!("{{ patterns: [{}] }}", patterns.join(", "));
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
 fn check_config() -> ExitCode {
     let env = environment();
-    match prepare(&env) {
+    match prepare(&env, Purpose::Inspect) {
         Ok(Prepared {
             runtime,
             workers,
@@ -198,6 +237,9 @@ fn check_config() -> ExitCode {
                 }
             );
             println!("  dynamic metadata: {}", s.dynamic_metadata);
+            let headers = app.checker.headers_read();
+            let names: Vec<&str> = headers.iter().map(String::as_str).collect();
+            println!("  request headers: {}", names.join(", "));
             ExitCode::SUCCESS
         }
         Err(code) => code,
@@ -212,7 +254,7 @@ fn serve() -> ExitCode {
         app,
         origin,
         ignored,
-    } = match prepare(&env) {
+    } = match prepare(&env, Purpose::Serve) {
         Ok(prepared) => prepared,
         Err(code) => return code,
     };

@@ -213,3 +213,91 @@ fn the_native_file_wins_and_check_config_says_so() {
     assert!(stderr.contains("checkpoint.yaml:"), "{stderr}");
     assert!(stderr.contains("colour"), "{stderr}");
 }
+
+/// `allowed-headers`: exactly the headers the configuration reads, from every kind of source,
+/// as the YAML value of Envoy's ext_authz `allowed_headers`; a bad configuration is an error.
+#[test]
+fn allowed_headers_lists_what_every_source_reads() {
+    let dir = tempfile::tempdir().expect("dir");
+    let config = dir.path().join("checkpoint.yaml");
+    std::fs::write(
+        &config,
+        r#"
+version: 1
+rules:
+  inline:
+    /api: { ALL: { authorization: { expression: "true", public: false } } }
+identity:
+  sources:
+    - type: api_key
+      headers: [Secret, client-key]
+      cookie: app_key
+      keys:
+        - sha256: "0e6b3e5e1a4c1c7e0f4c7b1d7d0b7e1f7d9b8c4a1f2e3d4c5b6a798877665544"
+          client_type: mobile
+    - type: jwt
+      issuer: https://idp.example.com
+      jwks_uri: https://idp.example.com/jwks
+      token: { header: X-Token }
+    - type: userinfo
+      url: http://auth-manager/userinfo
+      headers_to_proxy: [authorization, x-forwarded-host]
+    - type: trusted_headers
+request_headers: { backoffice: x-backoffice, client_type: x-client }
+"#,
+    )
+    .expect("write");
+    let run = |config: &std::path::Path| {
+        let out = Command::new(env!("CARGO_BIN_EXE_checkpoint"))
+            .arg("allowed-headers")
+            .env_clear()
+            .env("CHECKPOINT_CONFIG", config)
+            .output()
+            .expect("run checkpoint");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stdout, stderr) = run(&config);
+    assert_eq!(code, 0, "{stderr}");
+    let names = [
+        "authorization",
+        "client-key",
+        "cookie",
+        "miausergroups",
+        "miauserid",
+        "miauserproperties",
+        "secret",
+        "x-backoffice",
+        "x-client",
+        "x-forwarded-host",
+        "x-request-id",
+        "x-token",
+    ];
+    let patterns: Vec<String> = names
+        .iter()
+        .map(|n| format!("{{ exact: \"{n}\" }}"))
+        .collect();
+    assert_eq!(
+        stdout,
+        format!("{{ patterns: [{}] }}\n", patterns.join(", "))
+    );
+    // The line is YAML Envoy reads: a mapping with a list of exact matchers.
+    let parsed: serde_yaml_ng::Value = serde_yaml_ng::from_str(&stdout).expect("YAML");
+    assert_eq!(
+        parsed["patterns"].as_sequence().map(Vec::len),
+        Some(names.len())
+    );
+
+    std::fs::write(
+        &config,
+        "version: 1\nrules: { inline: {} }\nidentity: { sources: [{ type: userinfo }] }\n",
+    )
+    .expect("write");
+    let (code, stdout, stderr) = run(&config);
+    assert_eq!(code, 1, "{stdout}");
+    assert!(stdout.is_empty(), "{stdout}");
+    assert!(stderr.contains("checkpoint.yaml"), "{stderr}");
+}

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use checkpoint::config::RuleSet;
-use e2e_support::{envoy_bin, make_certs, placeholders, render, repo};
+use e2e_support::{allowed_headers, envoy_bin, make_certs, placeholders, render, repo};
 use serde_yaml_ng::Value;
 
 /// The YAML files that must exist; a file added later is checked too, a file removed fails.
@@ -427,6 +427,7 @@ fn envoy_template_validates_when_rendered() {
         ("UPSTREAM_ADDRESS", "127.0.0.1".into()),
         ("UPSTREAM_PORT", "3001".into()),
         ("TLS_DIR", tls.display().to_string()),
+        ("ALLOWED_HEADERS", demo_allowed_headers()),
     ];
     let mut documented: Vec<String> = values.iter().map(|(k, _)| (*k).to_owned()).collect();
     documented.sort();
@@ -584,6 +585,42 @@ fn differences(a: &Value, b: &Value, path: String, out: &mut Vec<String>) {
     }
 }
 
+/// `checkpoint allowed-headers` for the demo's configuration (scripts/demo.sh's variables).
+fn demo_allowed_headers() -> String {
+    allowed_headers(&[
+        (
+            "CONFIGURATION_PATH",
+            repo().join("envoy/demo").display().to_string(),
+        ),
+        ("CONFIGURATION_FILE_NAME", "auth".into()),
+        ("USERINFO_URL", "http://127.0.0.1:9/me".into()),
+        (
+            "HEADERS_TO_PROXY",
+            "authorization,cookie,x-request-id".into(),
+        ),
+    ])
+}
+
+/// `checkpoint allowed-headers` with the environment sidecar.yaml gives its checkpoint
+/// container, the rules read from envoy/demo (the rules do not change the list).
+fn sidecar_allowed_headers(docs: &[Doc]) -> String {
+    let deployment = find(docs, "Deployment", "checkpoint-gateway");
+    let container = seq(&deployment.value["spec"]["template"]["spec"]["containers"])
+        .iter()
+        .find(|c| c["name"] == "checkpoint")
+        .expect("a checkpoint container");
+    let mut env: Vec<(&str, String)> = seq(&container["env"])
+        .iter()
+        .filter_map(|v| Some((v["name"].as_str()?, v["value"].as_str()?.to_owned())))
+        .filter(|(name, _)| *name != "CONFIGURATION_PATH")
+        .collect();
+    env.push((
+        "CONFIGURATION_PATH",
+        repo().join("envoy/demo").display().to_string(),
+    ));
+    allowed_headers(&env)
+}
+
 /// sidecar.yaml says its Envoy config is envoy/envoy.yaml rendered with given values plus three
 /// changes: hold it to that, so a fix to one (a cipher, a timeout) cannot miss the other.
 #[test]
@@ -610,6 +647,8 @@ fn sidecar_envoy_config_is_the_template_with_the_documented_changes() {
             ),
             ("UPSTREAM_PORT", "80".into()),
             ("TLS_DIR", "/etc/envoy/tls".into()),
+            // What checkpoint itself says it reads with the container's own variables.
+            ("ALLOWED_HEADERS", sidecar_allowed_headers(&docs)),
         ],
     );
     let mut expected: Value = serde_yaml_ng::from_str(&rendered).expect("rendered envoy.yaml");

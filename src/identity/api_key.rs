@@ -238,6 +238,11 @@ impl Source for ApiKeys {
         "api_key"
     }
 
+    fn request_headers(&self) -> Vec<String> {
+        let cookie = self.cookie.as_ref().map(|_| "cookie".to_owned());
+        self.headers.iter().cloned().chain(cookie).collect()
+    }
+
     fn resolve<'a>(
         &'a self,
         request: &'a Request,

@@ -321,6 +321,10 @@ impl Source for Introspection {
         "introspection"
     }
 
+    fn request_headers(&self) -> Vec<String> {
+        vec![super::token_header(&self.token)]
+    }
+
     fn resolve<'a>(
         &'a self,
         request: &'a Request,

@@ -567,6 +567,10 @@ impl Source for Jwt {
     fn ready(&self) -> bool {
         self.keys.loaded()
     }
+
+    fn request_headers(&self) -> Vec<String> {
+        vec![super::token_header(&self.token)]
+    }
 }
 
 #[cfg(test)]

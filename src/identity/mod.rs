@@ -191,6 +191,22 @@ pub trait Source: Send + Sync {
     fn ready(&self) -> bool {
         true
     }
+
+    /// The request headers this source reads (lower-case names; `cookie` for a cookie), so
+    /// that Envoy can be told to send no others (`check-config`, ext_authz `allowed_headers`).
+    fn request_headers(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+/// The header a token location reads.
+pub fn token_header(location: &crate::config::sources::TokenLocation) -> String {
+    use crate::config::sources::TokenLocation;
+    match location {
+        TokenLocation::Bearer => "authorization".to_owned(),
+        TokenLocation::Header(name) => name.to_ascii_lowercase(),
+        TokenLocation::Cookie(_) => "cookie".to_owned(),
+    }
 }
 
 /// The identity sources, in order, and the cache of their answers.
@@ -218,6 +234,13 @@ impl Entry {
         match self {
             Entry::User(source) => source.ready(),
             Entry::Client(_) => true,
+        }
+    }
+
+    fn request_headers(&self) -> Vec<String> {
+        match self {
+            Entry::User(source) => source.request_headers(),
+            Entry::Client(keys) => keys.request_headers(),
         }
     }
 }
@@ -351,6 +374,14 @@ impl Resolver {
     /// The names of the sources, in order.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.sources.iter().map(|s| s.name.as_str())
+    }
+
+    /// Every request header some source reads (lower-case, sorted, once each).
+    pub fn request_headers(&self) -> std::collections::BTreeSet<String> {
+        self.sources
+            .iter()
+            .flat_map(|s| s.source.request_headers())
+            .collect()
     }
 
     /// Asks each source in turn, through the cache where the source can name its credential;

@@ -59,6 +59,14 @@ impl Source for TrustedHeaders {
         "trusted_headers"
     }
 
+    fn request_headers(&self) -> Vec<String> {
+        vec![
+            self.headers.user_id.clone(),
+            self.headers.groups.clone(),
+            self.headers.properties.clone(),
+        ]
+    }
+
     fn resolve<'a>(
         &'a self,
         request: &'a Request,

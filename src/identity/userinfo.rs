@@ -235,6 +235,12 @@ impl Source for UserInfo {
         "userinfo"
     }
 
+    /// Every proxied header (the credential headers among them), `:authority` standing in for
+    /// `host`.
+    fn request_headers(&self) -> Vec<String> {
+        self.settings.headers_to_proxy.clone()
+    }
+
     fn resolve<'a>(
         &'a self,
         request: &'a Request,

@@ -279,8 +279,7 @@ impl Stack {
         let [grpc_port, status_port, https_port, http_port, admin_port] = free_ports::<5>();
 
         // checkpoint with exactly the environment below: nothing leaks in from the test runner's.
-        let mut cp_cmd = Command::new(env!("CARGO_BIN_EXE_checkpoint"));
-        cp_cmd.env_clear().envs([
+        let cp_env = [
             (
                 "CONFIGURATION_PATH",
                 root.join("envoy/demo").display().to_string(),
@@ -301,7 +300,12 @@ impl Stack {
             ("CHECKPOINT_USERINFO_TIMEOUT", "400ms".into()),
             ("DELAY_SHUTDOWN_SECONDS", "0".into()),
             ("LOG_LEVEL", "info".into()),
-        ]);
+        ];
+        let mut cp_cmd = Command::new(env!("CARGO_BIN_EXE_checkpoint"));
+        cp_cmd
+            .env_clear()
+            .envs(cp_env.iter().map(|(k, v)| (*k, v.as_str())));
+        let allowed = allowed_headers(&cp_env);
         let mut checkpoint = Proc::spawn("checkpoint", cp_cmd, dir.path());
 
         let template =
@@ -318,6 +322,7 @@ impl Stack {
                 ("UPSTREAM_ADDRESS", "127.0.0.1".into()),
                 ("UPSTREAM_PORT", upstream_port.to_string()),
                 ("TLS_DIR", tls.display().to_string()),
+                ("ALLOWED_HEADERS", allowed),
             ],
         );
         let config = dir.path().join("envoy.yaml");
@@ -525,6 +530,34 @@ pub fn idp_requests(idp: &Proc) -> Vec<String> {
         .collect()
 }
 
+/// What `checkpoint allowed-headers` prints with exactly the environment `env`: the
+/// `${ALLOWED_HEADERS}` of envoy/envoy.yaml, generated from checkpoint's own configuration as a
+/// deployment generates it, so that every end-to-end test also proves the list is enough.
+pub fn allowed_headers(env: &[(&str, String)]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_checkpoint"))
+        .arg("allowed-headers")
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .expect("run checkpoint allowed-headers");
+    assert!(
+        output.status.success(),
+        "checkpoint allowed-headers: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout)
+        .expect("UTF-8")
+        .trim()
+        .to_owned()
+}
+
+/// [`allowed_headers`] for the native configuration file [`spawn_checkpoint_native`] wrote in
+/// `dir`.
+pub fn allowed_headers_native(dir: &Path) -> String {
+    let config = dir.join("checkpoint.yaml");
+    allowed_headers(&[("CHECKPOINT_CONFIG", config.display().to_string())])
+}
+
 /// Starts checkpoint with `yaml` written to `dir/checkpoint.yaml` and `CHECKPOINT_CONFIG`
 /// naming it: no other variable (the test runner's environment does not leak in).
 pub fn spawn_checkpoint_native(dir: &Path, yaml: &str) -> Proc {
@@ -667,6 +700,7 @@ impl NativeStack {
                 ("UPSTREAM_ADDRESS", "127.0.0.1".into()),
                 ("UPSTREAM_PORT", upstream_port.to_string()),
                 ("TLS_DIR", tls.display().to_string()),
+                ("ALLOWED_HEADERS", allowed_headers_native(dir.path())),
             ],
         );
         let rendered = checkpoint_over_unix_socket(&rendered, &socket);
