@@ -241,7 +241,7 @@ identity:
       token: { header: X-Token }
     - type: userinfo
       url: http://auth-manager/userinfo
-      headers_to_proxy: [authorization, x-forwarded-host]
+      headers_to_proxy: [authorization, x-forwarded-host, host]
     - type: trusted_headers
 request_headers: { backoffice: x-backoffice, client_type: x-client }
 "#,
@@ -262,10 +262,13 @@ request_headers: { backoffice: x-backoffice, client_type: x-client }
     };
     let (code, stdout, stderr) = run(&config);
     assert_eq!(code, 0, "{stderr}");
+    // Behind Envoy the host arrives as `:authority`: proxying `host` needs both.
     let names = [
+        ":authority",
         "authorization",
         "client-key",
         "cookie",
+        "host",
         "miausergroups",
         "miauserid",
         "miauserproperties",

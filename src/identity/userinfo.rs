@@ -235,10 +235,14 @@ impl Source for UserInfo {
         "userinfo"
     }
 
-    /// Every proxied header (the credential headers among them), `:authority` standing in for
-    /// `host`.
+    /// Every proxied header (the credential headers among them), and `:authority` with `host`:
+    /// behind Envoy the host arrives as that pseudo-header ([`UserInfo::proxied`]).
     fn request_headers(&self) -> Vec<String> {
-        self.settings.headers_to_proxy.clone()
+        let mut names = self.settings.headers_to_proxy.clone();
+        if names.iter().any(|name| name == "host") {
+            names.push(":authority".to_owned());
+        }
+        names
     }
 
     fn resolve<'a>(
