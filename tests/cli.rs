@@ -4,8 +4,13 @@
 use std::process::Command;
 
 fn check_config(vars: &[(&str, &str)]) -> (i32, String, String) {
+    checkpoint("check-config", vars)
+}
+
+/// Runs `checkpoint COMMAND` with exactly `vars` as its environment: exit code, stdout, stderr.
+fn checkpoint(command: &str, vars: &[(&str, &str)]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_checkpoint"))
-        .arg("check-config")
+        .arg(command)
         .env_clear()
         .envs(vars.iter().copied())
         .output()
@@ -247,20 +252,9 @@ request_headers: { backoffice: x-backoffice, client_type: x-client }
 "#,
     )
     .expect("write");
-    let run = |config: &std::path::Path| {
-        let out = Command::new(env!("CARGO_BIN_EXE_checkpoint"))
-            .arg("allowed-headers")
-            .env_clear()
-            .env("CHECKPOINT_CONFIG", config)
-            .output()
-            .expect("run checkpoint");
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
-    let (code, stdout, stderr) = run(&config);
+    let path = config.display().to_string();
+    let run = || checkpoint("allowed-headers", &[("CHECKPOINT_CONFIG", &path)]);
+    let (code, stdout, stderr) = run();
     assert_eq!(code, 0, "{stderr}");
     // Behind Envoy the host arrives as `:authority`: proxying `host` needs both.
     let names = [
@@ -299,7 +293,7 @@ request_headers: { backoffice: x-backoffice, client_type: x-client }
         "version: 1\nrules: { inline: {} }\nidentity: { sources: [{ type: userinfo }] }\n",
     )
     .expect("write");
-    let (code, stdout, stderr) = run(&config);
+    let (code, stdout, stderr) = run();
     assert_eq!(code, 1, "{stdout}");
     assert!(stdout.is_empty(), "{stdout}");
     assert!(stderr.contains("checkpoint.yaml"), "{stderr}");

@@ -661,8 +661,9 @@ mod tests {
         assert_eq!(view.header("x-b"), Some("2"));
     }
 
-    /// Whatever the bytes, the decoding answers without panicking, and agrees with prost on
-    /// which messages are valid: every prefix and many one-byte corruptions of a real request.
+    /// Whatever the bytes, the decoding answers without panicking, and every message prost
+    /// accepts it accepts too, with the same view: every prefix and many one-byte corruptions
+    /// of a real request.
     #[test]
     fn malformed_messages_are_errors_never_panics() {
         use prost::Message;
