@@ -18,12 +18,15 @@
 //! - [`config`]: process settings (Mia-Platform's environment variables mapped onto one native
 //!   model) and the rule file loader, which reports every problem at once.
 //! - [`service`]: the gRPC boundary: `Authorization/Check`, gRPC health and reflection.
+//! - [`grpc`]: checkpoint's own HTTP/2 server, which runs Check on the frames it reads and hands
+//!   every other RPC to tonic's services.
 //! - [`status`]: the HTTP status routes `/-/healthz`, `/-/ready`, `/-/check-up`.
 //! - [`telemetry`]: structured logs.
 //! - [`run`]: starts everything on already-bound listeners and shuts down gracefully.
 
 pub mod check;
 pub mod config;
+pub mod grpc;
 pub mod identity;
 pub mod policy;
 pub mod request;

@@ -19,6 +19,7 @@ use std::collections::HashMap;
 
 use crate::check::Checker;
 use crate::config::{Config, ConfigErrors, ListenAddr, Settings};
+use crate::grpc;
 use crate::identity::Resolver;
 use crate::response::Responder;
 use crate::service::{AuthorizationService, DESCRIPTOR_SET};
@@ -103,8 +104,8 @@ impl Drop for SocketFile {
 pub enum RunError {
     #[error("cannot build the reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
-    #[error("the gRPC server failed: {0}")]
-    Grpc(#[from] tonic::transport::Error),
+    #[error("the {0} server stopped on its own")]
+    Stopped(&'static str),
     #[error("the status server failed: {0}")]
     Status(std::io::Error),
     #[error("a server task ended unexpectedly: {0}")]
@@ -183,30 +184,21 @@ pub async fn run(
         let _ = rx.wait_for(|stop| *stop).await;
     };
 
-    let router = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
-        .add_service(health_service)
+    let routes = tonic::service::Routes::new(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(AuthorizationService::new(checker.clone(), responder).into_server());
-    let (mut grpc_task, _socket_file) = match listeners.grpc {
-        GrpcListener::Tcp(listener) => (
-            tokio::spawn(router.serve_with_incoming_shutdown(
-                // tonic ignores `Server::tcp_nodelay` for an incoming stream it did not bind
-                // itself; without it Nagle's algorithm stalls connections ~40 ms under load.
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-                stopped(stop_rx.clone()),
-            )),
-            SocketFile(None),
-        ),
-        GrpcListener::Unix { listener, path } => (
-            tokio::spawn(router.serve_with_incoming_shutdown(
-                tokio_stream::wrappers::UnixListenerStream::new(listener),
-                stopped(stop_rx.clone()),
-            )),
-            SocketFile(Some(path)),
-        ),
+        .prepare();
+    let shared = Arc::new(grpc::Shared {
+        service: Arc::new(AuthorizationService::new(checker.clone(), responder)),
+        routes,
+    });
+    let (listener, _socket_file) = match listeners.grpc {
+        GrpcListener::Tcp(listener) => (grpc::Listener::Tcp(listener), SocketFile(None)),
+        GrpcListener::Unix { listener, path } => {
+            (grpc::Listener::Unix(listener), SocketFile(Some(path)))
+        }
     };
+    let mut grpc_task = tokio::spawn(grpc::serve(listener, shared, stop_rx.clone()));
 
     let http = axum::serve(listeners.http, status::router(readiness.clone()))
         .with_graceful_shutdown(stopped(stop_rx));
@@ -260,7 +252,10 @@ pub async fn run(
     // A server that ends before shutdown was asked for is an error worth exiting on.
     tokio::select! {
         () = shutdown => {}
-        result = &mut grpc_task => return result?.map_err(RunError::from),
+        result = &mut grpc_task => {
+            result?;
+            return Err(RunError::Stopped("gRPC"));
+        }
         result = &mut http_task => return result?,
     }
 
@@ -289,7 +284,7 @@ pub async fn run(
     .await;
     match drained {
         Ok((grpc, http)) => {
-            grpc??;
+            grpc?;
             http??;
             tracing::info!("stopped");
         }

@@ -50,6 +50,18 @@ impl AuthorizationService {
         }
     }
 
+    /// One Check from its request view to the encoded answer, with the decision line: what
+    /// checkpoint's own HTTP/2 server ([`crate::grpc`]) runs for every Check.
+    pub async fn check_encoded(
+        self: Arc<Self>,
+        view: Request,
+        started: Instant,
+        deadline: Option<Instant>,
+    ) -> Encoded {
+        self.decide(&view, started, deadline, Responder::encode)
+            .await
+    }
+
     /// One Check, from the request view to the answer (`answer` writes it: a `CheckResponse`
     /// or its bytes); writes the decision line.
     async fn decide<R>(
@@ -245,7 +257,11 @@ impl tonic::server::UnaryService<Request> for WireCheck {
 
 /// The call's deadline from the `grpc-timeout` header (`<digits><unit>`, unit one of H M S m u n).
 pub fn grpc_timeout(metadata: &MetadataMap) -> Option<Duration> {
-    let text = metadata.get("grpc-timeout")?.to_str().ok()?;
+    parse_grpc_timeout(metadata.get("grpc-timeout")?.to_str().ok()?)
+}
+
+/// A `grpc-timeout` value: at most 8 digits and a unit (H M S m u n); anything else is none.
+pub fn parse_grpc_timeout(text: &str) -> Option<Duration> {
     let (digits, unit) = text.split_at(text.len().checked_sub(1)?);
     if digits.is_empty() || digits.len() > 8 {
         return None;

@@ -1,0 +1,1376 @@
+//! One HTTP/2 connection: the frames in, the streams' states, flow control both ways, and the
+//! answers out.
+//!
+//! A connection is one tokio task. It reads whatever the socket has, handles every complete
+//! frame in it, and writes everything those frames produced in one write. A Check whose message
+//! is complete runs right there: on a warm identity cache its future is ready at the first poll,
+//! so the answer goes out in the same write as the other answers of that read. A Check that
+//! must wait (a user-info call) is kept in a `FuturesUnordered` the same task polls; nothing is
+//! spawned per Check. Any other RPC (health, reflection) gets a task of its own that runs
+//! tonic's service and sends the response's parts back to the connection through a channel.
+//!
+//! Errors follow RFC 9113 section 5.4: a connection error sends GOAWAY with the last stream
+//! processed and closes; a stream error resets that stream only.
+
+use std::collections::{HashMap, VecDeque};
+use std::convert::Infallible;
+use std::future::Future;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::stream::{FuturesUnordered, Stream as _};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tonic::codegen::Service;
+
+use super::frame::{self, Head, Reason};
+use super::hpack;
+use super::{Code, Shared};
+use crate::request::wire;
+use crate::response::Encoded;
+
+/// The path of the one RPC served without tonic.
+pub const CHECK_PATH: &[u8] = b"/envoy.service.auth.v3.Authorization/Check";
+
+/// Streams a client may have open at once (advertised; more are refused).
+pub const MAX_CONCURRENT_STREAMS: u32 = 1024;
+/// The window each stream starts with (advertised).
+pub const STREAM_WINDOW: i64 = 1 << 20;
+/// The connection's receive window, opened right after the preface.
+pub const CONNECTION_WINDOW: i64 = 16 << 20;
+/// The largest header list accepted (advertised; decoded size as RFC 9113 counts it).
+pub const MAX_HEADER_LIST: usize = 64 << 10;
+/// The largest request message, as tonic's default.
+pub const MAX_MESSAGE: usize = 4 << 20;
+/// The HPACK dynamic table size we let the peer use (the protocol's default).
+const HEADER_TABLE_SIZE: usize = 4096;
+/// How long a new connection may take to send the client preface.
+const PREFACE_TIMEOUT: Duration = Duration::from_secs(10);
+const READ_BUFFER: usize = 64 << 10;
+
+type CheckFuture = Pin<Box<dyn Future<Output = (u32, Answer)> + Send>>;
+
+/// What a Check stream answers.
+pub enum Answer {
+    Message(Encoded),
+    Status(Code, String),
+}
+
+/// A routed RPC's task tells the connection what to send.
+pub enum Event {
+    /// The response's head; `true` when the body is already over (a trailers-only answer).
+    Head(u32, http::response::Parts, bool),
+    Data(u32, Bytes),
+    Trailers(u32, http::HeaderMap),
+    /// The response body ended without trailers.
+    End(u32),
+    /// The service read this many octets of the request body: the peer may send more.
+    Consumed(u32, usize),
+    /// The response body failed: reset the stream.
+    Failed(u32),
+}
+
+/// Why a connection ended early.
+#[derive(Debug)]
+pub struct ConnError {
+    pub reason: Reason,
+    pub detail: String,
+}
+
+fn conn_error(reason: Reason, detail: impl Into<String>) -> ConnError {
+    ConnError {
+        reason,
+        detail: detail.into(),
+    }
+}
+
+/// Serves one connection until the peer closes it, a connection error, or shutdown (GOAWAY,
+/// then the streams in flight finish).
+pub async fn serve<IO>(mut io: IO, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>)
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut rbuf = vec![0u8; READ_BUFFER];
+    let mut rlen = 0;
+    match tokio::time::timeout(PREFACE_TIMEOUT, read_preface(&mut io, &mut rbuf, &mut rlen)).await {
+        Ok(Ok(true)) => {}
+        Ok(Ok(false)) => {
+            // Most likely HTTP/1.1 on the gRPC port: say so in its own language, then close.
+            if rbuf[..rlen].starts_with(b"PRI ") {
+                let mut out = Vec::new();
+                frame::goaway(
+                    &mut out,
+                    0,
+                    Reason::ProtocolError,
+                    "invalid connection preface",
+                );
+                let _ = io.write_all(&out).await;
+            } else {
+                let _ = io.write_all(HTTP1_REFUSAL).await;
+            }
+            return;
+        }
+        Ok(Err(_)) | Err(_) => return,
+    }
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let mut conn = Connection::new(shared, events_tx);
+    let mut checks: FuturesUnordered<CheckFuture> = FuturesUnordered::new();
+    let mut rpos = frame::PREFACE.len();
+    let result: Result<(), ConnError> = async {
+        loop {
+            // Every complete frame read so far.
+            while rlen - rpos >= frame::HEADER_LEN {
+                let mut bytes = [0u8; frame::HEADER_LEN];
+                bytes.copy_from_slice(&rbuf[rpos..rpos + frame::HEADER_LEN]);
+                let head = Head::parse(&bytes);
+                if head.len > frame::DEFAULT_MAX_FRAME {
+                    return Err(conn_error(
+                        Reason::FrameSizeError,
+                        format!("a frame of {} octets (at most 16384)", head.len),
+                    ));
+                }
+                let end = rpos + frame::HEADER_LEN + head.len;
+                if end > rlen {
+                    break;
+                }
+                conn.frame(head, &rbuf[rpos + frame::HEADER_LEN..end])?;
+                rpos = end;
+            }
+            if rpos == rlen {
+                rpos = 0;
+                rlen = 0;
+            } else if rbuf.len() - rlen < frame::DEFAULT_MAX_FRAME + frame::HEADER_LEN {
+                rbuf.copy_within(rpos..rlen, 0);
+                rlen -= rpos;
+                rpos = 0;
+            }
+            checks.extend(conn.waiting.drain(..));
+            conn.release_connection_window();
+            if !conn.out.is_empty() {
+                io.write_all(&conn.out)
+                    .await
+                    .map_err(|e| conn_error(Reason::NoError, format!("write: {e}")))?;
+                conn.out.clear();
+            }
+            if conn.finished() && checks.is_empty() {
+                return Ok(());
+            }
+            tokio::select! {
+                biased;
+                read = io.read(&mut rbuf[rlen..]) => {
+                    match read {
+                        Ok(0) => return Ok(()),
+                        Ok(n) => rlen += n,
+                        Err(e) => return Err(conn_error(Reason::NoError, format!("read: {e}"))),
+                    }
+                }
+                Some((id, answer)) = NextReady(&mut checks), if !checks.is_empty() => {
+                    conn.answer(id, answer);
+                    // Whatever else finished meanwhile goes out in the same write.
+                    while let Some((id, answer)) = std::future::poll_fn(|cx| match Pin::new(&mut checks).poll_next(cx) {
+                        Poll::Ready(Some(done)) => Poll::Ready(Some(done)),
+                        _ => Poll::Ready(None),
+                    }).await {
+                        conn.answer(id, answer);
+                    }
+                }
+                Some(event) = events.recv() => {
+                    conn.event(event);
+                    while let Ok(event) = events.try_recv() {
+                        conn.event(event);
+                    }
+                }
+                changed = shutdown.changed(), if conn.goaway.is_none() => {
+                    let stop = changed.is_err() || *shutdown.borrow();
+                    if stop {
+                        conn.go_away();
+                    }
+                }
+            }
+        }
+    }
+    .await;
+    if let Err(error) = result {
+        if error.reason != Reason::NoError {
+            tracing::warn!(
+                error = error.reason.as_str(),
+                detail = %error.detail,
+                "gRPC connection closed: HTTP/2 protocol error"
+            );
+            let mut out = std::mem::take(&mut conn.out);
+            frame::goaway(&mut out, conn.last_stream, error.reason, &error.detail);
+            let _ = io.write_all(&out).await;
+        } else {
+            tracing::debug!(detail = %error.detail, "gRPC connection closed");
+        }
+    }
+    let _ = io.shutdown().await;
+}
+
+/// `FuturesUnordered::next` without the `StreamExt` future's `Unpin` bookkeeping.
+struct NextReady<'a>(&'a mut FuturesUnordered<CheckFuture>);
+
+impl Future for NextReady<'_> {
+    type Output = Option<(u32, Answer)>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut *self.0).poll_next(cx)
+    }
+}
+
+const HTTP1_REFUSAL: &[u8] = b"HTTP/1.1 505 HTTP Version Not Supported\r\nconnection: close\r\ncontent-type: text/plain\r\ncontent-length: 45\r\n\r\nthis port serves gRPC over HTTP/2 (h2c) only\n";
+
+/// Reads until the client preface can be judged: true when it is there.
+async fn read_preface<IO: AsyncRead + Unpin>(
+    io: &mut IO,
+    rbuf: &mut [u8],
+    rlen: &mut usize,
+) -> std::io::Result<bool> {
+    while *rlen < frame::PREFACE.len() {
+        let n = io.read(&mut rbuf[*rlen..]).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        *rlen += n;
+        let seen = (*rlen).min(frame::PREFACE.len());
+        if rbuf[..seen] != frame::PREFACE[..seen] {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Stream identifiers as hash keys: odd numbers counting up, mixed so the table spreads them.
+#[derive(Default)]
+struct StreamIdHasher(u64);
+
+impl Hasher for StreamIdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+
+    fn write_u32(&mut self, id: u32) {
+        self.0 = u64::from(id).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+/// Output a stream's flow-control window holds back.
+enum Pending {
+    Data(Bytes),
+    /// The response's trailers, encoded: the stream's last frame.
+    Trailers(Vec<u8>),
+    /// The end of a response without trailers: an empty DATA frame with END_STREAM.
+    End,
+}
+
+enum Kind {
+    /// Check: the request message as it arrives, then the answer in flight.
+    Check {
+        body: Vec<u8>,
+        timeout: Option<Duration>,
+    },
+    /// Any other RPC, served by tonic's routes in a task of its own.
+    Routed {
+        body: Option<mpsc::UnboundedSender<Bytes>>,
+        task: tokio::task::AbortHandle,
+    },
+}
+
+struct Stream {
+    /// What the peer may still send on this stream.
+    recv_window: i64,
+    /// What we may still send.
+    send_window: i64,
+    /// The peer ended its side (END_STREAM seen).
+    remote_closed: bool,
+    pending: VecDeque<Pending>,
+    kind: Kind,
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        if let Kind::Routed { task, .. } = &self.kind {
+            task.abort();
+        }
+    }
+}
+
+/// The decoded request head of a new stream.
+#[derive(Default)]
+struct RequestHead {
+    method: Option<http::Method>,
+    scheme: Option<String>,
+    authority: Option<String>,
+    path: Option<String>,
+    is_check: bool,
+    grpc_content_type: bool,
+    timeout: Option<Duration>,
+    /// `grpc-encoding` other than identity.
+    compressed: bool,
+    /// Regular headers, kept only for routed RPCs.
+    headers: http::HeaderMap,
+    regular_seen: bool,
+    list_size: usize,
+    malformed: Option<&'static str>,
+}
+
+impl RequestHead {
+    fn field(&mut self, name: &[u8], value: &[u8]) {
+        self.list_size += name.len() + value.len() + 32;
+        if self.malformed.is_some() {
+            return;
+        }
+        if name.iter().any(u8::is_ascii_uppercase) {
+            self.malformed = Some("an upper-case header name");
+            return;
+        }
+        if let Some(pseudo) = name.strip_prefix(b":") {
+            if self.regular_seen {
+                self.malformed = Some("a pseudo-header after a regular header");
+                return;
+            }
+            let text = || String::from_utf8_lossy(value).into_owned();
+            let slot = match pseudo {
+                b"method" => {
+                    if self.method.is_some() {
+                        self.malformed = Some("two :method pseudo-headers");
+                    }
+                    match http::Method::from_bytes(value) {
+                        Ok(m) => self.method = Some(m),
+                        Err(_) => self.malformed = Some("an invalid :method"),
+                    }
+                    return;
+                }
+                b"scheme" => &mut self.scheme,
+                b"authority" => &mut self.authority,
+                b"path" => {
+                    self.is_check = value == CHECK_PATH;
+                    &mut self.path
+                }
+                _ => {
+                    self.malformed = Some("an unknown pseudo-header");
+                    return;
+                }
+            };
+            if slot.is_some() {
+                self.malformed = Some("a repeated pseudo-header");
+            }
+            *slot = Some(text());
+            return;
+        }
+        self.regular_seen = true;
+        match name {
+            b"content-type" => {
+                self.grpc_content_type = value == b"application/grpc"
+                    || value.starts_with(b"application/grpc+")
+                    || value.starts_with(b"application/grpc;");
+            }
+            b"grpc-timeout" => {
+                self.timeout = std::str::from_utf8(value)
+                    .ok()
+                    .and_then(crate::service::parse_grpc_timeout);
+            }
+            b"grpc-encoding" => self.compressed = value != b"identity",
+            b"connection" | b"keep-alive" | b"proxy-connection" | b"transfer-encoding"
+            | b"upgrade" => {
+                self.malformed = Some("a connection-specific header");
+                return;
+            }
+            b"te" if value != b"trailers" => {
+                self.malformed = Some("te other than trailers");
+                return;
+            }
+            _ => {}
+        }
+        if !self.is_check {
+            match (
+                http::HeaderName::from_bytes(name),
+                http::HeaderValue::from_bytes(value),
+            ) {
+                (Ok(name), Ok(value)) => {
+                    self.headers.append(name, value);
+                }
+                _ => self.malformed = Some("an invalid header"),
+            }
+        }
+    }
+}
+
+/// The protocol state of one connection (everything but the socket and the futures).
+struct Connection {
+    shared: Arc<Shared>,
+    decoder: hpack::Decoder,
+    /// Frames to write.
+    out: Vec<u8>,
+    streams: HashMap<u32, Stream, BuildHasherDefault<StreamIdHasher>>,
+    /// The highest stream the peer opened.
+    last_stream: u32,
+    /// A header block arriving in CONTINUATION frames: its stream and the HEADERS frame's
+    /// END_STREAM flag.
+    continuation: Option<(u32, bool)>,
+    block: Vec<u8>,
+    peer_max_frame: usize,
+    peer_initial_window: i64,
+    send_window: i64,
+    recv_window: i64,
+    /// Octets received and consumed, not yet given back to the peer.
+    recv_released: i64,
+    /// Sent GOAWAY naming this last stream.
+    goaway: Option<u32>,
+    /// The peer sent GOAWAY.
+    peer_goaway: bool,
+    events: mpsc::UnboundedSender<Event>,
+    /// Checks whose futures were not ready at the first poll.
+    waiting: Vec<CheckFuture>,
+    /// Header blocks of our constant answers.
+    response_head: Vec<u8>,
+    trailers_ok: Vec<u8>,
+}
+
+impl Connection {
+    fn new(shared: Arc<Shared>, events: mpsc::UnboundedSender<Event>) -> Connection {
+        let mut out = Vec::with_capacity(16 << 10);
+        frame::settings(
+            &mut out,
+            &[
+                (
+                    frame::SETTINGS_MAX_CONCURRENT_STREAMS,
+                    MAX_CONCURRENT_STREAMS,
+                ),
+                (frame::SETTINGS_INITIAL_WINDOW_SIZE, STREAM_WINDOW as u32),
+                (frame::SETTINGS_MAX_HEADER_LIST_SIZE, MAX_HEADER_LIST as u32),
+            ],
+        );
+        frame::window_update(
+            &mut out,
+            0,
+            (CONNECTION_WINDOW - frame::DEFAULT_WINDOW) as u32,
+        );
+        let mut response_head = Vec::new();
+        hpack::encode_status(&mut response_head, 200);
+        hpack::encode_field(&mut response_head, b"content-type", b"application/grpc");
+        let mut trailers_ok = Vec::new();
+        hpack::encode_field(&mut trailers_ok, b"grpc-status", b"0");
+        Connection {
+            shared,
+            decoder: hpack::Decoder::new(HEADER_TABLE_SIZE),
+            out,
+            streams: HashMap::default(),
+            last_stream: 0,
+            continuation: None,
+            block: Vec::new(),
+            peer_max_frame: frame::DEFAULT_MAX_FRAME,
+            peer_initial_window: frame::DEFAULT_WINDOW,
+            send_window: frame::DEFAULT_WINDOW,
+            recv_window: CONNECTION_WINDOW,
+            recv_released: 0,
+            goaway: None,
+            peer_goaway: false,
+            events,
+            waiting: Vec::new(),
+            response_head,
+            trailers_ok,
+        }
+    }
+
+    /// Nothing left to do: after either side's GOAWAY, once every stream is done.
+    fn finished(&self) -> bool {
+        (self.goaway.is_some() || self.peer_goaway) && self.streams.is_empty()
+    }
+
+    fn go_away(&mut self) {
+        self.goaway = Some(self.last_stream);
+        frame::goaway(&mut self.out, self.last_stream, Reason::NoError, "");
+    }
+
+    fn frame(&mut self, head: Head, payload: &[u8]) -> Result<(), ConnError> {
+        if let Some((stream, _)) = self.continuation
+            && (head.kind != frame::CONTINUATION || head.stream != stream)
+        {
+            return Err(conn_error(
+                Reason::ProtocolError,
+                "a header block interrupted before its END_HEADERS",
+            ));
+        }
+        match head.kind {
+            frame::DATA => self.data(head, payload),
+            frame::HEADERS => self.headers(head, payload),
+            frame::CONTINUATION => self.continuation(head, payload),
+            frame::PRIORITY => {
+                if head.stream == 0 {
+                    return Err(conn_error(Reason::ProtocolError, "PRIORITY on stream 0"));
+                }
+                Ok(())
+            }
+            frame::RST_STREAM => self.rst_stream(head, payload),
+            frame::SETTINGS => self.settings(head, payload),
+            frame::PUSH_PROMISE => Err(conn_error(
+                Reason::ProtocolError,
+                "PUSH_PROMISE from a client",
+            )),
+            frame::PING => {
+                if head.stream != 0 {
+                    return Err(conn_error(Reason::ProtocolError, "PING on a stream"));
+                }
+                let Ok(data) = <&[u8; 8]>::try_from(payload) else {
+                    return Err(conn_error(Reason::FrameSizeError, "PING not 8 octets"));
+                };
+                if !head.has(frame::ACK) {
+                    frame::ping_ack(&mut self.out, data);
+                }
+                Ok(())
+            }
+            frame::GOAWAY => {
+                if head.stream != 0 {
+                    return Err(conn_error(Reason::ProtocolError, "GOAWAY on a stream"));
+                }
+                self.peer_goaway = true;
+                Ok(())
+            }
+            frame::WINDOW_UPDATE => self.window_update(head, payload),
+            // Unknown frame types are ignored (RFC 9113 section 4.1).
+            _ => Ok(()),
+        }
+    }
+
+    /// Strips the padding of a DATA or HEADERS payload.
+    fn unpad<'p>(head: &Head, payload: &'p [u8]) -> Result<&'p [u8], ConnError> {
+        if !head.has(frame::PADDED) {
+            return Ok(payload);
+        }
+        let Some((&pad, rest)) = payload.split_first() else {
+            return Err(conn_error(
+                Reason::FrameSizeError,
+                "a padded frame without its pad length",
+            ));
+        };
+        rest.len()
+            .checked_sub(usize::from(pad))
+            .map(|end| &rest[..end])
+            .ok_or_else(|| conn_error(Reason::ProtocolError, "padding longer than the frame"))
+    }
+
+    fn data(&mut self, head: Head, payload: &[u8]) -> Result<(), ConnError> {
+        if head.stream == 0 {
+            return Err(conn_error(Reason::ProtocolError, "DATA on stream 0"));
+        }
+        let len = payload.len() as i64;
+        self.recv_window -= len;
+        if self.recv_window < 0 {
+            return Err(conn_error(
+                Reason::FlowControlError,
+                "DATA beyond the connection window",
+            ));
+        }
+        let data = Self::unpad(&head, payload)?;
+        // Padding is consumed at once.
+        self.recv_released += len - data.len() as i64;
+        let end = head.has(frame::END_STREAM);
+        let Some(stream) = self.streams.get_mut(&head.stream) else {
+            if head.stream > self.last_stream {
+                return Err(conn_error(Reason::ProtocolError, "DATA on an idle stream"));
+            }
+            // A stream we reset or answered already: its data is dropped.
+            self.recv_released += data.len() as i64;
+            return Ok(());
+        };
+        if stream.remote_closed {
+            self.recv_released += data.len() as i64;
+            self.reset(head.stream, Reason::StreamClosed);
+            return Ok(());
+        }
+        stream.recv_window -= len;
+        if stream.recv_window < 0 {
+            self.recv_released += data.len() as i64;
+            self.reset(head.stream, Reason::FlowControlError);
+            return Ok(());
+        }
+        if end {
+            stream.remote_closed = true;
+        }
+        match &mut stream.kind {
+            Kind::Check { body, timeout } => {
+                let timeout = *timeout;
+                // The usual case, the whole message in one frame, is decoded where it lies.
+                if end && body.is_empty() {
+                    self.recv_released += data.len() as i64;
+                    self.dispatch(head.stream, data, timeout);
+                    return Ok(());
+                }
+                body.extend_from_slice(data);
+                if body.len() > MAX_MESSAGE + 5 {
+                    let n = body.len() as i64;
+                    self.recv_released += n;
+                    self.answer(
+                        head.stream,
+                        Answer::Status(
+                            Code::ResourceExhausted,
+                            format!("request message larger than {MAX_MESSAGE} octets"),
+                        ),
+                    );
+                    return Ok(());
+                }
+                if end {
+                    let body = std::mem::take(body);
+                    self.recv_released += body.len() as i64;
+                    self.dispatch(head.stream, &body, timeout);
+                } else if stream.recv_window < STREAM_WINDOW / 2 {
+                    let increment = STREAM_WINDOW - stream.recv_window;
+                    stream.recv_window = STREAM_WINDOW;
+                    frame::window_update(&mut self.out, head.stream, increment as u32);
+                }
+            }
+            Kind::Routed { body, .. } => {
+                let sent = match body {
+                    Some(tx) if !data.is_empty() => tx.send(Bytes::copy_from_slice(data)).is_ok(),
+                    _ => false,
+                };
+                if !sent {
+                    self.recv_released += data.len() as i64;
+                }
+                if end {
+                    *body = None;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn headers(&mut self, head: Head, payload: &[u8]) -> Result<(), ConnError> {
+        if head.stream == 0 {
+            return Err(conn_error(Reason::ProtocolError, "HEADERS on stream 0"));
+        }
+        let mut fragment = Self::unpad(&head, payload)?;
+        if head.has(frame::PRIORITY_FLAG) {
+            fragment = fragment.get(5..).ok_or_else(|| {
+                conn_error(Reason::FrameSizeError, "HEADERS too short for its priority")
+            })?;
+        }
+        let end_stream = head.has(frame::END_STREAM);
+        if head.has(frame::END_HEADERS) {
+            self.header_block(head.stream, fragment, end_stream)
+        } else {
+            self.block.clear();
+            self.block.extend_from_slice(fragment);
+            self.continuation = Some((head.stream, end_stream));
+            Ok(())
+        }
+    }
+
+    fn continuation(&mut self, head: Head, payload: &[u8]) -> Result<(), ConnError> {
+        let Some((stream, end_stream)) = self.continuation else {
+            return Err(conn_error(
+                Reason::ProtocolError,
+                "CONTINUATION without a header block",
+            ));
+        };
+        if self.block.len() + payload.len() > MAX_HEADER_LIST {
+            return Err(conn_error(
+                Reason::EnhanceYourCalm,
+                format!("a header block larger than {MAX_HEADER_LIST} octets"),
+            ));
+        }
+        self.block.extend_from_slice(payload);
+        if head.has(frame::END_HEADERS) {
+            self.continuation = None;
+            let block = std::mem::take(&mut self.block);
+            let result = self.header_block(stream, &block, end_stream);
+            self.block = block;
+            result
+        } else {
+            Ok(())
+        }
+    }
+
+    /// A complete header block: a new request, or the trailers of one.
+    fn header_block(&mut self, id: u32, block: &[u8], end_stream: bool) -> Result<(), ConnError> {
+        let mut request = RequestHead::default();
+        let decoded = self.decoder.decode(block, |name, value| {
+            request.field(name, value);
+            Ok::<(), Infallible>(())
+        });
+        if let Err(e) = decoded {
+            return Err(conn_error(Reason::CompressionError, format!("{e:?}")));
+        }
+        if let Some(stream) = self.streams.get_mut(&id) {
+            // Trailers of a request: they must end it, and carry no pseudo-header.
+            if stream.remote_closed
+                || !end_stream
+                || request.path.is_some()
+                || request.method.is_some()
+            {
+                self.reset(id, Reason::ProtocolError);
+                return Ok(());
+            }
+            stream.remote_closed = true;
+            match &mut stream.kind {
+                Kind::Check { body, timeout } => {
+                    let (body, timeout) = (std::mem::take(body), *timeout);
+                    self.recv_released += body.len() as i64;
+                    self.dispatch(id, &body, timeout);
+                }
+                Kind::Routed { body, .. } => *body = None,
+            }
+            return Ok(());
+        }
+        if id <= self.last_stream {
+            // Headers on a stream that is closed (reset or answered): nothing to do.
+            return Ok(());
+        }
+        if id.is_multiple_of(2) {
+            return Err(conn_error(
+                Reason::ProtocolError,
+                "a client stream with an even identifier",
+            ));
+        }
+        self.last_stream = id;
+        if self.goaway.is_some() {
+            // Opened after our GOAWAY: ignored, the client retries it elsewhere.
+            return Ok(());
+        }
+        if self.streams.len() >= MAX_CONCURRENT_STREAMS as usize {
+            frame::rst_stream(&mut self.out, id, Reason::RefusedStream);
+            return Ok(());
+        }
+        if let Some(why) = request.malformed {
+            tracing::debug!(stream = id, why, "malformed request");
+            frame::rst_stream(&mut self.out, id, Reason::ProtocolError);
+            return Ok(());
+        }
+        if request.list_size > MAX_HEADER_LIST {
+            return self.http_error(id, 431, end_stream);
+        }
+        let (Some(method), Some(_), Some(path)) = (&request.method, &request.scheme, &request.path)
+        else {
+            frame::rst_stream(&mut self.out, id, Reason::ProtocolError);
+            return Ok(());
+        };
+        if *method != http::Method::POST {
+            return self.http_error(id, 405, end_stream);
+        }
+        if !request.grpc_content_type {
+            return self.http_error(id, 415, end_stream);
+        }
+        let stream = Stream {
+            recv_window: STREAM_WINDOW,
+            send_window: self.peer_initial_window,
+            remote_closed: end_stream,
+            pending: VecDeque::new(),
+            kind: Kind::Check {
+                body: Vec::new(),
+                timeout: request.timeout,
+            },
+        };
+        if request.is_check {
+            self.streams.insert(id, stream);
+            if request.compressed {
+                self.answer(
+                    id,
+                    Answer::Status(
+                        Code::Unimplemented,
+                        "compressed messages are not supported".into(),
+                    ),
+                );
+            } else if end_stream {
+                self.dispatch(id, &[], request.timeout);
+            }
+            return Ok(());
+        }
+        let path = path.clone();
+        self.route(id, stream, request, path, end_stream);
+        Ok(())
+    }
+
+    /// Hands an RPC other than Check to tonic's routes, in a task of its own.
+    fn route(
+        &mut self,
+        id: u32,
+        mut stream: Stream,
+        request: RequestHead,
+        path: String,
+        end_stream: bool,
+    ) {
+        let mut uri = http::Uri::builder();
+        if let (Some(scheme), Some(authority)) =
+            (request.scheme.as_deref(), request.authority.as_deref())
+        {
+            uri = uri.scheme(scheme).authority(authority);
+        }
+        let Ok(uri) = uri.path_and_query(path).build() else {
+            frame::rst_stream(&mut self.out, id, Reason::ProtocolError);
+            return;
+        };
+        let (tx, rx) = if end_stream {
+            (None, None)
+        } else {
+            let (tx, rx) = mpsc::unbounded_channel();
+            (Some(tx), Some(rx))
+        };
+        let mut builder = http::Request::builder()
+            .method(http::Method::POST)
+            .uri(uri)
+            .version(http::Version::HTTP_2);
+        if let Some(headers) = builder.headers_mut() {
+            *headers = request.headers;
+        }
+        let body = RequestBody {
+            rx,
+            events: self.events.clone(),
+            stream: id,
+        };
+        let Ok(http_request) = builder.body(body) else {
+            frame::rst_stream(&mut self.out, id, Reason::ProtocolError);
+            return;
+        };
+        let mut routes = self.shared.routes.clone();
+        let events = self.events.clone();
+        let task = tokio::spawn(async move {
+            let response = match std::future::poll_fn(|cx| {
+                Service::<http::Request<RequestBody>>::poll_ready(&mut routes, cx)
+            })
+            .await
+            {
+                Ok(()) => routes.call(http_request).await,
+                Err(never) => Err(never),
+            };
+            let response = match response {
+                Ok(response) => response,
+                Err(never) => match never {},
+            };
+            let (parts, mut body) = response.into_parts();
+            use http_body::Body as _;
+            let end = body.is_end_stream();
+            if events.send(Event::Head(id, parts, end)).is_err() || end {
+                return;
+            }
+            use http_body_util::BodyExt;
+            while let Some(frame) = body.frame().await {
+                let event = match frame {
+                    Ok(frame) => match frame.into_data() {
+                        Ok(data) => Event::Data(id, data),
+                        Err(frame) => match frame.into_trailers() {
+                            Ok(trailers) => Event::Trailers(id, trailers),
+                            Err(_) => continue,
+                        },
+                    },
+                    Err(_) => Event::Failed(id),
+                };
+                let last = matches!(event, Event::Trailers(..) | Event::Failed(_));
+                if events.send(event).is_err() || last {
+                    return;
+                }
+            }
+            let _ = events.send(Event::End(id));
+        });
+        stream.kind = Kind::Routed {
+            body: tx,
+            task: task.abort_handle(),
+        };
+        self.streams.insert(id, stream);
+    }
+
+    /// A plain HTTP answer (no gRPC status): for requests that are not gRPC at all.
+    fn http_error(&mut self, id: u32, status: u16, end_stream: bool) -> Result<(), ConnError> {
+        let mut block = Vec::new();
+        hpack::encode_status(&mut block, status);
+        frame::headers(&mut self.out, id, &block, true, self.peer_max_frame);
+        if !end_stream {
+            frame::rst_stream(&mut self.out, id, Reason::NoError);
+        }
+        Ok(())
+    }
+
+    /// The Check message of stream `id` is complete: decode it and run the Check.
+    fn dispatch(&mut self, id: u32, body: &[u8], timeout: Option<Duration>) {
+        let message = match grpc_message(body) {
+            Ok(message) => message,
+            Err((code, detail)) => {
+                self.answer(id, Answer::Status(code, detail.into()));
+                return;
+            }
+        };
+        let started = Instant::now();
+        let view = match wire::decode(message) {
+            Ok(view) => view,
+            Err(e) => {
+                self.answer(
+                    id,
+                    Answer::Status(Code::InvalidArgument, format!("CheckRequest: {e}")),
+                );
+                return;
+            }
+        };
+        let service = self.shared.service.clone();
+        let deadline = timeout.map(|t| started + t);
+        let mut check: CheckFuture = Box::pin(async move {
+            let check = service.check_encoded(view, started, deadline);
+            let answer = match deadline {
+                // Whatever the stages do with the deadline, the call ends at it.
+                Some(deadline) => match tokio::time::timeout_at(deadline, check).await {
+                    Ok(encoded) => Answer::Message(encoded),
+                    Err(_) => Answer::Status(Code::DeadlineExceeded, "deadline exceeded".into()),
+                },
+                None => Answer::Message(check.await),
+            };
+            (id, answer)
+        });
+        // A warm cache answers at the first poll; the waker is the connection's own the next
+        // time round, when the future waits in `FuturesUnordered`.
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match check.as_mut().poll(&mut cx) {
+            Poll::Ready((id, answer)) => self.answer(id, answer),
+            Poll::Pending => self.waiting.push(check),
+        }
+    }
+
+    /// Writes a Check's answer (if its stream is still there).
+    fn answer(&mut self, id: u32, answer: Answer) {
+        let Some(stream) = self.streams.get_mut(&id) else {
+            return;
+        };
+        match answer {
+            Answer::Message(Encoded(message)) => {
+                let len = message.len() + 5;
+                frame::headers(
+                    &mut self.out,
+                    id,
+                    &self.response_head,
+                    false,
+                    self.peer_max_frame,
+                );
+                let mut data = Vec::with_capacity(len);
+                data.push(0);
+                data.extend_from_slice(&(message.len() as u32).to_be_bytes());
+                data.extend_from_slice(&message);
+                let fits = len as i64 <= stream.send_window.min(self.send_window)
+                    && len <= self.peer_max_frame;
+                if fits && stream.pending.is_empty() {
+                    stream.send_window -= len as i64;
+                    self.send_window -= len as i64;
+                    frame::data(&mut self.out, id, &data, false);
+                    frame::headers(
+                        &mut self.out,
+                        id,
+                        &self.trailers_ok,
+                        true,
+                        self.peer_max_frame,
+                    );
+                    self.close_local(id);
+                } else {
+                    stream.pending.push_back(Pending::Data(Bytes::from(data)));
+                    stream
+                        .pending
+                        .push_back(Pending::Trailers(self.trailers_ok.clone()));
+                    self.flush_stream(id);
+                }
+            }
+            Answer::Status(code, message) => {
+                let mut block = Vec::new();
+                block.extend_from_slice(&self.response_head);
+                status_trailers(&mut block, code, &message);
+                frame::headers(&mut self.out, id, &block, true, self.peer_max_frame);
+                self.close_local(id);
+            }
+        }
+    }
+
+    /// Our side of stream `id` is done: forget it, asking the peer to stop sending if it has
+    /// not finished (RFC 9113 section 8.1).
+    fn close_local(&mut self, id: u32) {
+        if let Some(stream) = self.streams.remove(&id)
+            && !stream.remote_closed
+        {
+            frame::rst_stream(&mut self.out, id, Reason::NoError);
+        }
+    }
+
+    fn reset(&mut self, id: u32, reason: Reason) {
+        self.streams.remove(&id);
+        frame::rst_stream(&mut self.out, id, reason);
+    }
+
+    /// Sends what the windows allow of stream `id`'s pending output.
+    fn flush_stream(&mut self, id: u32) {
+        let Some(stream) = self.streams.get_mut(&id) else {
+            return;
+        };
+        while let Some(next) = stream.pending.front_mut() {
+            match next {
+                Pending::Data(bytes) => {
+                    let n = bytes
+                        .len()
+                        .min(self.peer_max_frame)
+                        .min(stream.send_window.min(self.send_window).max(0) as usize);
+                    if n == 0 && !bytes.is_empty() {
+                        return;
+                    }
+                    let chunk = bytes.split_to(n);
+                    stream.send_window -= n as i64;
+                    self.send_window -= n as i64;
+                    frame::data(&mut self.out, id, &chunk, false);
+                    if bytes.is_empty() {
+                        stream.pending.pop_front();
+                    }
+                }
+                Pending::Trailers(block) => {
+                    frame::headers(&mut self.out, id, block, true, self.peer_max_frame);
+                    self.close_local(id);
+                    return;
+                }
+                Pending::End => {
+                    frame::data(&mut self.out, id, &[], true);
+                    self.close_local(id);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn rst_stream(&mut self, head: Head, payload: &[u8]) -> Result<(), ConnError> {
+        if head.stream == 0 {
+            return Err(conn_error(Reason::ProtocolError, "RST_STREAM on stream 0"));
+        }
+        if payload.len() != 4 {
+            return Err(conn_error(
+                Reason::FrameSizeError,
+                "RST_STREAM not 4 octets",
+            ));
+        }
+        if head.stream > self.last_stream {
+            return Err(conn_error(
+                Reason::ProtocolError,
+                "RST_STREAM on an idle stream",
+            ));
+        }
+        // A Check in flight finishes, and its answer is dropped; a routed task is aborted.
+        self.streams.remove(&head.stream);
+        Ok(())
+    }
+
+    fn settings(&mut self, head: Head, payload: &[u8]) -> Result<(), ConnError> {
+        if head.stream != 0 {
+            return Err(conn_error(Reason::ProtocolError, "SETTINGS on a stream"));
+        }
+        if head.has(frame::ACK) {
+            if !payload.is_empty() {
+                return Err(conn_error(
+                    Reason::FrameSizeError,
+                    "SETTINGS ACK with a payload",
+                ));
+            }
+            return Ok(());
+        }
+        if !payload.len().is_multiple_of(6) {
+            return Err(conn_error(
+                Reason::FrameSizeError,
+                "SETTINGS not a multiple of 6 octets",
+            ));
+        }
+        for setting in payload.chunks_exact(6) {
+            let id = u16::from_be_bytes([setting[0], setting[1]]);
+            let value = u32::from_be_bytes([setting[2], setting[3], setting[4], setting[5]]);
+            match id {
+                frame::SETTINGS_ENABLE_PUSH if value > 1 => {
+                    return Err(conn_error(
+                        Reason::ProtocolError,
+                        "SETTINGS_ENABLE_PUSH above 1",
+                    ));
+                }
+                frame::SETTINGS_INITIAL_WINDOW_SIZE => {
+                    let value = i64::from(value);
+                    if value > frame::MAX_WINDOW {
+                        return Err(conn_error(
+                            Reason::FlowControlError,
+                            "SETTINGS_INITIAL_WINDOW_SIZE above 2^31-1",
+                        ));
+                    }
+                    let delta = value - self.peer_initial_window;
+                    self.peer_initial_window = value;
+                    for stream in self.streams.values_mut() {
+                        stream.send_window += delta;
+                    }
+                }
+                frame::SETTINGS_MAX_FRAME_SIZE => {
+                    if !(16_384..=16_777_215).contains(&value) {
+                        return Err(conn_error(
+                            Reason::ProtocolError,
+                            "SETTINGS_MAX_FRAME_SIZE out of range",
+                        ));
+                    }
+                    self.peer_max_frame = value as usize;
+                }
+                // The table size limits our encoder's dynamic table; ours has none.
+                _ => {}
+            }
+        }
+        frame::settings_ack(&mut self.out);
+        self.flush_all();
+        Ok(())
+    }
+
+    fn window_update(&mut self, head: Head, payload: &[u8]) -> Result<(), ConnError> {
+        let Ok(bytes) = <[u8; 4]>::try_from(payload) else {
+            return Err(conn_error(
+                Reason::FrameSizeError,
+                "WINDOW_UPDATE not 4 octets",
+            ));
+        };
+        let increment = i64::from(u32::from_be_bytes(bytes) & 0x7fff_ffff);
+        if head.stream == 0 {
+            if increment == 0 {
+                return Err(conn_error(Reason::ProtocolError, "WINDOW_UPDATE of 0"));
+            }
+            self.send_window += increment;
+            if self.send_window > frame::MAX_WINDOW {
+                return Err(conn_error(
+                    Reason::FlowControlError,
+                    "connection window above 2^31-1",
+                ));
+            }
+            self.flush_all();
+            return Ok(());
+        }
+        let Some(stream) = self.streams.get_mut(&head.stream) else {
+            if head.stream > self.last_stream {
+                return Err(conn_error(
+                    Reason::ProtocolError,
+                    "WINDOW_UPDATE on an idle stream",
+                ));
+            }
+            return Ok(());
+        };
+        if increment == 0 {
+            self.reset(head.stream, Reason::ProtocolError);
+            return Ok(());
+        }
+        stream.send_window += increment;
+        if stream.send_window > frame::MAX_WINDOW {
+            self.reset(head.stream, Reason::FlowControlError);
+            return Ok(());
+        }
+        self.flush_stream(head.stream);
+        Ok(())
+    }
+
+    fn flush_all(&mut self) {
+        let blocked: Vec<u32> = self
+            .streams
+            .iter()
+            .filter(|(_, s)| !s.pending.is_empty())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in blocked {
+            self.flush_stream(id);
+        }
+    }
+
+    /// Gives consumed octets back to the peer once enough have gathered.
+    fn release_connection_window(&mut self) {
+        if self.recv_released >= CONNECTION_WINDOW / 4 {
+            frame::window_update(&mut self.out, 0, self.recv_released as u32);
+            self.recv_window += self.recv_released;
+            self.recv_released = 0;
+        }
+    }
+
+    /// What a routed RPC's task produced.
+    fn event(&mut self, event: Event) {
+        match event {
+            Event::Head(id, parts, end) => {
+                if !self.streams.contains_key(&id) {
+                    return;
+                }
+                let mut block = Vec::new();
+                hpack::encode_status(&mut block, parts.status.as_u16());
+                encode_headers(&mut block, &parts.headers);
+                frame::headers(&mut self.out, id, &block, end, self.peer_max_frame);
+                if end {
+                    self.close_local(id);
+                }
+            }
+            Event::Data(id, data) => self.push(id, Pending::Data(data)),
+            Event::Trailers(id, trailers) => {
+                let mut block = Vec::new();
+                encode_headers(&mut block, &trailers);
+                self.push(id, Pending::Trailers(block));
+            }
+            Event::End(id) => self.push(id, Pending::End),
+            Event::Consumed(id, n) => {
+                self.recv_released += n as i64;
+                if let Some(stream) = self.streams.get_mut(&id) {
+                    stream.recv_window += n as i64;
+                    frame::window_update(&mut self.out, id, n as u32);
+                }
+            }
+            Event::Failed(id) => {
+                if self.streams.contains_key(&id) {
+                    self.reset(id, Reason::InternalError);
+                }
+            }
+        }
+    }
+
+    fn push(&mut self, id: u32, pending: Pending) {
+        if let Some(stream) = self.streams.get_mut(&id) {
+            stream.pending.push_back(pending);
+            self.flush_stream(id);
+        }
+    }
+}
+
+/// The request message of a unary call: exactly one uncompressed length-prefixed message.
+fn grpc_message(body: &[u8]) -> Result<&[u8], (Code, &'static str)> {
+    let Some((&flag, rest)) = body.split_first() else {
+        return Err((Code::Internal, "missing request message"));
+    };
+    let Some((len, message)) = rest.split_first_chunk::<4>() else {
+        return Err((Code::Internal, "truncated gRPC message prefix"));
+    };
+    if flag != 0 {
+        return Err((Code::Unimplemented, "compressed messages are not supported"));
+    }
+    let len = u32::from_be_bytes(*len) as usize;
+    if len > MAX_MESSAGE {
+        return Err((
+            Code::ResourceExhausted,
+            "request message larger than 4194304 octets",
+        ));
+    }
+    match message.len().cmp(&len) {
+        std::cmp::Ordering::Less => Err((Code::Internal, "truncated request message")),
+        std::cmp::Ordering::Greater => Err((
+            Code::Unimplemented,
+            "more than one request message in a unary call",
+        )),
+        std::cmp::Ordering::Equal => Ok(message),
+    }
+}
+
+/// `grpc-status` and, when there is one, the percent-encoded `grpc-message`.
+fn status_trailers(block: &mut Vec<u8>, code: Code, message: &str) {
+    let code = (code as i32).to_string();
+    hpack::encode_field(block, b"grpc-status", code.as_bytes());
+    if !message.is_empty() {
+        let mut encoded = Vec::with_capacity(message.len());
+        for &b in message.as_bytes() {
+            if (0x20..=0x7e).contains(&b) && b != b'%' {
+                encoded.push(b);
+            } else {
+                encoded.extend_from_slice(format!("%{b:02X}").as_bytes());
+            }
+        }
+        hpack::encode_field(block, b"grpc-message", &encoded);
+    }
+}
+
+fn encode_headers(block: &mut Vec<u8>, headers: &http::HeaderMap) {
+    for (name, value) in headers {
+        if matches!(
+            name.as_str(),
+            "connection" | "keep-alive" | "proxy-connection" | "transfer-encoding" | "upgrade"
+        ) {
+            continue;
+        }
+        hpack::encode_field(block, name.as_str().as_bytes(), value.as_bytes());
+    }
+}
+
+/// A routed RPC's request body: the DATA the connection forwards, each chunk given back to the
+/// peer's window once the service has taken it.
+struct RequestBody {
+    rx: Option<mpsc::UnboundedReceiver<Bytes>>,
+    events: mpsc::UnboundedSender<Event>,
+    stream: u32,
+}
+
+impl http_body::Body for RequestBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        let Some(rx) = self.rx.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match rx.poll_recv(cx) {
+            Poll::Ready(Some(data)) => {
+                let _ = self.events.send(Event::Consumed(self.stream, data.len()));
+                Poll::Ready(Some(Ok(http_body::Frame::data(data))))
+            }
+            Poll::Ready(None) => {
+                self.rx = None;
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.rx.is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_unary_request_is_one_plain_message() {
+        assert_eq!(grpc_message(&[0, 0, 0, 0, 2, 8, 1]), Ok(&[8u8, 1][..]));
+        assert_eq!(grpc_message(&[0, 0, 0, 0, 0]), Ok(&[][..]));
+        assert_eq!(grpc_message(&[]).map_err(|e| e.0), Err(Code::Internal));
+        assert_eq!(
+            grpc_message(&[0, 0, 0]).map_err(|e| e.0),
+            Err(Code::Internal)
+        );
+        assert_eq!(
+            grpc_message(&[0, 0, 0, 0, 3, 1]).map_err(|e| e.0),
+            Err(Code::Internal)
+        );
+        assert_eq!(
+            grpc_message(&[1, 0, 0, 0, 1, 1]).map_err(|e| e.0),
+            Err(Code::Unimplemented)
+        );
+        assert_eq!(
+            grpc_message(&[0, 0, 0, 0, 1, 1, 0]).map_err(|e| e.0),
+            Err(Code::Unimplemented)
+        );
+        assert_eq!(
+            grpc_message(&[0, 0x7f, 0, 0, 0]).map_err(|e| e.0),
+            Err(Code::ResourceExhausted)
+        );
+    }
+
+    #[test]
+    fn grpc_message_is_percent_encoded() {
+        let mut block = Vec::new();
+        status_trailers(&mut block, Code::InvalidArgument, "bad 100% \u{e9}\n");
+        let mut fields = Vec::new();
+        let mut decoder = hpack::Decoder::new(4096);
+        let decoded = decoder.decode(&block, |n, v| {
+            fields.push((n.to_vec(), v.to_vec()));
+            Ok::<(), Infallible>(())
+        });
+        assert!(decoded.is_ok());
+        assert_eq!(
+            fields,
+            vec![
+                (b"grpc-status".to_vec(), b"3".to_vec()),
+                (b"grpc-message".to_vec(), b"bad 100%25 %C3%A9%0A".to_vec()),
+            ]
+        );
+    }
+}
