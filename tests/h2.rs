@@ -172,6 +172,7 @@ impl Raw {
             assert_eq!(frame.stream, stream, "{frame:?}");
             match frame.kind {
                 HEADERS => {
+                    answer.blocks.push(frame.payload.clone());
                     let fields = self.fields(&frame.payload);
                     if answer.headers.is_empty() {
                         answer.headers = fields;
@@ -204,6 +205,8 @@ impl Raw {
 
 #[derive(Debug, Default)]
 struct GrpcAnswer {
+    /// The header blocks as they arrived (HPACK-encoded).
+    blocks: Vec<Vec<u8>>,
     headers: Vec<(String, String)>,
     body: Vec<u8>,
     trailers: Vec<(String, String)>,
@@ -310,6 +313,59 @@ async fn checks_arrive_in_pieces_and_are_answered_whole() {
             );
             break;
         }
+    }
+}
+
+/// The first answer adds `content-type` and `grpc-status: 0` to the client's HPACK table; the
+/// next answers refer to them (two octets of headers, one of trailers). A client whose table is
+/// too small is told so with a size update and gets literals only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_use_the_clients_header_table_as_far_as_it_allows() {
+    let server = server().await;
+    let body = check_message();
+    let mut raw = Raw::connect(server.grpc, &[]).await;
+    let mut blocks = Vec::new();
+    for stream in [1, 3, 5] {
+        let headers = raw.check_headers();
+        raw.send(HEADERS, END_HEADERS, stream, &headers).await;
+        raw.send(DATA, END_STREAM, stream, &body).await;
+        let answer = raw.answer(stream).await;
+        assert_allowed(&answer);
+        blocks.push(answer.blocks);
+    }
+    assert!(blocks[0][0].len() > 2, "{blocks:?}");
+    assert_eq!(blocks[1], vec![vec![0x88, 0xbf], vec![0xbe]]);
+    assert_eq!(blocks[2], blocks[1]);
+    // The client shrinks its table below what both entries take: a size update to 64 opens
+    // the next block, then literals.
+    raw.send(SETTINGS, 0, 0, &[0, 1, 0, 0, 0, 64]).await;
+    let headers = raw.check_headers();
+    raw.send(HEADERS, END_HEADERS, 7, &headers).await;
+    raw.send(DATA, END_STREAM, 7, &body).await;
+    let answer = raw.answer(7).await;
+    assert_allowed(&answer);
+    assert_eq!(answer.blocks[0][..2], [0x3f, 0x21], "{:?}", answer.blocks);
+    assert!(answer.blocks[1].len() > 1);
+    // A table of 0 from the start: a size update to 0, never an index above the static table.
+    let mut raw = Raw::connect(server.grpc, &[(1, 0)]).await;
+    for stream in [1, 3] {
+        let headers = raw.check_headers();
+        raw.send(HEADERS, END_HEADERS, stream, &headers).await;
+        raw.send(DATA, END_STREAM, stream, &body).await;
+        let answer = raw.answer(stream).await;
+        assert_allowed(&answer);
+        if stream == 1 {
+            assert_eq!(answer.blocks[0][0], 0x20, "{:?}", answer.blocks);
+        }
+        assert!(
+            answer
+                .blocks
+                .iter()
+                .flatten()
+                .all(|&b| b != 0xbe && b != 0xbf),
+            "{:?}",
+            answer.blocks
+        );
     }
 }
 
@@ -641,6 +697,97 @@ async fn streams_beyond_the_limit_are_refused_and_resets_are_honoured() {
     raw.send(DATA, END_STREAM, 1, &body[4..]).await;
     raw.send(DATA, END_STREAM, 5, &body).await;
     assert_allowed(&raw.answer(5).await);
+}
+
+/// Request octets of streams the client resets mid-message are given back to the connection
+/// window: 24 MiB sent on a 16 MiB window without one answered stream, and no FLOW_CONTROL_ERROR.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resets_mid_message_give_the_connection_window_back() {
+    let server = server().await;
+    let mut raw = Raw::connect(server.grpc, &[]).await;
+    let chunk = vec![0u8; 16_384];
+    // The server opened the connection window to 16 MiB; count what it gives back.
+    let mut window: i64 = 16 << 20;
+    let mut stream = 1;
+    let mut sent: i64 = 0;
+    while sent < 24 << 20 {
+        let headers = raw.check_headers();
+        raw.send(HEADERS, END_HEADERS, stream, &headers).await;
+        // 512 KiB of a message that never ends (half the stream window), then a reset.
+        for _ in 0..32 {
+            while window < chunk.len() as i64 {
+                let frame = raw.next().await.expect("a WINDOW_UPDATE, not the end");
+                assert_ne!(frame.kind, GOAWAY, "{frame:?}");
+                if frame.kind == WINDOW_UPDATE && frame.stream == 0 {
+                    window += i64::from(u32::from_be_bytes(frame.payload[..4].try_into().unwrap()));
+                }
+            }
+            raw.send(DATA, 0, stream, &chunk).await;
+            window -= chunk.len() as i64;
+            sent += chunk.len() as i64;
+        }
+        raw.send(RST_STREAM, 0, stream, &8u32.to_be_bytes()).await;
+        stream += 2;
+    }
+    let headers = raw.check_headers();
+    raw.send(HEADERS, END_HEADERS, stream, &headers).await;
+    raw.send(DATA, END_STREAM, stream, &check_message()).await;
+    loop {
+        let frame = raw.next_for(stream).await.expect("the answer");
+        if frame.kind == HEADERS && frame.stream == stream {
+            let fields = raw.fields(&frame.payload);
+            assert!(
+                fields.contains(&(":status".into(), "200".into())),
+                "{fields:?}"
+            );
+            break;
+        }
+        assert_ne!(frame.kind, GOAWAY, "{frame:?}");
+    }
+}
+
+/// A message over 4 MiB is refused with RESOURCE_EXHAUSTED once that much has arrived; the
+/// client is asked to stop sending (RST_STREAM NO_ERROR) and the connection goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_over_the_limit_is_resource_exhausted() {
+    let server = server().await;
+    let mut raw = Raw::connect(server.grpc, &[]).await;
+    let headers = raw.check_headers();
+    raw.send(HEADERS, END_HEADERS, 1, &headers).await;
+    let mut first = vec![0u8];
+    first.extend_from_slice(&(5u32 << 20).to_be_bytes());
+    first.resize(16_384, 0);
+    raw.send(DATA, 0, 1, &first).await;
+    // The stream window is 1 MiB, given back when less than half is left: send 528 KiB at a
+    // time, each time after the server's WINDOW_UPDATE for the stream, until it answers.
+    let chunk = vec![0u8; 16_384];
+    let answer = 'send: loop {
+        for _ in 0..33 {
+            raw.send(DATA, 0, 1, &chunk).await;
+        }
+        loop {
+            let frame = raw.next().await.expect("frames");
+            match frame.kind {
+                WINDOW_UPDATE if frame.stream == 1 => break,
+                HEADERS if frame.stream == 1 => break 'send raw.fields(&frame.payload),
+                GOAWAY => panic!("{frame:?}"),
+                _ => {}
+            }
+        }
+    };
+    assert!(
+        answer.contains(&("grpc-status".into(), "8".into())),
+        "{answer:?}"
+    );
+    let reset = raw.next_on_streams().await.expect("a reset");
+    assert_eq!(
+        (reset.kind, reset.stream, reset.payload.as_slice()),
+        (RST_STREAM, 1, &[0u8; 4][..])
+    );
+    let headers = raw.check_headers();
+    raw.send(HEADERS, END_HEADERS, 3, &headers).await;
+    raw.send(DATA, END_STREAM, 3, &check_message()).await;
+    assert_allowed(&raw.answer(3).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -150,6 +150,16 @@ where
                 rpos = 0;
             }
             checks.extend(conn.waiting.drain(..));
+            // Checks and routed RPCs that finished meanwhile answer in this write too (and are
+            // never starved by a peer that keeps the socket readable).
+            while let Some((id, answer)) =
+                std::future::poll_fn(|cx| poll_done(&mut checks, cx)).await
+            {
+                conn.answer(id, answer);
+            }
+            while let Ok(event) = events.try_recv() {
+                conn.event(event);
+            }
             conn.release_connection_window();
             if !conn.out.is_empty() {
                 io.write_all(&conn.out)
@@ -171,20 +181,8 @@ where
                 }
                 Some((id, answer)) = NextReady(&mut checks), if !checks.is_empty() => {
                     conn.answer(id, answer);
-                    // Whatever else finished meanwhile goes out in the same write.
-                    while let Some((id, answer)) = std::future::poll_fn(|cx| match Pin::new(&mut checks).poll_next(cx) {
-                        Poll::Ready(Some(done)) => Poll::Ready(Some(done)),
-                        _ => Poll::Ready(None),
-                    }).await {
-                        conn.answer(id, answer);
-                    }
                 }
-                Some(event) = events.recv() => {
-                    conn.event(event);
-                    while let Ok(event) = events.try_recv() {
-                        conn.event(event);
-                    }
-                }
+                Some(event) = events.recv() => conn.event(event),
                 changed = shutdown.changed(), if conn.goaway.is_none() => {
                     let stop = changed.is_err() || *shutdown.borrow();
                     if stop {
@@ -210,6 +208,20 @@ where
         }
     }
     let _ = io.shutdown().await;
+}
+
+/// A finished Check if there is one, without waiting (the task's waker stays registered).
+fn poll_done(
+    checks: &mut FuturesUnordered<CheckFuture>,
+    cx: &mut Context<'_>,
+) -> Poll<Option<(u32, Answer)>> {
+    if checks.is_empty() {
+        return Poll::Ready(None);
+    }
+    match Pin::new(checks).poll_next(cx) {
+        Poll::Ready(done) => Poll::Ready(done),
+        Poll::Pending => Poll::Ready(None),
+    }
 }
 
 /// `FuturesUnordered::next` without the `StreamExt` future's `Unpin` bookkeeping.
@@ -270,6 +282,8 @@ enum Pending {
     Data(Bytes),
     /// The response's trailers, encoded: the stream's last frame.
     Trailers(Vec<u8>),
+    /// A Check's `grpc-status: 0`, encoded when sent (it may refer to the peer's table).
+    TrailersOk,
     /// The end of a response without trailers: an empty DATA frame with END_STREAM.
     End,
 }
@@ -284,7 +298,19 @@ enum Kind {
     Routed {
         body: Option<mpsc::UnboundedSender<Bytes>>,
         task: tokio::task::AbortHandle,
+        /// Octets forwarded to the service and not yet read by it.
+        unread: usize,
     },
+}
+
+impl Stream {
+    /// Request octets this stream holds that the peer's connection window still counts.
+    fn held(&self) -> usize {
+        match &self.kind {
+            Kind::Check { body, .. } => body.len(),
+            Kind::Routed { unread, .. } => *unread,
+        }
+    }
 }
 
 struct Stream {
@@ -407,6 +433,93 @@ impl RequestHead {
     }
 }
 
+/// The two fields every Check answer repeats, `content-type: application/grpc` and
+/// `grpc-status: 0`, are added to the peer's HPACK table by the first answer and referred to by
+/// index after that: the next answers' header blocks are two octets and one. Nothing else ever
+/// enters the table, so the entries never move (62 is the newest).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct AnswerTable {
+    /// The table size the peer allows (SETTINGS_HEADER_TABLE_SIZE; 4096 until it says less).
+    max: usize,
+    /// 0: nothing added; 1: `content-type` at 62; 2: `grpc-status: 0` at 62, `content-type` at 63.
+    added: u8,
+}
+
+/// What the two entries take in the peer's table (RFC 7541 section 4.1).
+const ANSWER_ENTRIES_SIZE: usize = (12 + 16 + 32) + (11 + 1 + 32);
+
+/// An answer's header block (a few octets).
+struct SmallBlock {
+    bytes: [u8; 32],
+    len: usize,
+}
+
+impl SmallBlock {
+    fn new(bytes: &[u8]) -> SmallBlock {
+        let mut block = SmallBlock {
+            bytes: [0; 32],
+            len: bytes.len().min(32),
+        };
+        block.bytes[..block.len].copy_from_slice(&bytes[..block.len]);
+        block
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+impl AnswerTable {
+    const fn new() -> AnswerTable {
+        AnswerTable {
+            max: 4096,
+            added: 0,
+        }
+    }
+
+    /// The table holds both entries only if it is large enough; otherwise literals only.
+    fn indexing(&self) -> bool {
+        self.max >= ANSWER_ENTRIES_SIZE
+    }
+
+    /// `:status 200` and `content-type`.
+    fn head(&mut self) -> SmallBlock {
+        // 0x88: `:status 200` (static 8). 0x5f: literal with incremental indexing, name static 31;
+        // 0x0f 0x10: literal without indexing, name static 31.
+        const INDEXING: &[u8] = b"\x88\x5f\x10application/grpc";
+        const LITERAL: &[u8] = b"\x88\x0f\x10\x10application/grpc";
+        if !self.indexing() {
+            return SmallBlock::new(LITERAL);
+        }
+        match self.added {
+            0 => {
+                self.added = 1;
+                SmallBlock::new(INDEXING)
+            }
+            1 => SmallBlock::new(&[0x88, 0x80 | 62]),
+            _ => SmallBlock::new(&[0x88, 0x80 | 63]),
+        }
+    }
+
+    /// `grpc-status: 0`.
+    fn trailers(&mut self) -> SmallBlock {
+        // 0x40: literal with incremental indexing, new name; 0x00: without indexing.
+        const INDEXING: &[u8] = b"\x40\x0bgrpc-status\x010";
+        const LITERAL: &[u8] = b"\x00\x0bgrpc-status\x010";
+        if !self.indexing() {
+            return SmallBlock::new(LITERAL);
+        }
+        match self.added {
+            0 => SmallBlock::new(LITERAL),
+            1 => {
+                self.added = 2;
+                SmallBlock::new(INDEXING)
+            }
+            _ => SmallBlock::new(&[0x80 | 62]),
+        }
+    }
+}
+
 /// The protocol state of one connection (everything but the socket and the futures).
 struct Connection {
     shared: Arc<Shared>,
@@ -433,9 +546,10 @@ struct Connection {
     events: mpsc::UnboundedSender<Event>,
     /// Checks whose futures were not ready at the first poll.
     waiting: Vec<CheckFuture>,
-    /// Header blocks of our constant answers.
-    response_head: Vec<u8>,
-    trailers_ok: Vec<u8>,
+    /// What our answers keep in the peer's HPACK table.
+    answers: AnswerTable,
+    /// A dynamic table size update owed at the start of the next header block we send.
+    size_update: Option<usize>,
 }
 
 impl Connection {
@@ -457,11 +571,6 @@ impl Connection {
             0,
             (CONNECTION_WINDOW - frame::DEFAULT_WINDOW) as u32,
         );
-        let mut response_head = Vec::new();
-        hpack::encode_status(&mut response_head, 200);
-        hpack::encode_field(&mut response_head, b"content-type", b"application/grpc");
-        let mut trailers_ok = Vec::new();
-        hpack::encode_field(&mut trailers_ok, b"grpc-status", b"0");
         Connection {
             shared,
             decoder: hpack::Decoder::new(HEADER_TABLE_SIZE),
@@ -479,8 +588,8 @@ impl Connection {
             peer_goaway: false,
             events,
             waiting: Vec::new(),
-            response_head,
-            trailers_ok,
+            answers: AnswerTable::new(),
+            size_update: None,
         }
     }
 
@@ -610,8 +719,7 @@ impl Connection {
                 }
                 body.extend_from_slice(data);
                 if body.len() > MAX_MESSAGE + 5 {
-                    let n = body.len() as i64;
-                    self.recv_released += n;
+                    // Answering removes the stream, which gives its octets back.
                     self.answer(
                         head.stream,
                         Answer::Status(
@@ -631,12 +739,14 @@ impl Connection {
                     frame::window_update(&mut self.out, head.stream, increment as u32);
                 }
             }
-            Kind::Routed { body, .. } => {
+            Kind::Routed { body, unread, .. } => {
                 let sent = match body {
                     Some(tx) if !data.is_empty() => tx.send(Bytes::copy_from_slice(data)).is_ok(),
                     _ => false,
                 };
-                if !sent {
+                if sent {
+                    *unread += data.len();
+                } else {
                     self.recv_released += data.len() as i64;
                 }
                 if end {
@@ -876,6 +986,7 @@ impl Connection {
         stream.kind = Kind::Routed {
             body: tx,
             task: task.abort_handle(),
+            unread: 0,
         };
         self.streams.insert(id, stream);
     }
@@ -884,7 +995,7 @@ impl Connection {
     fn http_error(&mut self, id: u32, status: u16, end_stream: bool) -> Result<(), ConnError> {
         let mut block = Vec::new();
         hpack::encode_status(&mut block, status);
-        frame::headers(&mut self.out, id, &block, true, self.peer_max_frame);
+        self.write_headers(id, &block, true);
         if !end_stream {
             frame::rst_stream(&mut self.out, id, Reason::NoError);
         }
@@ -936,51 +1047,63 @@ impl Connection {
 
     /// Writes a Check's answer (if its stream is still there).
     fn answer(&mut self, id: u32, answer: Answer) {
-        let Some(stream) = self.streams.get_mut(&id) else {
+        let Some(stream) = self.streams.get(&id) else {
             return;
         };
         match answer {
             Answer::Message(Encoded(message)) => {
                 let len = message.len() + 5;
-                frame::headers(
-                    &mut self.out,
-                    id,
-                    &self.response_head,
-                    false,
-                    self.peer_max_frame,
-                );
+                let fits = len as i64 <= stream.send_window.min(self.send_window)
+                    && len <= self.peer_max_frame
+                    && stream.pending.is_empty();
                 let mut data = Vec::with_capacity(len);
                 data.push(0);
                 data.extend_from_slice(&(message.len() as u32).to_be_bytes());
                 data.extend_from_slice(&message);
-                let fits = len as i64 <= stream.send_window.min(self.send_window)
-                    && len <= self.peer_max_frame;
-                if fits && stream.pending.is_empty() {
-                    stream.send_window -= len as i64;
+                let head = self.answers.head();
+                self.write_headers(id, head.as_slice(), false);
+                if fits {
+                    if let Some(stream) = self.streams.get_mut(&id) {
+                        stream.send_window -= len as i64;
+                    }
                     self.send_window -= len as i64;
                     frame::data(&mut self.out, id, &data, false);
-                    frame::headers(
-                        &mut self.out,
-                        id,
-                        &self.trailers_ok,
-                        true,
-                        self.peer_max_frame,
-                    );
+                    let trailers = self.answers.trailers();
+                    self.write_headers(id, trailers.as_slice(), true);
                     self.close_local(id);
-                } else {
+                } else if let Some(stream) = self.streams.get_mut(&id) {
                     stream.pending.push_back(Pending::Data(Bytes::from(data)));
-                    stream
-                        .pending
-                        .push_back(Pending::Trailers(self.trailers_ok.clone()));
+                    stream.pending.push_back(Pending::TrailersOk);
                     self.flush_stream(id);
                 }
             }
             Answer::Status(code, message) => {
+                // Literal fields only: valid whatever the peer's table holds.
                 let mut block = Vec::new();
-                block.extend_from_slice(&self.response_head);
+                hpack::encode_status(&mut block, 200);
+                hpack::encode_field(&mut block, b"content-type", b"application/grpc");
                 status_trailers(&mut block, code, &message);
-                frame::headers(&mut self.out, id, &block, true, self.peer_max_frame);
+                self.write_headers(id, &block, true);
                 self.close_local(id);
+            }
+        }
+    }
+
+    /// Writes a header block, opening it with the table size update we owe the peer, if any.
+    fn write_headers(&mut self, id: u32, block: &[u8], end_stream: bool) {
+        match self.size_update.take() {
+            None => frame::headers(&mut self.out, id, block, end_stream, self.peer_max_frame),
+            Some(size) => {
+                let mut with_update = Vec::with_capacity(block.len() + 6);
+                hpack::encode_size_update(&mut with_update, size);
+                with_update.extend_from_slice(block);
+                frame::headers(
+                    &mut self.out,
+                    id,
+                    &with_update,
+                    end_stream,
+                    self.peer_max_frame,
+                );
             }
         }
     }
@@ -988,7 +1111,7 @@ impl Connection {
     /// Our side of stream `id` is done: forget it, asking the peer to stop sending if it has
     /// not finished (RFC 9113 section 8.1).
     fn close_local(&mut self, id: u32) {
-        if let Some(stream) = self.streams.remove(&id)
+        if let Some(stream) = self.remove(id)
             && !stream.remote_closed
         {
             frame::rst_stream(&mut self.out, id, Reason::NoError);
@@ -996,8 +1119,16 @@ impl Connection {
     }
 
     fn reset(&mut self, id: u32, reason: Reason) {
-        self.streams.remove(&id);
+        self.remove(id);
         frame::rst_stream(&mut self.out, id, reason);
+    }
+
+    /// Forgets stream `id`, giving the peer back the connection window its unread request
+    /// octets held (a routed task is aborted when the stream is dropped).
+    fn remove(&mut self, id: u32) -> Option<Stream> {
+        let stream = self.streams.remove(&id)?;
+        self.recv_released += stream.held() as i64;
+        Some(stream)
     }
 
     /// Sends what the windows allow of stream `id`'s pending output.
@@ -1024,7 +1155,14 @@ impl Connection {
                     }
                 }
                 Pending::Trailers(block) => {
-                    frame::headers(&mut self.out, id, block, true, self.peer_max_frame);
+                    let block = std::mem::take(block);
+                    self.write_headers(id, &block, true);
+                    self.close_local(id);
+                    return;
+                }
+                Pending::TrailersOk => {
+                    let trailers = self.answers.trailers();
+                    self.write_headers(id, trailers.as_slice(), true);
                     self.close_local(id);
                     return;
                 }
@@ -1054,7 +1192,7 @@ impl Connection {
             ));
         }
         // A Check in flight finishes, and its answer is dropped; a routed task is aborted.
-        self.streams.remove(&head.stream);
+        self.remove(head.stream);
         Ok(())
     }
 
@@ -1110,7 +1248,16 @@ impl Connection {
                     }
                     self.peer_max_frame = value as usize;
                 }
-                // The table size limits our encoder's dynamic table; ours has none.
+                frame::SETTINGS_HEADER_TABLE_SIZE => {
+                    let size = value as usize;
+                    if size < self.answers.max {
+                        // The table the peer keeps for us shrinks: say so first thing in our
+                        // next header block. Entries that no longer fit are evicted by the
+                        // peer; ours both fit or we stop using the table.
+                        self.size_update = Some(size);
+                        self.answers.max = size;
+                    }
+                }
                 _ => {}
             }
         }
@@ -1194,7 +1341,7 @@ impl Connection {
                 let mut block = Vec::new();
                 hpack::encode_status(&mut block, parts.status.as_u16());
                 encode_headers(&mut block, &parts.headers);
-                frame::headers(&mut self.out, id, &block, end, self.peer_max_frame);
+                self.write_headers(id, &block, end);
                 if end {
                     self.close_local(id);
                 }
@@ -1207,10 +1354,16 @@ impl Connection {
             }
             Event::End(id) => self.push(id, Pending::End),
             Event::Consumed(id, n) => {
-                self.recv_released += n as i64;
+                // A removed stream gave its unread octets back already.
                 if let Some(stream) = self.streams.get_mut(&id) {
-                    stream.recv_window += n as i64;
-                    frame::window_update(&mut self.out, id, n as u32);
+                    if let Kind::Routed { unread, .. } = &mut stream.kind {
+                        *unread = unread.saturating_sub(n);
+                    }
+                    self.recv_released += n as i64;
+                    if !stream.remote_closed {
+                        stream.recv_window += n as i64;
+                        frame::window_update(&mut self.out, id, n as u32);
+                    }
                 }
             }
             Event::Failed(id) => {

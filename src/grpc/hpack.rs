@@ -137,7 +137,20 @@ pub struct Decoder {
     /// The buffer of the last evicted entry, reused for the next insertion (so it is never
     /// larger than the table).
     spare: Vec<u8>,
+    /// The last short Huffman string decoded, and what it decoded to.
+    memo: Memo,
 }
+
+/// Envoy sends `:path` on every Check as the same Huffman literal that is never indexed; the
+/// last short Huffman string's decoding is kept, so the next identical one is a comparison.
+#[derive(Debug, Default)]
+struct Memo {
+    raw: Vec<u8>,
+    text: Vec<u8>,
+}
+
+/// Huffman strings up to this long (encoded) are remembered.
+const MEMO_MAX: usize = 256;
 
 impl Decoder {
     /// `max_table_size`: the SETTINGS_HEADER_TABLE_SIZE we advertised (4096 by default);
@@ -155,6 +168,7 @@ impl Decoder {
             max_string_len: DEFAULT_MAX_STRING_LEN,
             scratch: Vec::new(),
             spare: Vec::new(),
+            memo: Memo::default(),
         }
     }
 
@@ -225,10 +239,16 @@ impl Decoder {
         let max = self.max_string_len;
         let index = read_int(block, pos, prefix)?;
         let literal_name = match index {
-            0 => Some(read_string(block, pos, &mut self.scratch, max)?),
+            0 => Some(read_string(
+                block,
+                pos,
+                &mut self.scratch,
+                &mut self.memo,
+                max,
+            )?),
             _ => None,
         };
-        let value = read_string(block, pos, &mut self.scratch, max)?;
+        let value = read_string(block, pos, &mut self.scratch, &mut self.memo, max)?;
         let name = match literal_name {
             Some(name) => name.get(block, &self.scratch),
             None => lookup(&self.entries, index)?.0,
@@ -324,11 +344,12 @@ fn read_int(block: &[u8], pos: &mut usize, prefix: u32) -> Result<usize, HpackEr
 }
 
 /// Reads a string literal (RFC 7541 5.2) at `block[*pos]`; Huffman strings are decoded onto
-/// the end of `scratch`.
+/// the end of `scratch` (or copied from `memo` when they are the last one decoded).
 fn read_string(
     block: &[u8],
     pos: &mut usize,
     scratch: &mut Vec<u8>,
+    memo: &mut Memo,
     max: usize,
 ) -> Result<Str, HpackError> {
     let huffman = block.get(*pos).is_some_and(|&octet| octet & 0x80 != 0);
@@ -344,7 +365,18 @@ fn read_string(
         return Ok(Str::Block(start, end));
     }
     let out_start = scratch.len();
-    huffman_decode(raw, scratch)?;
+    if !raw.is_empty() && raw == memo.raw.as_slice() {
+        scratch.extend_from_slice(&memo.text);
+    } else {
+        huffman_decode(raw, scratch)?;
+        if raw.len() <= MEMO_MAX {
+            memo.raw.clear();
+            memo.raw.extend_from_slice(raw);
+            memo.text.clear();
+            memo.text
+                .extend_from_slice(scratch.get(out_start..).unwrap_or_default());
+        }
+    }
     let len = scratch.len() - out_start;
     if len > max {
         scratch.truncate(out_start);
@@ -478,6 +510,11 @@ pub fn encode_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
         }
     }
     encode_str(out, value);
+}
+
+/// A dynamic table size update (RFC 7541 section 6.3): must open a header block.
+pub fn encode_size_update(out: &mut Vec<u8>, size: usize) {
+    encode_int(out, 0x20, 5, size);
 }
 
 /// `:status 200` etc: the static-table index when there is one (200, 204, 206, 304, 400, 404,
@@ -616,6 +653,36 @@ mod tests {
             };
             (name, self.bytes(len))
         }
+    }
+
+    /// The remembered Huffman string: the same literal again decodes alike, a different one of
+    /// the same length is decoded anew, and a name literal does not confuse the value after it.
+    #[test]
+    fn a_repeated_huffman_literal_decodes_alike() {
+        let path = |p: &[u8]| {
+            let mut block = vec![0x04];
+            put_str(&mut block, p, true);
+            block
+        };
+        let mut dec = Decoder::new(4096);
+        let check = b"/envoy.service.auth.v3.Authorization/Check";
+        let other = b"/envoy.service.auth.v3.Authorization/Chuck";
+        assert_eq!(huffman(check).len(), huffman(other).len());
+        for p in [&check[..], check, other, check, other, other] {
+            assert_eq!(
+                ok(&mut dec, &path(p)),
+                vec![(b":path".to_vec(), p.to_vec())]
+            );
+        }
+        // A literal name then a value with the same Huffman bytes as the name.
+        let mut block = vec![0x00];
+        put_str(&mut block, b"x-same", true);
+        put_str(&mut block, b"x-same", true);
+        assert_eq!(ok(&mut dec, &block), fields(&[("x-same", "x-same")]));
+        assert_eq!(
+            ok(&mut dec, &path(check)),
+            fields(&[(":path", std::str::from_utf8(check).unwrap())])
+        );
     }
 
     #[test]
