@@ -332,13 +332,16 @@ impl Drop for Stream {
     }
 }
 
-/// The decoded request head of a new stream.
+/// The decoded request head of a new stream. One per connection, cleared for every header
+/// block, so its strings keep their buffers.
 #[derive(Default)]
 struct RequestHead {
     method: Option<http::Method>,
-    scheme: Option<String>,
-    authority: Option<String>,
-    path: Option<String>,
+    scheme: String,
+    authority: String,
+    path: String,
+    /// Which of `:scheme`, `:authority`, `:path` were present (bits 0, 1, 2).
+    seen: u8,
     is_check: bool,
     grpc_content_type: bool,
     timeout: Option<Duration>,
@@ -351,7 +354,33 @@ struct RequestHead {
     malformed: Option<&'static str>,
 }
 
+const SEEN_SCHEME: u8 = 1;
+const SEEN_AUTHORITY: u8 = 2;
+const SEEN_PATH: u8 = 4;
+
 impl RequestHead {
+    fn clear(&mut self) {
+        self.method = None;
+        self.scheme.clear();
+        self.authority.clear();
+        self.path.clear();
+        self.seen = 0;
+        self.is_check = false;
+        self.grpc_content_type = false;
+        self.timeout = None;
+        self.compressed = false;
+        if !self.headers.is_empty() {
+            self.headers.clear();
+        }
+        self.regular_seen = false;
+        self.list_size = 0;
+        self.malformed = None;
+    }
+
+    fn has(&self, seen: u8) -> bool {
+        self.seen & seen != 0
+    }
+
     fn field(&mut self, name: &[u8], value: &[u8]) {
         self.list_size += name.len() + value.len() + 32;
         if self.malformed.is_some() {
@@ -366,8 +395,7 @@ impl RequestHead {
                 self.malformed = Some("a pseudo-header after a regular header");
                 return;
             }
-            let text = || String::from_utf8_lossy(value).into_owned();
-            let slot = match pseudo {
+            let (slot, seen) = match pseudo {
                 b"method" => {
                     if self.method.is_some() {
                         self.malformed = Some("two :method pseudo-headers");
@@ -378,21 +406,22 @@ impl RequestHead {
                     }
                     return;
                 }
-                b"scheme" => &mut self.scheme,
-                b"authority" => &mut self.authority,
+                b"scheme" => (&mut self.scheme, SEEN_SCHEME),
+                b"authority" => (&mut self.authority, SEEN_AUTHORITY),
                 b"path" => {
                     self.is_check = value == CHECK_PATH;
-                    &mut self.path
+                    (&mut self.path, SEEN_PATH)
                 }
                 _ => {
                     self.malformed = Some("an unknown pseudo-header");
                     return;
                 }
             };
-            if slot.is_some() {
+            if self.seen & seen != 0 {
                 self.malformed = Some("a repeated pseudo-header");
             }
-            *slot = Some(text());
+            self.seen |= seen;
+            slot.push_str(&String::from_utf8_lossy(value));
             return;
         }
         self.regular_seen = true;
@@ -546,6 +575,8 @@ struct Connection {
     events: mpsc::UnboundedSender<Event>,
     /// Checks whose futures were not ready at the first poll.
     waiting: Vec<CheckFuture>,
+    /// The request head being decoded (its buffers reused block after block).
+    head: RequestHead,
     /// What our answers keep in the peer's HPACK table.
     answers: AnswerTable,
     /// A dynamic table size update owed at the start of the next header block we send.
@@ -588,6 +619,7 @@ impl Connection {
             peer_goaway: false,
             events,
             waiting: Vec::new(),
+            head: RequestHead::default(),
             answers: AnswerTable::new(),
             size_update: None,
         }
@@ -805,20 +837,30 @@ impl Connection {
 
     /// A complete header block: a new request, or the trailers of one.
     fn header_block(&mut self, id: u32, block: &[u8], end_stream: bool) -> Result<(), ConnError> {
-        let mut request = RequestHead::default();
+        let mut request = std::mem::take(&mut self.head);
+        request.clear();
         let decoded = self.decoder.decode(block, |name, value| {
             request.field(name, value);
             Ok::<(), Infallible>(())
         });
-        if let Err(e) = decoded {
-            return Err(conn_error(Reason::CompressionError, format!("{e:?}")));
-        }
+        let result = match decoded {
+            Ok(()) => self.request_head(id, &mut request, end_stream),
+            Err(e) => Err(conn_error(Reason::CompressionError, e.to_string())),
+        };
+        self.head = request;
+        result
+    }
+
+    /// What a decoded header block does: opens a stream, or ends one (trailers).
+    fn request_head(
+        &mut self,
+        id: u32,
+        request: &mut RequestHead,
+        end_stream: bool,
+    ) -> Result<(), ConnError> {
         if let Some(stream) = self.streams.get_mut(&id) {
             // Trailers of a request: they must end it, and carry no pseudo-header.
-            if stream.remote_closed
-                || !end_stream
-                || request.path.is_some()
-                || request.method.is_some()
+            if stream.remote_closed || !end_stream || request.seen != 0 || request.method.is_some()
             {
                 self.reset(id, Reason::ProtocolError);
                 return Ok(());
@@ -861,11 +903,14 @@ impl Connection {
         if request.list_size > MAX_HEADER_LIST {
             return self.http_error(id, 431, end_stream);
         }
-        let (Some(method), Some(_), Some(path)) = (&request.method, &request.scheme, &request.path)
-        else {
+        let Some(method) = &request.method else {
             frame::rst_stream(&mut self.out, id, Reason::ProtocolError);
             return Ok(());
         };
+        if !request.has(SEEN_SCHEME) || !request.has(SEEN_PATH) || request.path.is_empty() {
+            frame::rst_stream(&mut self.out, id, Reason::ProtocolError);
+            return Ok(());
+        }
         if *method != http::Method::POST {
             return self.http_error(id, 405, end_stream);
         }
@@ -897,27 +942,19 @@ impl Connection {
             }
             return Ok(());
         }
-        let path = path.clone();
-        self.route(id, stream, request, path, end_stream);
+        self.route(id, stream, request, end_stream);
         Ok(())
     }
 
     /// Hands an RPC other than Check to tonic's routes, in a task of its own.
-    fn route(
-        &mut self,
-        id: u32,
-        mut stream: Stream,
-        request: RequestHead,
-        path: String,
-        end_stream: bool,
-    ) {
+    fn route(&mut self, id: u32, mut stream: Stream, request: &mut RequestHead, end_stream: bool) {
         let mut uri = http::Uri::builder();
-        if let (Some(scheme), Some(authority)) =
-            (request.scheme.as_deref(), request.authority.as_deref())
-        {
-            uri = uri.scheme(scheme).authority(authority);
+        if request.has(SEEN_AUTHORITY) {
+            uri = uri
+                .scheme(request.scheme.as_str())
+                .authority(request.authority.as_str());
         }
-        let Ok(uri) = uri.path_and_query(path).build() else {
+        let Ok(uri) = uri.path_and_query(request.path.as_str()).build() else {
             frame::rst_stream(&mut self.out, id, Reason::ProtocolError);
             return;
         };
@@ -932,7 +969,7 @@ impl Connection {
             .uri(uri)
             .version(http::Version::HTTP_2);
         if let Some(headers) = builder.headers_mut() {
-            *headers = request.headers;
+            *headers = std::mem::take(&mut request.headers);
         }
         let body = RequestBody {
             rx,
