@@ -1,10 +1,12 @@
 //! The gRPC boundary: `envoy.service.auth.v3.Authorization/Check`, plus the descriptor set that
 //! reflection serves (built by build.rs from the files envoy-types ships).
 //!
-//! Called by tonic for every Check. Turns the request into our own [`Request`], honours the
-//! call's `grpc-timeout`, runs the [`Checker`], writes the decision log line
-//! ([`telemetry::decision`]) and returns the answer. A deny is `Ok(CheckResponse)`; this module
-//! never returns `Err(Status)` for a policy outcome.
+//! [`AuthorizationService::check_encoded`] is what checkpoint's HTTP/2 server ([`crate::grpc`])
+//! calls for every Check: the request view in, the call's deadline honoured, the [`Checker`] run,
+//! the decision log line ([`telemetry::decision`]) written and the answer's bytes out. The same
+//! service also implements envoy-types' generated `Authorization` trait, for embedders who serve
+//! it with tonic. A deny is an answer; this module never returns `Err(Status)` for a policy
+//! outcome.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,11 +14,10 @@ use std::time::Duration;
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::Authorization;
 use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 use tokio::time::Instant;
-use tonic::codegen::{Body, BoxFuture, Context, Poll, Service, StdError, http};
 use tonic::metadata::MetadataMap;
 
 use crate::check::{Checker, Decision, Outcome};
-use crate::request::{Request, wire};
+use crate::request::Request;
 use crate::response::{Encoded, Responder};
 use crate::telemetry;
 
@@ -26,12 +27,6 @@ pub const DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/ext_authz_descriptor.bin"));
 
 /// Answers Envoy's Check calls.
-///
-/// Two ways to serve it: the `Authorization` trait that envoy-types generates (wrap it in
-/// `AuthorizationServer`), or [`AuthorizationService::into_server`], the same service decoding
-/// `CheckRequest` with [`crate::request::wire`] (only what checkpoint reads, no hash map of the
-/// headers) and writing the answer's bytes directly. Both answer the same request with the same
-/// response and log line.
 pub struct AuthorizationService {
     checker: Arc<Checker>,
     responder: Arc<Responder>,
@@ -40,14 +35,6 @@ pub struct AuthorizationService {
 impl AuthorizationService {
     pub fn new(checker: Arc<Checker>, responder: Arc<Responder>) -> AuthorizationService {
         AuthorizationService { checker, responder }
-    }
-
-    /// The service with checkpoint's own decoding of `CheckRequest`, ready for
-    /// `tonic::transport::Server::add_service`.
-    pub fn into_server(self) -> CheckServer {
-        CheckServer {
-            inner: Arc::new(self),
-        }
     }
 
     /// One Check from its request view to the encoded answer, with the decision line: what
@@ -124,137 +111,6 @@ impl Authorization for AuthorizationService {
     }
 }
 
-/// The gRPC path of Check.
-const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
-
-/// `envoy.service.auth.v3.Authorization` served by [`AuthorizationService`] with the lean
-/// decoding of [`crate::request::wire`] and the answer encoded directly
-/// ([`Responder::encode`]); what envoy-types' `AuthorizationServer` does otherwise (same
-/// defaults: no compression, tonic's message size limits; any other method is UNIMPLEMENTED).
-#[derive(Clone)]
-pub struct CheckServer {
-    inner: Arc<AuthorizationService>,
-}
-
-impl tonic::server::NamedService for CheckServer {
-    const NAME: &'static str = "envoy.service.auth.v3.Authorization";
-}
-
-impl<B> Service<http::Request<B>> for CheckServer
-where
-    B: Body + Send + 'static,
-    B::Error: Into<StdError> + Send + 'static,
-{
-    type Response = http::Response<tonic::body::Body>;
-    type Error = std::convert::Infallible;
-    type Future = BoxFuture<Self::Response, Self::Error>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        if request.uri().path() != CHECK_PATH {
-            return Box::pin(async move {
-                let mut response = http::Response::new(tonic::body::Body::default());
-                let headers = response.headers_mut();
-                headers.insert(
-                    tonic::Status::GRPC_STATUS,
-                    (tonic::Code::Unimplemented as i32).into(),
-                );
-                headers.insert(
-                    http::header::CONTENT_TYPE,
-                    tonic::metadata::GRPC_CONTENT_TYPE,
-                );
-                Ok(response)
-            });
-        }
-        let inner = self.inner.clone();
-        Box::pin(async move {
-            let mut grpc = tonic::server::Grpc::new(WireCodec);
-            Ok(grpc.unary(WireCheck(inner), request).await)
-        })
-    }
-}
-
-/// The codec of [`CheckServer`]: `CheckRequest` bytes into a [`Request`] ([`wire::decode`]),
-/// an [`Encoded`] answer's bytes out as they are.
-struct WireCodec;
-
-impl tonic::codec::Codec for WireCodec {
-    type Encode = Encoded;
-    type Decode = Request;
-    type Encoder = WireCodec;
-    type Decoder = WireCodec;
-
-    fn encoder(&mut self) -> WireCodec {
-        WireCodec
-    }
-
-    fn decoder(&mut self) -> WireCodec {
-        WireCodec
-    }
-}
-
-impl tonic::codec::Encoder for WireCodec {
-    type Item = Encoded;
-    type Error = tonic::Status;
-
-    fn encode(
-        &mut self,
-        item: Encoded,
-        dst: &mut tonic::codec::EncodeBuf<'_>,
-    ) -> Result<(), tonic::Status> {
-        prost::bytes::BufMut::put_slice(dst, &item.0);
-        Ok(())
-    }
-}
-
-impl tonic::codec::Decoder for WireCodec {
-    type Item = Request;
-    type Error = tonic::Status;
-
-    fn decode(
-        &mut self,
-        src: &mut tonic::codec::DecodeBuf<'_>,
-    ) -> Result<Option<Request>, tonic::Status> {
-        use prost::bytes::Buf;
-        let len = src.remaining();
-        // The message is one contiguous buffer in tonic; copied first should it ever not be.
-        let decoded = if src.chunk().len() == len {
-            let decoded = wire::decode(src.chunk());
-            src.advance(len);
-            decoded
-        } else {
-            wire::decode(&src.copy_to_bytes(len))
-        };
-        decoded
-            .map(Some)
-            .map_err(|e| tonic::Status::invalid_argument(format!("CheckRequest: {e}")))
-    }
-}
-
-/// One Check call on [`CheckServer`].
-struct WireCheck(Arc<AuthorizationService>);
-
-impl tonic::server::UnaryService<Request> for WireCheck {
-    type Response = Encoded;
-    type Future = BoxFuture<tonic::Response<Encoded>, tonic::Status>;
-
-    fn call(&mut self, request: tonic::Request<Request>) -> Self::Future {
-        let service = self.0.clone();
-        Box::pin(async move {
-            let started = Instant::now();
-            let deadline = grpc_timeout(request.metadata()).map(|t| started + t);
-            let view = request.into_inner();
-            let response = service
-                .decide(&view, started, deadline, Responder::encode)
-                .await;
-            Ok(tonic::Response::new(response))
-        })
-    }
-}
-
 /// The call's deadline from the `grpc-timeout` header (`<digits><unit>`, unit one of H M S m u n).
 pub fn grpc_timeout(metadata: &MetadataMap) -> Option<Duration> {
     parse_grpc_timeout(metadata.get("grpc-timeout")?.to_str().ok()?)
@@ -306,10 +162,25 @@ mod tests {
         }
     }
 
-    /// Both ways of serving Check, over real gRPC connections: the same answers for the same
-    /// requests, allows and denies, map and pair header forms, an unknown method refused.
+    /// Serves `service` with checkpoint's own HTTP/2 server until the test ends (no health or
+    /// reflection: every other method is UNIMPLEMENTED).
+    fn serve_own(listener: tokio::net::TcpListener, service: AuthorizationService) {
+        let shared = Arc::new(crate::grpc::Shared {
+            service: Arc::new(service),
+            routes: tonic::service::Routes::default(),
+        });
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            let _stop = stop;
+            crate::grpc::serve(crate::grpc::Listener::Tcp(listener), shared, stopped).await;
+        });
+    }
+
+    /// checkpoint's own server and envoy-types' generated tonic server, over real gRPC
+    /// connections: the same answers for the same requests, allows and denies, map and pair
+    /// header forms, an unknown method refused.
     #[tokio::test]
-    async fn the_wire_server_answers_as_the_generated_one() {
+    async fn the_own_server_answers_as_the_generated_one() {
         use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
         use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
         use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
@@ -349,14 +220,16 @@ identity:
                     .await
                     .expect("bind");
                 let addr = listener.local_addr().expect("addr");
-                let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-                let router = if generated {
-                    tonic::transport::Server::builder()
-                        .add_service(AuthorizationServer::new(service))
+                if generated {
+                    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+                    tokio::spawn(
+                        tonic::transport::Server::builder()
+                            .add_service(AuthorizationServer::new(service))
+                            .serve_with_incoming(incoming),
+                    );
                 } else {
-                    tonic::transport::Server::builder().add_service(service.into_server())
-                };
-                tokio::spawn(router.serve_with_incoming(incoming));
+                    serve_own(listener, service);
+                }
                 AuthorizationClient::connect(format!("http://{addr}"))
                     .await
                     .expect("connect")
@@ -439,11 +312,9 @@ identity:
                 .await
                 .expect("bind");
             let addr = listener.local_addr().expect("addr");
-            let service = AuthorizationService::new(checker.clone(), responder.clone());
-            tokio::spawn(
-                tonic::transport::Server::builder()
-                    .add_service(service.into_server())
-                    .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+            serve_own(
+                listener,
+                AuthorizationService::new(checker.clone(), responder.clone()),
             );
             addr
         };

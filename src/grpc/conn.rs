@@ -1059,26 +1059,31 @@ impl Connection {
                 return;
             }
         };
-        let service = self.shared.service.clone();
         let deadline = timeout.map(|t| started + t);
-        let mut check: CheckFuture = Box::pin(async move {
-            let check = service.check_encoded(view, started, deadline);
-            let answer = match deadline {
-                // Whatever the stages do with the deadline, the call ends at it.
-                Some(deadline) => match tokio::time::timeout_at(deadline, check).await {
-                    Ok(encoded) => Answer::Message(encoded),
-                    Err(_) => Answer::Status(Code::DeadlineExceeded, "deadline exceeded".into()),
-                },
-                None => Answer::Message(check.await),
-            };
-            (id, answer)
-        });
-        // A warm cache answers at the first poll; the waker is the connection's own the next
-        // time round, when the future waits in `FuturesUnordered`.
+        let mut check = Box::pin(
+            self.shared
+                .service
+                .clone()
+                .check_encoded(view, started, deadline),
+        );
+        // A warm cache answers at the first poll. Otherwise the Check waits in
+        // `FuturesUnordered`, polled with the connection's own waker, and only then gets a timer:
+        // whatever the stages do with the deadline, the call ends at it.
         let mut cx = Context::from_waker(std::task::Waker::noop());
         match check.as_mut().poll(&mut cx) {
-            Poll::Ready((id, answer)) => self.answer(id, answer),
-            Poll::Pending => self.waiting.push(check),
+            Poll::Ready(encoded) => self.answer(id, Answer::Message(encoded)),
+            Poll::Pending => self.waiting.push(Box::pin(async move {
+                let answer = match deadline {
+                    Some(deadline) => match tokio::time::timeout_at(deadline, check).await {
+                        Ok(encoded) => Answer::Message(encoded),
+                        Err(_) => {
+                            Answer::Status(Code::DeadlineExceeded, "deadline exceeded".into())
+                        }
+                    },
+                    None => Answer::Message(check.await),
+                };
+                (id, answer)
+            })),
         }
     }
 

@@ -10,15 +10,19 @@
 //! storing an entry in the dynamic table may allocate. Huffman strings are decoded with a
 //! lookup table of the short codes, built once per process, and a binary search for the rest.
 //!
+//! The last short Huffman string decoded is remembered with its decoding, so a repeat (Envoy
+//! sends `:path` as the same never-indexed Huffman literal on every Check) is a comparison.
+//!
 //! Limits: integers above `u32::MAX` or longer than five continuation octets are rejected; a
 //! string longer than [`DEFAULT_MAX_STRING_LEN`] octets after decoding is rejected (see
 //! [`Decoder::with_max_string_len`]); at most two size updates may open a block. The decoder
 //! does not bound the total size of a header list, nor check names and values against HTTP
 //! rules (lower-case names, pseudo-headers): the callback has to do that.
 //!
-//! The encoder ([`encode_field`], [`encode_status`]) never indexes, so it keeps no state: it
-//! writes literals without indexing (the name as a static-table index when there is one) and
-//! never uses Huffman coding.
+//! The encoder ([`encode_field`], [`encode_status`], [`encode_size_update`]) never indexes, so
+//! it keeps no state: it writes literals without indexing (the name as a static-table index
+//! when there is one) and never uses Huffman coding. The connection adds the two fields every
+//! Check answer repeats to the peer's table by itself (`conn::AnswerTable`).
 
 use std::collections::VecDeque;
 use std::sync::LazyLock;

@@ -10,7 +10,8 @@
 //!
 //! - [`frame`]: the frame header, types, flags, error codes, and frame writers.
 //! - [`hpack`]: header compression: the decoder (static and dynamic tables, Huffman) and a
-//!   table-free encoder.
+//!   stateless encoder of literals (`conn` adds the answers' two fixed fields to the peer's
+//!   table itself).
 //! - [`conn`]: one connection: streams, flow control, Check, routed RPCs, GOAWAY.
 //!
 //! What it does not do: TLS (Envoy or the mesh's sidecar terminates it), HTTP/1.1 (answered
