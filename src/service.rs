@@ -118,8 +118,12 @@ pub fn grpc_timeout(metadata: &MetadataMap) -> Option<Duration> {
 
 /// A `grpc-timeout` value: at most 8 digits and a unit (H M S m u n); anything else is none.
 pub fn parse_grpc_timeout(text: &str) -> Option<Duration> {
+    // ASCII first: the split below must not fall inside a character.
+    if !text.is_ascii() {
+        return None;
+    }
     let (digits, unit) = text.split_at(text.len().checked_sub(1)?);
-    if digits.is_empty() || digits.len() > 8 {
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
     let value: u64 = digits.parse().ok()?;
@@ -152,8 +156,13 @@ mod tests {
             ("10x", None),
             ("", None),
             ("-1S", None),
+            ("+5S", None),
+            ("1\u{e9}", None),
+            ("\u{e9}", None),
+            ("5\u{e9}S", None),
         ];
         for (text, want) in cases {
+            assert_eq!(parse_grpc_timeout(text), want, "{text:?}");
             let mut metadata = MetadataMap::new();
             if let Ok(value) = text.parse() {
                 metadata.insert("grpc-timeout", value);

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use envoy_types::pb::envoy::service::auth::v3::CheckResponse;
 use prost::Message;
+use support::userinfo::UserInfoServer;
 use support::{Server, answer, request};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -582,7 +583,7 @@ async fn improper_requests_are_refused_on_their_stream() {
             "415",
             None,
         ),
-        (with(&[]), Some(1), "200", Some("12")),
+        (with(&[]), Some(1), "200", Some("13")),
         (
             with(&[("grpc-encoding", "gzip")]),
             Some(0),
@@ -590,6 +591,13 @@ async fn improper_requests_are_refused_on_their_stream() {
             Some("12"),
         ),
         (with(&[]), None, "200", Some("13")),
+        // A grpc-timeout that is not ASCII is no timeout at all (and no panic).
+        (
+            with(&[("grpc-timeout", "1\u{e9}")]),
+            Some(0),
+            "200",
+            Some("0"),
+        ),
         (
             with(&[(":path", "/envoy.service.auth.v3.Authorization/Nope")]),
             Some(0),
@@ -706,8 +714,9 @@ async fn resets_mid_message_give_the_connection_window_back() {
     let server = server().await;
     let mut raw = Raw::connect(server.grpc, &[]).await;
     let chunk = vec![0u8; 16_384];
-    // The server opened the connection window to 16 MiB; count what it gives back.
-    let mut window: i64 = 16 << 20;
+    // The protocol's 65,535 octets, then whatever the server's WINDOW_UPDATEs give (its first
+    // one opens the window to 16 MiB).
+    let mut window: i64 = 65_535;
     let mut stream = 1;
     let mut sent: i64 = 0;
     while sent < 24 << 20 {
@@ -788,6 +797,128 @@ async fn a_message_over_the_limit_is_resource_exhausted() {
     raw.send(HEADERS, END_HEADERS, 3, &headers).await;
     raw.send(DATA, END_STREAM, 3, &check_message()).await;
     assert_allowed(&raw.answer(3).await);
+}
+
+/// A Check waiting on user-info is cancelled when its stream is reset: nothing is cached from
+/// the abandoned call, so the same credential asks user-info again. (Had the Check gone on, its
+/// answer would have been cached and the second Check served from the cache.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_stream_cancels_its_waiting_check() {
+    let userinfo = UserInfoServer::start().await;
+    let url = userinfo.url("/userinfo");
+    let server = Server::start(
+        r#"{ "/private": { "ALL": { "authorization": { "expression": "true", "public": false } } } }"#,
+        &[("USERINFO_URL", url.as_str())],
+    )
+    .await;
+    let message =
+        request("GET", "/private", &[("authorization", "Bearer slow-800")]).encode_to_vec();
+    let mut body = vec![0u8];
+    body.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    body.extend_from_slice(&message);
+    let mut raw = Raw::connect(server.grpc, &[]).await;
+    let headers = raw.check_headers();
+    raw.send(HEADERS, END_HEADERS, 1, &headers).await;
+    raw.send(DATA, END_STREAM, 1, &body).await;
+    // The call has reached user-info; then the client gives up on the stream.
+    for _ in 0..100 {
+        if userinfo.count() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(userinfo.count(), 1);
+    raw.send(RST_STREAM, 0, 1, &8u32.to_be_bytes()).await;
+    // Well past the moment user-info answers.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let headers = raw.check_headers();
+    raw.send(HEADERS, END_HEADERS, 3, &headers).await;
+    raw.send(DATA, END_STREAM, 3, &body).await;
+    assert_allowed(&raw.answer(3).await);
+    assert_eq!(userinfo.count(), 2, "the cancelled Check cached nothing");
+}
+
+/// A header block that expands past 64 KiB (a few thousand one-octet references to a 4 KB
+/// entry of the dynamic table) gets 431; the connection and the table stay usable. (Past the
+/// limit the server stops keeping fields, so such a block costs it no 16 MB copy.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_list_past_the_limit_is_431() {
+    let server = server().await;
+    let mut raw = Raw::connect(server.grpc, &[]).await;
+    let big = "a".repeat(4000);
+    let path = "/grpc.health.v1.Health/Check";
+    let fields = [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", path),
+        ("content-type", "application/grpc"),
+        ("x-big", big.as_str()),
+    ];
+    // The first block puts x-big into the table (loona-hpack indexes every field), as the
+    // newest entry: index 62.
+    let first = raw.block(&fields);
+    raw.send(HEADERS, END_HEADERS | END_STREAM, 1, &first).await;
+    let answer = raw.answer(1).await;
+    assert_eq!(answer.get(":status"), Some("200"), "{answer:?}");
+    let mut second = raw.block(&fields[..4]);
+    second.extend(std::iter::repeat_n(0xbe, 4000));
+    raw.send(HEADERS, END_HEADERS | END_STREAM, 3, &second)
+        .await;
+    let answer = raw.answer(3).await;
+    assert_eq!(answer.get(":status"), Some("431"), "{answer:?}");
+    let headers = raw.check_headers();
+    raw.send(HEADERS, END_HEADERS, 5, &headers).await;
+    raw.send(DATA, END_STREAM, 5, &check_message()).await;
+    assert_allowed(&raw.answer(5).await);
+}
+
+/// Thirty Check messages of 600 KB, their DATA frames interleaved: 18 MB in flight at once,
+/// more than the 16 MiB connection window. The octets are given back as they arrive, so all
+/// thirty complete and are answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interleaved_large_messages_do_not_stall_the_connection() {
+    let server = server().await;
+    let mut raw = Raw::connect(server.grpc, &[]).await;
+    let pad = "p".repeat(600_000);
+    let message = request("GET", "/", &[("x-pad", pad.as_str())]).encode_to_vec();
+    let mut body = vec![0u8];
+    body.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    body.extend_from_slice(&message);
+    let streams: Vec<u32> = (0..30).map(|i| 2 * i + 1).collect();
+    for &stream in &streams {
+        let headers = raw.check_headers();
+        raw.send(HEADERS, END_HEADERS, stream, &headers).await;
+    }
+    // The protocol's 65,535 octets, then the server's WINDOW_UPDATEs (the first opens 16 MiB).
+    let mut window: i64 = 65_535;
+    let chunks: Vec<&[u8]> = body.chunks(16_384).collect();
+    for (i, chunk) in chunks.iter().enumerate() {
+        let last = i + 1 == chunks.len();
+        for &stream in &streams {
+            while window < chunk.len() as i64 {
+                let frame = raw.next().await.expect("a WINDOW_UPDATE, not a stall");
+                assert_ne!(frame.kind, GOAWAY, "{frame:?}");
+                if frame.kind == WINDOW_UPDATE && frame.stream == 0 {
+                    window += i64::from(u32::from_be_bytes(frame.payload[..4].try_into().unwrap()));
+                }
+            }
+            raw.send(DATA, if last { END_STREAM } else { 0 }, stream, chunk)
+                .await;
+            window -= chunk.len() as i64;
+        }
+    }
+    let mut answered = 0;
+    while answered < streams.len() {
+        let frame = raw.next().await.expect("answers");
+        assert_ne!(frame.kind, GOAWAY, "{frame:?}");
+        if frame.kind == HEADERS && frame.flags & END_STREAM != 0 {
+            let fields = raw.fields(&frame.payload);
+            assert_eq!(fields, vec![("grpc-status".to_owned(), "0".to_owned())]);
+            answered += 1;
+        } else if frame.kind == HEADERS {
+            raw.fields(&frame.payload);
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

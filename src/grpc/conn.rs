@@ -22,9 +22,10 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::future::{AbortHandle, Abortable};
 use futures_util::stream::{FuturesUnordered, Stream as _};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::time::Instant;
 use tonic::codegen::Service;
 
@@ -47,6 +48,11 @@ pub const CONNECTION_WINDOW: i64 = 16 << 20;
 pub const MAX_HEADER_LIST: usize = 64 << 10;
 /// The largest request message, as tonic's default.
 pub const MAX_MESSAGE: usize = 4 << 20;
+/// Request octets of unfinished Check messages one connection may hold in all.
+pub const MAX_BUFFERED: usize = 32 << 20;
+/// Response octets a routed RPC may have queued in the connection, waiting for the client's
+/// windows, before its task waits too.
+const ROUTED_CREDIT: usize = 64 << 10;
 /// The HPACK dynamic table size we let the peer use (the protocol's default).
 const HEADER_TABLE_SIZE: usize = 4096;
 /// How long a new connection may take to send the client preface.
@@ -63,9 +69,10 @@ pub enum Answer {
 
 /// A routed RPC's task tells the connection what to send.
 pub enum Event {
+    // (Data carries the credit its task took for it: see ROUTED_CREDIT.)
     /// The response's head; `true` when the body is already over (a trailers-only answer).
     Head(u32, http::response::Parts, bool),
-    Data(u32, Bytes),
+    Data(u32, Bytes, usize),
     Trailers(u32, http::HeaderMap),
     /// The response body ended without trailers.
     End(u32),
@@ -167,7 +174,7 @@ where
                     .map_err(|e| conn_error(Reason::NoError, format!("write: {e}")))?;
                 conn.out.clear();
             }
-            if conn.finished() && checks.is_empty() {
+            if conn.finished() {
                 return Ok(());
             }
             tokio::select! {
@@ -201,7 +208,9 @@ where
                 "gRPC connection closed: HTTP/2 protocol error"
             );
             let mut out = std::mem::take(&mut conn.out);
-            frame::goaway(&mut out, conn.last_stream, error.reason, &error.detail);
+            // Never a higher last stream than a GOAWAY sent before (RFC 9113 section 6.8).
+            let last = conn.goaway.unwrap_or(conn.last_stream);
+            frame::goaway(&mut out, last, error.reason, &error.detail);
             let _ = io.write_all(&out).await;
         } else {
             tracing::debug!(detail = %error.detail, "gRPC connection closed");
@@ -273,13 +282,17 @@ impl Hasher for StreamIdHasher {
     }
 
     fn write_u32(&mut self, id: u32) {
-        self.0 = u64::from(id).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        // The high half folded in: the table picks buckets by the low bits, which a product
+        // alone takes from the identifier's low bits only.
+        let h = u64::from(id).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        self.0 = h ^ (h >> 32);
     }
 }
 
 /// Output a stream's flow-control window holds back.
 enum Pending {
-    Data(Bytes),
+    /// DATA, and the routed task's credit it holds.
+    Data(Bytes, usize),
     /// The response's trailers, encoded: the stream's last frame.
     Trailers(Vec<u8>),
     /// A Check's `grpc-status: 0`, encoded when sent (it may refer to the peer's table).
@@ -293,6 +306,8 @@ enum Kind {
     Check {
         body: Vec<u8>,
         timeout: Option<Duration>,
+        /// Cancels the Check's future if it waits (a user-info call) and the stream goes.
+        abort: Option<AbortHandle>,
     },
     /// Any other RPC, served by tonic's routes in a task of its own.
     Routed {
@@ -300,17 +315,9 @@ enum Kind {
         task: tokio::task::AbortHandle,
         /// Octets forwarded to the service and not yet read by it.
         unread: usize,
+        /// What the task may still queue (permits are octets; given back as they are sent).
+        credit: Arc<Semaphore>,
     },
-}
-
-impl Stream {
-    /// Request octets this stream holds that the peer's connection window still counts.
-    fn held(&self) -> usize {
-        match &self.kind {
-            Kind::Check { body, .. } => body.len(),
-            Kind::Routed { unread, .. } => *unread,
-        }
-    }
 }
 
 struct Stream {
@@ -326,8 +333,12 @@ struct Stream {
 
 impl Drop for Stream {
     fn drop(&mut self) {
-        if let Kind::Routed { task, .. } = &self.kind {
-            task.abort();
+        match &self.kind {
+            Kind::Routed { task, .. } => task.abort(),
+            Kind::Check {
+                abort: Some(abort), ..
+            } => abort.abort(),
+            Kind::Check { .. } => {}
         }
     }
 }
@@ -383,7 +394,9 @@ impl RequestHead {
 
     fn field(&mut self, name: &[u8], value: &[u8]) {
         self.list_size += name.len() + value.len() + 32;
-        if self.malformed.is_some() {
+        // Past the limit nothing is kept (the block is still decoded to keep the table in step):
+        // indexed references of a few octets each must not make the server copy megabytes.
+        if self.malformed.is_some() || self.list_size > MAX_HEADER_LIST {
             return;
         }
         if name.iter().any(u8::is_ascii_uppercase) {
@@ -477,27 +490,6 @@ struct AnswerTable {
 /// What the two entries take in the peer's table (RFC 7541 section 4.1).
 const ANSWER_ENTRIES_SIZE: usize = (12 + 16 + 32) + (11 + 1 + 32);
 
-/// An answer's header block (a few octets).
-struct SmallBlock {
-    bytes: [u8; 32],
-    len: usize,
-}
-
-impl SmallBlock {
-    fn new(bytes: &[u8]) -> SmallBlock {
-        let mut block = SmallBlock {
-            bytes: [0; 32],
-            len: bytes.len().min(32),
-        };
-        block.bytes[..block.len].copy_from_slice(&bytes[..block.len]);
-        block
-    }
-
-    fn as_slice(&self) -> &[u8] {
-        &self.bytes[..self.len]
-    }
-}
-
 impl AnswerTable {
     const fn new() -> AnswerTable {
         AnswerTable {
@@ -512,39 +504,39 @@ impl AnswerTable {
     }
 
     /// `:status 200` and `content-type`.
-    fn head(&mut self) -> SmallBlock {
+    fn head(&mut self) -> &'static [u8] {
         // 0x88: `:status 200` (static 8). 0x5f: literal with incremental indexing, name static 31;
         // 0x0f 0x10: literal without indexing, name static 31.
         const INDEXING: &[u8] = b"\x88\x5f\x10application/grpc";
         const LITERAL: &[u8] = b"\x88\x0f\x10\x10application/grpc";
         if !self.indexing() {
-            return SmallBlock::new(LITERAL);
+            return LITERAL;
         }
         match self.added {
             0 => {
                 self.added = 1;
-                SmallBlock::new(INDEXING)
+                INDEXING
             }
-            1 => SmallBlock::new(&[0x88, 0x80 | 62]),
-            _ => SmallBlock::new(&[0x88, 0x80 | 63]),
+            1 => &[0x88, 0x80 | 62],
+            _ => &[0x88, 0x80 | 63],
         }
     }
 
     /// `grpc-status: 0`.
-    fn trailers(&mut self) -> SmallBlock {
+    fn trailers(&mut self) -> &'static [u8] {
         // 0x40: literal with incremental indexing, new name; 0x00: without indexing.
         const INDEXING: &[u8] = b"\x40\x0bgrpc-status\x010";
         const LITERAL: &[u8] = b"\x00\x0bgrpc-status\x010";
         if !self.indexing() {
-            return SmallBlock::new(LITERAL);
+            return LITERAL;
         }
         match self.added {
-            0 => SmallBlock::new(LITERAL),
+            0 => LITERAL,
             1 => {
                 self.added = 2;
-                SmallBlock::new(INDEXING)
+                INDEXING
             }
-            _ => SmallBlock::new(&[0x80 | 62]),
+            _ => &[0x80 | 62],
         }
     }
 }
@@ -568,6 +560,8 @@ struct Connection {
     recv_window: i64,
     /// Octets received and consumed, not yet given back to the peer.
     recv_released: i64,
+    /// Octets of unfinished Check messages held (at most [`MAX_BUFFERED`]).
+    buffered: usize,
     /// Sent GOAWAY naming this last stream.
     goaway: Option<u32>,
     /// The peer sent GOAWAY.
@@ -615,6 +609,7 @@ impl Connection {
             send_window: frame::DEFAULT_WINDOW,
             recv_window: CONNECTION_WINDOW,
             recv_released: 0,
+            buffered: 0,
             goaway: None,
             peer_goaway: false,
             events,
@@ -652,6 +647,9 @@ impl Connection {
                 if head.stream == 0 {
                     return Err(conn_error(Reason::ProtocolError, "PRIORITY on stream 0"));
                 }
+                if payload.len() != 5 {
+                    self.reset(head.stream, Reason::FrameSizeError);
+                }
                 Ok(())
             }
             frame::RST_STREAM => self.rst_stream(head, payload),
@@ -675,6 +673,9 @@ impl Connection {
             frame::GOAWAY => {
                 if head.stream != 0 {
                     return Err(conn_error(Reason::ProtocolError, "GOAWAY on a stream"));
+                }
+                if payload.len() < 8 {
+                    return Err(conn_error(Reason::FrameSizeError, "GOAWAY under 8 octets"));
                 }
                 self.peer_goaway = true;
                 Ok(())
@@ -741,29 +742,33 @@ impl Connection {
             stream.remote_closed = true;
         }
         match &mut stream.kind {
-            Kind::Check { body, timeout } => {
+            Kind::Check { body, timeout, .. } => {
                 let timeout = *timeout;
+                // Check octets leave the connection window at once (a connection must not stall
+                // on unfinished messages); what they take in memory is bounded by
+                // MAX_MESSAGE per stream and MAX_BUFFERED per connection.
+                self.recv_released += data.len() as i64;
                 // The usual case, the whole message in one frame, is decoded where it lies.
                 if end && body.is_empty() {
-                    self.recv_released += data.len() as i64;
                     self.dispatch(head.stream, data, timeout);
                     return Ok(());
                 }
-                body.extend_from_slice(data);
-                if body.len() > MAX_MESSAGE + 5 {
-                    // Answering removes the stream, which gives its octets back.
-                    self.answer(
-                        head.stream,
-                        Answer::Status(
-                            Code::ResourceExhausted,
-                            format!("request message larger than {MAX_MESSAGE} octets"),
-                        ),
-                    );
+                if body.len() + data.len() > MAX_MESSAGE + 5
+                    || self.buffered + data.len() > MAX_BUFFERED
+                {
+                    let why = if body.len() + data.len() > MAX_MESSAGE + 5 {
+                        format!("request message larger than {MAX_MESSAGE} octets")
+                    } else {
+                        format!("more than {MAX_BUFFERED} octets of unfinished requests")
+                    };
+                    self.answer(head.stream, Answer::Status(Code::ResourceExhausted, why));
                     return Ok(());
                 }
+                body.extend_from_slice(data);
+                self.buffered += data.len();
                 if end {
                     let body = std::mem::take(body);
-                    self.recv_released += body.len() as i64;
+                    self.buffered -= body.len();
                     self.dispatch(head.stream, &body, timeout);
                 } else if stream.recv_window < STREAM_WINDOW / 2 {
                     let increment = STREAM_WINDOW - stream.recv_window;
@@ -772,6 +777,12 @@ impl Connection {
                 }
             }
             Kind::Routed { body, unread, .. } => {
+                // Padding is nobody's to read: the stream gets it back at once.
+                let padding = (len - data.len() as i64) as u32;
+                if padding > 0 && !end {
+                    stream.recv_window += i64::from(padding);
+                    frame::window_update(&mut self.out, head.stream, padding);
+                }
                 let sent = match body {
                     Some(tx) if !data.is_empty() => tx.send(Bytes::copy_from_slice(data)).is_ok(),
                     _ => false,
@@ -867,17 +878,13 @@ impl Connection {
             }
             stream.remote_closed = true;
             match &mut stream.kind {
-                Kind::Check { body, timeout } => {
+                Kind::Check { body, timeout, .. } => {
                     let (body, timeout) = (std::mem::take(body), *timeout);
-                    self.recv_released += body.len() as i64;
+                    self.buffered -= body.len();
                     self.dispatch(id, &body, timeout);
                 }
                 Kind::Routed { body, .. } => *body = None,
             }
-            return Ok(());
-        }
-        if id <= self.last_stream {
-            // Headers on a stream that is closed (reset or answered): nothing to do.
             return Ok(());
         }
         if id.is_multiple_of(2) {
@@ -885,6 +892,16 @@ impl Connection {
                 Reason::ProtocolError,
                 "a client stream with an even identifier",
             ));
+        }
+        if id <= self.last_stream {
+            if request.method.is_some() {
+                return Err(conn_error(
+                    Reason::ProtocolError,
+                    "a new request on a stream identifier used before",
+                ));
+            }
+            // Trailers on a stream that is closed (reset or answered): nothing to do.
+            return Ok(());
         }
         self.last_stream = id;
         if self.goaway.is_some() {
@@ -925,6 +942,7 @@ impl Connection {
             kind: Kind::Check {
                 body: Vec::new(),
                 timeout: request.timeout,
+                abort: None,
             },
         };
         if request.is_check {
@@ -982,6 +1000,8 @@ impl Connection {
         };
         let mut routes = self.shared.routes.clone();
         let events = self.events.clone();
+        let credit = Arc::new(Semaphore::new(ROUTED_CREDIT));
+        let permits = credit.clone();
         let task = tokio::spawn(async move {
             let response = match std::future::poll_fn(|cx| {
                 Service::<http::Request<RequestBody>>::poll_ready(&mut routes, cx)
@@ -1005,7 +1025,15 @@ impl Connection {
             while let Some(frame) = body.frame().await {
                 let event = match frame {
                     Ok(frame) => match frame.into_data() {
-                        Ok(data) => Event::Data(id, data),
+                        Ok(data) => {
+                            // Wait while the client is not taking what is already queued.
+                            let n = data.len().min(ROUTED_CREDIT);
+                            match permits.acquire_many(n as u32).await {
+                                Ok(taken) => taken.forget(),
+                                Err(_) => return,
+                            }
+                            Event::Data(id, data, n)
+                        }
                         Err(frame) => match frame.into_trailers() {
                             Ok(trailers) => Event::Trailers(id, trailers),
                             Err(_) => continue,
@@ -1024,6 +1052,7 @@ impl Connection {
             body: tx,
             task: task.abort_handle(),
             unread: 0,
+            credit,
         };
         self.streams.insert(id, stream);
     }
@@ -1072,18 +1101,37 @@ impl Connection {
         let mut cx = Context::from_waker(std::task::Waker::noop());
         match check.as_mut().poll(&mut cx) {
             Poll::Ready(encoded) => self.answer(id, Answer::Message(encoded)),
-            Poll::Pending => self.waiting.push(Box::pin(async move {
-                let answer = match deadline {
-                    Some(deadline) => match tokio::time::timeout_at(deadline, check).await {
-                        Ok(encoded) => Answer::Message(encoded),
-                        Err(_) => {
-                            Answer::Status(Code::DeadlineExceeded, "deadline exceeded".into())
-                        }
-                    },
-                    None => Answer::Message(check.await),
+            Poll::Pending => {
+                // A reset stream cancels its Check (its user-info call with it), as a client
+                // resetting streams must not grow the work in flight past the stream limit.
+                let (abort, registration) = AbortHandle::new_pair();
+                if let Some(Stream {
+                    kind: Kind::Check { abort: slot, .. },
+                    ..
+                }) = self.streams.get_mut(&id)
+                {
+                    *slot = Some(abort);
+                }
+                let waiting = async move {
+                    match deadline {
+                        Some(deadline) => match tokio::time::timeout_at(deadline, check).await {
+                            Ok(encoded) => Answer::Message(encoded),
+                            Err(_) => {
+                                Answer::Status(Code::DeadlineExceeded, "deadline exceeded".into())
+                            }
+                        },
+                        None => Answer::Message(check.await),
+                    }
                 };
-                (id, answer)
-            })),
+                self.waiting.push(Box::pin(async move {
+                    let answer = Abortable::new(waiting, registration).await;
+                    // Aborted: the stream is gone, so `answer` drops this.
+                    (
+                        id,
+                        answer.unwrap_or(Answer::Status(Code::Cancelled, String::new())),
+                    )
+                }));
+            }
         }
     }
 
@@ -1103,7 +1151,7 @@ impl Connection {
                 data.extend_from_slice(&(message.len() as u32).to_be_bytes());
                 data.extend_from_slice(&message);
                 let head = self.answers.head();
-                self.write_headers(id, head.as_slice(), false);
+                self.write_headers(id, head, false);
                 if fits {
                     if let Some(stream) = self.streams.get_mut(&id) {
                         stream.send_window -= len as i64;
@@ -1111,10 +1159,12 @@ impl Connection {
                     self.send_window -= len as i64;
                     frame::data(&mut self.out, id, &data, false);
                     let trailers = self.answers.trailers();
-                    self.write_headers(id, trailers.as_slice(), true);
+                    self.write_headers(id, trailers, true);
                     self.close_local(id);
                 } else if let Some(stream) = self.streams.get_mut(&id) {
-                    stream.pending.push_back(Pending::Data(Bytes::from(data)));
+                    stream
+                        .pending
+                        .push_back(Pending::Data(Bytes::from(data), 0));
                     stream.pending.push_back(Pending::TrailersOk);
                     self.flush_stream(id);
                 }
@@ -1169,7 +1219,10 @@ impl Connection {
     /// octets held (a routed task is aborted when the stream is dropped).
     fn remove(&mut self, id: u32) -> Option<Stream> {
         let stream = self.streams.remove(&id)?;
-        self.recv_released += stream.held() as i64;
+        match &stream.kind {
+            Kind::Check { body, .. } => self.buffered -= body.len(),
+            Kind::Routed { unread, .. } => self.recv_released += *unread as i64,
+        }
         Some(stream)
     }
 
@@ -1180,7 +1233,7 @@ impl Connection {
         };
         while let Some(next) = stream.pending.front_mut() {
             match next {
-                Pending::Data(bytes) => {
+                Pending::Data(bytes, credit) => {
                     let n = bytes
                         .len()
                         .min(self.peer_max_frame)
@@ -1193,7 +1246,15 @@ impl Connection {
                     self.send_window -= n as i64;
                     frame::data(&mut self.out, id, &chunk, false);
                     if bytes.is_empty() {
+                        let credit = *credit;
                         stream.pending.pop_front();
+                        if let Kind::Routed {
+                            credit: permits, ..
+                        } = &stream.kind
+                            && credit > 0
+                        {
+                            permits.add_permits(credit);
+                        }
                     }
                 }
                 Pending::Trailers(block) => {
@@ -1204,7 +1265,7 @@ impl Connection {
                 }
                 Pending::TrailersOk => {
                     let trailers = self.answers.trailers();
-                    self.write_headers(id, trailers.as_slice(), true);
+                    self.write_headers(id, trailers, true);
                     self.close_local(id);
                     return;
                 }
@@ -1257,6 +1318,7 @@ impl Connection {
                 "SETTINGS not a multiple of 6 octets",
             ));
         }
+        let mut grown = false;
         for setting in payload.chunks_exact(6) {
             let id = u16::from_be_bytes([setting[0], setting[1]]);
             let value = u32::from_be_bytes([setting[2], setting[3], setting[4], setting[5]]);
@@ -1279,7 +1341,14 @@ impl Connection {
                     self.peer_initial_window = value;
                     for stream in self.streams.values_mut() {
                         stream.send_window += delta;
+                        if stream.send_window > frame::MAX_WINDOW {
+                            return Err(conn_error(
+                                Reason::FlowControlError,
+                                "a stream window above 2^31-1",
+                            ));
+                        }
                     }
+                    grown |= delta > 0;
                 }
                 frame::SETTINGS_MAX_FRAME_SIZE => {
                     if !(16_384..=16_777_215).contains(&value) {
@@ -1304,7 +1373,9 @@ impl Connection {
             }
         }
         frame::settings_ack(&mut self.out);
-        self.flush_all();
+        if grown {
+            self.flush_all();
+        }
         Ok(())
     }
 
@@ -1353,6 +1424,9 @@ impl Connection {
     }
 
     fn flush_all(&mut self) {
+        if self.send_window <= 0 {
+            return;
+        }
         let blocked: Vec<u32> = self
             .streams
             .iter()
@@ -1366,7 +1440,9 @@ impl Connection {
 
     /// Gives consumed octets back to the peer once enough have gathered.
     fn release_connection_window(&mut self) {
-        if self.recv_released >= CONNECTION_WINDOW / 4 {
+        if self.recv_released >= CONNECTION_WINDOW / 4
+            || (self.recv_released > 0 && self.recv_window < CONNECTION_WINDOW / 2)
+        {
             frame::window_update(&mut self.out, 0, self.recv_released as u32);
             self.recv_window += self.recv_released;
             self.recv_released = 0;
@@ -1388,7 +1464,7 @@ impl Connection {
                     self.close_local(id);
                 }
             }
-            Event::Data(id, data) => self.push(id, Pending::Data(data)),
+            Event::Data(id, data, credit) => self.push(id, Pending::Data(data, credit)),
             Event::Trailers(id, trailers) => {
                 let mut block = Vec::new();
                 encode_headers(&mut block, &trailers);
@@ -1433,7 +1509,9 @@ fn grpc_message(body: &[u8]) -> Result<&[u8], (Code, &'static str)> {
         return Err((Code::Internal, "truncated gRPC message prefix"));
     };
     if flag != 0 {
-        return Err((Code::Unimplemented, "compressed messages are not supported"));
+        // The call said no `grpc-encoding` (or identity): a compressed message is a protocol
+        // error of the client's (INTERNAL, as the gRPC spec says).
+        return Err((Code::Internal, "compressed message without grpc-encoding"));
     }
     let len = u32::from_be_bytes(*len) as usize;
     if len > MAX_MESSAGE {
@@ -1537,7 +1615,7 @@ mod tests {
         );
         assert_eq!(
             grpc_message(&[1, 0, 0, 0, 1, 1]).map_err(|e| e.0),
-            Err(Code::Unimplemented)
+            Err(Code::Internal)
         );
         assert_eq!(
             grpc_message(&[0, 0, 0, 0, 1, 1, 0]).map_err(|e| e.0),

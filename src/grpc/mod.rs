@@ -69,12 +69,23 @@ pub async fn serve(listener: Listener, shared: Arc<Shared>, shutdown: watch::Rec
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            Some(ended) = connections.join_next(), if !connections.is_empty() => log_panic(ended),
             () = stopped(&mut stop) => break,
         }
     }
     drop(listener);
-    while connections.join_next().await.is_some() {}
+    while let Some(ended) = connections.join_next().await {
+        log_panic(ended);
+    }
+}
+
+/// A connection task that panicked lost only its own connection; say so.
+fn log_panic(ended: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = ended
+        && e.is_panic()
+    {
+        tracing::error!(error = %e, "a gRPC connection task panicked");
+    }
 }
 
 async fn stopped(stop: &mut watch::Receiver<bool>) {
