@@ -13,6 +13,8 @@
 //!   stateless encoder of literals (`conn` adds the answers' two fixed fields to the peer's
 //!   table itself).
 //! - [`conn`]: one connection: streams, flow control, Check, routed RPCs, GOAWAY.
+//! - [`head`]: header blocks of a call: the request head's checks, the unary message's prefix,
+//!   the answers' header blocks.
 //!
 //! What it does not do: TLS (Envoy or the mesh's sidecar terminates it), HTTP/1.1 (answered
 //! with 505), server push, priorities (ignored, as RFC 9113 allows), compressed messages
@@ -20,6 +22,7 @@
 
 pub mod conn;
 pub mod frame;
+pub mod head;
 pub mod hpack;
 
 use std::sync::Arc;
