@@ -463,6 +463,82 @@ async fn a_large_reflection_answer_follows_the_clients_window() {
     );
 }
 
+/// A client that keeps asking reflection on one stream but gives no window for the answers:
+/// the server queues at most a bounded amount of answer for it, so it stops reading the
+/// requests (their octets are not given back) instead of buffering answers without end; when
+/// the window opens, every answer arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_routed_call_that_is_not_read_stops_being_served() {
+    let server = server().await;
+    // No stream window at all for the server's answers.
+    let mut raw = Raw::connect(server.grpc, &[(4, 0)]).await;
+    let headers = raw.block(&[
+        (":method", "POST"),
+        (":scheme", "http"),
+        (
+            ":path",
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        ),
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+    ]);
+    raw.send(HEADERS, END_HEADERS, 1, &headers).await;
+    let symbol = b"envoy.service.auth.v3.Authorization";
+    let mut message = vec![0x22, symbol.len() as u8];
+    message.extend_from_slice(symbol);
+    let mut request = vec![0u8];
+    request.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    request.extend_from_slice(&message);
+    let asked = 300;
+    for _ in 0..asked {
+        raw.send(DATA, 0, 1, &request).await;
+    }
+    // What the server gives back on stream 1 is what the service has read.
+    let mut given_back = 0usize;
+    while let Some(frame) = raw.next_within(Duration::from_millis(500)).await {
+        if frame.kind == WINDOW_UPDATE && frame.stream == 1 {
+            given_back += u32::from_be_bytes(frame.payload[..4].try_into().unwrap()) as usize;
+        }
+        assert_ne!(frame.kind, DATA, "no window, no DATA");
+    }
+    assert!(
+        given_back < asked * request.len() / 2,
+        "the service went on reading: {given_back} of {} octets given back",
+        asked * request.len()
+    );
+    // Open the windows: every answer comes.
+    raw.send(WINDOW_UPDATE, 0, 1, &0x7000_0000u32.to_be_bytes())
+        .await;
+    raw.send(WINDOW_UPDATE, 0, 0, &0x7000_0000u32.to_be_bytes())
+        .await;
+    raw.send(DATA, END_STREAM, 1, &[]).await;
+    let mut body = Vec::new();
+    let mut ended = false;
+    while !ended {
+        let frame = raw.next().await.expect("the answers");
+        match frame.kind {
+            DATA if frame.stream == 1 => {
+                body.extend_from_slice(&frame.payload);
+                ended = frame.flags & END_STREAM != 0;
+            }
+            HEADERS if frame.stream == 1 => {
+                raw.fields(&frame.payload);
+                ended = frame.flags & END_STREAM != 0;
+            }
+            _ => {}
+        }
+    }
+    // Count the gRPC messages in what arrived.
+    let mut answers = 0;
+    let mut rest = body.as_slice();
+    while rest.len() >= 5 {
+        let len = u32::from_be_bytes(rest[1..5].try_into().unwrap()) as usize;
+        rest = &rest[5 + len..];
+        answers += 1;
+    }
+    assert_eq!(answers, asked);
+}
+
 /// Each of these is a connection error: GOAWAY with the code RFC 9113 names, then the end of the
 /// connection. The server goes on serving new connections.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
