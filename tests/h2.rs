@@ -752,6 +752,47 @@ async fn improper_requests_are_refused_on_their_stream() {
     assert_allowed(&raw.answer(stream).await);
 }
 
+/// Trailers from the client end its message (the Check is answered); trailers carrying a
+/// pseudo-header or an upper-case name, or not ending the stream, reset it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_trailers_end_the_message_or_reset_the_stream() {
+    let server = server().await;
+    let mut raw = Raw::connect(server.grpc, &[]).await;
+    let body = check_message();
+    let headers = raw.check_headers();
+    raw.send(HEADERS, END_HEADERS, 1, &headers).await;
+    raw.send(DATA, 0, 1, &body).await;
+    let trailers = raw.block(&[("x-checksum", "abc")]);
+    raw.send(HEADERS, END_HEADERS | END_STREAM, 1, &trailers)
+        .await;
+    assert_allowed(&raw.answer(1).await);
+    let bad: [(&[(&str, &str)], u8); 3] = [
+        (&[(":path", "/x")], END_HEADERS | END_STREAM),
+        (&[("X-Checksum", "abc")], END_HEADERS | END_STREAM),
+        (&[("x-checksum", "abc")], END_HEADERS),
+    ];
+    let mut stream = 3;
+    for (fields, flags) in bad {
+        let headers = raw.check_headers();
+        raw.send(HEADERS, END_HEADERS, stream, &headers).await;
+        raw.send(DATA, 0, stream, &body).await;
+        let trailers = raw.block(fields);
+        raw.send(HEADERS, flags, stream, &trailers).await;
+        let frame = raw.next_for(stream).await.expect("a reset");
+        assert_eq!(
+            (frame.kind, frame.stream, frame.payload.as_slice()),
+            (RST_STREAM, stream, &[0, 0, 0, 1][..]),
+            "{fields:?}"
+        );
+        stream += 2;
+    }
+    // The connection (and its HPACK table) goes on.
+    let headers = raw.check_headers();
+    raw.send(HEADERS, END_HEADERS, stream, &headers).await;
+    raw.send(DATA, END_STREAM, stream, &body).await;
+    assert_allowed(&raw.answer(stream).await);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_beyond_the_limit_are_refused_and_resets_are_honoured() {
     let server = server().await;

@@ -676,8 +676,14 @@ impl Connection {
         end_stream: bool,
     ) -> Result<(), ConnError> {
         if let Some(stream) = self.streams.get_mut(&id) {
-            // Trailers of a request: they must end it, and carry no pseudo-header.
-            if stream.remote_closed || !end_stream || request.seen != 0 || request.method.is_some()
+            // Trailers of a request: they must end it, carry no pseudo-header, and be as
+            // well-formed and as small as a request head.
+            if stream.remote_closed
+                || !end_stream
+                || request.seen != 0
+                || request.method.is_some()
+                || request.malformed.is_some()
+                || request.list_size > MAX_HEADER_LIST
             {
                 self.reset(id, Reason::ProtocolError);
                 return Ok(());
