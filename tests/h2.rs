@@ -162,6 +162,26 @@ impl Raw {
         }
     }
 
+    /// Opens a reflection call on `stream` (HEADERS only) and returns one request for it,
+    /// framed: "the file containing envoy.service.auth.v3.Authorization".
+    async fn open_reflection(&mut self, stream: u32) -> Vec<u8> {
+        let headers = self.block(&[
+            (":method", "POST"),
+            (":scheme", "http"),
+            (
+                ":path",
+                "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            ),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+        ]);
+        self.send(HEADERS, END_HEADERS, stream, &headers).await;
+        let symbol = b"envoy.service.auth.v3.Authorization";
+        let mut message = vec![0x22, symbol.len() as u8];
+        message.extend_from_slice(symbol);
+        grpc_frame(&message)
+    }
+
     /// Reads one whole gRPC answer on `stream`: its headers, message (if any) and trailers.
     async fn answer(&mut self, stream: u32) -> GrpcAnswer {
         let mut answer = GrpcAnswer::default();
@@ -231,13 +251,17 @@ impl GrpcAnswer {
     }
 }
 
-/// The gRPC message of an allowed Check.
-fn check_message() -> Vec<u8> {
-    let message = request("GET", "/", &[]).encode_to_vec();
+/// A message in its gRPC frame: uncompressed, length-prefixed.
+fn grpc_frame(message: &[u8]) -> Vec<u8> {
     let mut body = vec![0u8];
     body.extend_from_slice(&(message.len() as u32).to_be_bytes());
-    body.extend_from_slice(&message);
+    body.extend_from_slice(message);
     body
+}
+
+/// The gRPC message of an allowed Check.
+fn check_message() -> Vec<u8> {
+    grpc_frame(&request("GET", "/", &[]).encode_to_vec())
 }
 
 fn assert_allowed(answer: &GrpcAnswer) {
@@ -407,23 +431,7 @@ async fn the_answer_waits_for_the_clients_window() {
 async fn a_large_reflection_answer_follows_the_clients_window() {
     let server = server().await;
     let mut raw = Raw::connect(server.grpc, &[(4, 1024)]).await;
-    let headers = raw.block(&[
-        (":method", "POST"),
-        (":scheme", "http"),
-        (
-            ":path",
-            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
-        ),
-        ("content-type", "application/grpc"),
-        ("te", "trailers"),
-    ]);
-    raw.send(HEADERS, END_HEADERS, 1, &headers).await;
-    let symbol = b"envoy.service.auth.v3.Authorization";
-    let mut message = vec![0x22, symbol.len() as u8];
-    message.extend_from_slice(symbol);
-    let mut body = vec![0u8];
-    body.extend_from_slice(&(message.len() as u32).to_be_bytes());
-    body.extend_from_slice(&message);
+    let body = raw.open_reflection(1).await;
     raw.send(DATA, END_STREAM, 1, &body).await;
     let mut received = 0usize;
     let mut trailers = None;
@@ -472,23 +480,7 @@ async fn a_routed_call_that_is_not_read_stops_being_served() {
     let server = server().await;
     // No stream window at all for the server's answers.
     let mut raw = Raw::connect(server.grpc, &[(4, 0)]).await;
-    let headers = raw.block(&[
-        (":method", "POST"),
-        (":scheme", "http"),
-        (
-            ":path",
-            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
-        ),
-        ("content-type", "application/grpc"),
-        ("te", "trailers"),
-    ]);
-    raw.send(HEADERS, END_HEADERS, 1, &headers).await;
-    let symbol = b"envoy.service.auth.v3.Authorization";
-    let mut message = vec![0x22, symbol.len() as u8];
-    message.extend_from_slice(symbol);
-    let mut request = vec![0u8];
-    request.extend_from_slice(&(message.len() as u32).to_be_bytes());
-    request.extend_from_slice(&message);
+    let request = raw.open_reflection(1).await;
     let asked = 300;
     for _ in 0..asked {
         raw.send(DATA, 0, 1, &request).await;
@@ -930,9 +922,7 @@ async fn a_reset_stream_cancels_its_waiting_check() {
     .await;
     let message =
         request("GET", "/private", &[("authorization", "Bearer slow-800")]).encode_to_vec();
-    let mut body = vec![0u8];
-    body.extend_from_slice(&(message.len() as u32).to_be_bytes());
-    body.extend_from_slice(&message);
+    let body = grpc_frame(&message);
     let mut raw = Raw::connect(server.grpc, &[]).await;
     let headers = raw.check_headers();
     raw.send(HEADERS, END_HEADERS, 1, &headers).await;
@@ -997,10 +987,7 @@ async fn interleaved_large_messages_do_not_stall_the_connection() {
     let server = server().await;
     let mut raw = Raw::connect(server.grpc, &[]).await;
     let pad = "p".repeat(600_000);
-    let message = request("GET", "/", &[("x-pad", pad.as_str())]).encode_to_vec();
-    let mut body = vec![0u8];
-    body.extend_from_slice(&(message.len() as u32).to_be_bytes());
-    body.extend_from_slice(&message);
+    let body = grpc_frame(&request("GET", "/", &[("x-pad", pad.as_str())]).encode_to_vec());
     let streams: Vec<u32> = (0..30).map(|i| 2 * i + 1).collect();
     for &stream in &streams {
         let headers = raw.check_headers();
