@@ -13,9 +13,10 @@ use std::time::{Duration, SystemTime};
 
 use checkpoint::check::{Decision, Denial, Outcome};
 use checkpoint::config::UserHeaders;
+use checkpoint::envoy;
 use checkpoint::identity::User;
 use checkpoint::policy::{Expression, Facts};
-use checkpoint::request::{Request, path, wire};
+use checkpoint::request::path;
 use checkpoint::response::Responder;
 use checkpoint::route::{Method, MethodKey, RouteTable};
 use checkpoint::telemetry;
@@ -205,35 +206,26 @@ fn bench_request(c: &mut Criterion) {
         }),
         ..Default::default()
     });
-    for form in [&map_form, &pair_form] {
-        let request = Request::from_check(form);
+    let map_bytes = map_form.encode_to_vec();
+    let pair_bytes = pair_form.encode_to_vec();
+    for bytes in [&map_bytes, &pair_bytes] {
+        let request = envoy::decode(bytes).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(request.method, Some(Method::Get));
         assert_eq!(request.path.as_deref(), Ok("/api/v1/users/42/profile"));
     }
     let mut group = c.benchmark_group("request");
-    // What the server does: the bytes on the wire straight into the view (`request::wire`),
-    // in both header forms, against the generated decoding followed by the view.
-    let map_bytes = map_form.encode_to_vec();
-    let pair_bytes = pair_form.encode_to_vec();
+    // What the codec does: the bytes on the wire straight into the view (`envoy::decode`), in
+    // both header forms; against the generated decoding alone, for scale.
     group.bench_function("decode_and_view_wire_map_form", |b| {
-        b.iter(|| wire::decode(black_box(map_bytes.as_slice())).unwrap_or_else(|e| panic!("{e}")))
+        b.iter(|| envoy::decode(black_box(map_bytes.as_slice())).unwrap_or_else(|e| panic!("{e}")))
     });
     group.bench_function("decode_and_view_wire_header_map_form", |b| {
-        b.iter(|| wire::decode(black_box(pair_bytes.as_slice())).unwrap_or_else(|e| panic!("{e}")))
+        b.iter(|| envoy::decode(black_box(pair_bytes.as_slice())).unwrap_or_else(|e| panic!("{e}")))
     });
-    group.bench_function("decode_and_view_generated", |b| {
+    group.bench_function("decode_generated_only", |b| {
         b.iter(|| {
-            let check = CheckRequest::decode(black_box(map_bytes.as_slice()))
-                .unwrap_or_else(|e| panic!("{e}"));
-            Request::from_check(&check)
+            CheckRequest::decode(black_box(map_bytes.as_slice())).unwrap_or_else(|e| panic!("{e}"))
         })
-    });
-    // From a CheckRequest already decoded (tests, embedders, envoy-types' generated server).
-    group.bench_function("from_check_map_form", |b| {
-        b.iter(|| Request::from_check(black_box(&map_form)))
-    });
-    group.bench_function("from_check_header_map_form", |b| {
-        b.iter(|| Request::from_check(black_box(&pair_form)))
     });
     group.bench_function("normalize_clean", |b| {
         b.iter(|| path::normalize(black_box("/api/v1/users/42/profile?view=full")))
@@ -283,26 +275,15 @@ fn bench_response(c: &mut Criterion) {
         identity_latency: None,
     };
     let mut group = c.benchmark_group("response");
+    // The plain answer (pure), then the answer encoded as the codec writes it.
     group.bench_function("allow_with_user", |b| {
-        b.iter(|| responder.build(black_box(&allow)))
+        b.iter(|| responder.answer(black_box(&allow)).verdict)
     });
     group.bench_function("deny_forbidden", |b| {
-        b.iter(|| responder.build(black_box(&deny)))
+        b.iter(|| responder.answer(black_box(&deny)).verdict)
     });
-    // Build and protobuf-encode, as tonic does before the answer leaves.
-    let mut buffer = Vec::with_capacity(1024);
     group.bench_function("allow_with_user_encoded", |b| {
-        b.iter(|| {
-            buffer.clear();
-            let response = responder.build(black_box(&allow));
-            response
-                .encode(&mut buffer)
-                .unwrap_or_else(|e| panic!("{e}"));
-            buffer.len()
-        })
-    });
-    group.bench_function("allow_with_user_encoded_directly", |b| {
-        b.iter(|| responder.encode(black_box(&allow)).0.len())
+        b.iter(|| envoy::encode(&responder.answer(black_box(&allow))).0.len())
     });
     group.finish();
 }
@@ -312,6 +293,8 @@ fn bench_decision_line(c: &mut Criterion) {
         request_id: "6f1c2b1e-3d0a-4c8e-9a51-0c3f6a7b8d90",
         rule: "/api/users",
         method: "GET",
+        request_method: None,
+        path: None,
         decision: "allow",
         reason: "allowed",
         identity_source: "userinfo",

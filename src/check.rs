@@ -25,6 +25,16 @@ pub enum Decision {
     Deny(Denial),
 }
 
+impl Decision {
+    /// `allow` or `deny`: the word in the decision log and the dynamic metadata.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Decision::Allow => "allow",
+            Decision::Deny(_) => "deny",
+        }
+    }
+}
+
 /// Why a Check was denied; `response` maps each to its status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Denial {

@@ -26,15 +26,15 @@
 
 pub mod check;
 pub mod config;
-pub mod grpc;
+pub mod envoy;
 pub mod identity;
 pub mod policy;
 pub mod request;
 pub mod response;
 pub mod route;
-pub mod service;
 pub mod status;
 pub mod telemetry;
+pub mod transport;
 
 mod server;
 

@@ -1,27 +1,15 @@
-//! Stage 4, the boundary out: an [`Outcome`] becomes Envoy's `CheckResponse`.
+//! Stage 4: an [`Outcome`] becomes the answer Envoy gets, as a plain value ([`Answer`]): the
+//! headers to set and remove upstream, or a denial with its status, headers and body. Pure: no
+//! I/O, no protobuf; the boundary ([`crate::envoy`]) encodes the answer.
 //!
 //! The one table from outcome to gRPC code, HTTP status and body lives here ([`status_of`]).
-//! Called by `service` for every Check.
 //!
-//! Envoy contract details this module keeps (ENVOY.md):
-//! - a deny is `Ok(CheckResponse)` with a non-OK status inside, never a gRPC error, which Envoy
-//!   would treat as a failure of the authorization service;
-//! - every injected header says `OVERWRITE_IF_EXISTS_OR_ADD`, because the enum's default appends;
-//! - `headers_to_remove` is applied after the added headers, so it never names a header we set.
-//!
-//! Two forms of the same answer: [`Responder::build`], the `CheckResponse` struct, and
-//! [`Responder::encode`], its protobuf bytes written directly (no string copies, no hash map),
-//! which the server sends ([`Encoded`]). A test holds them equal for every kind of outcome.
-
-use envoy_types::pb::envoy::config::core::v3::{
-    HeaderValue, HeaderValueOption, header_value_option::HeaderAppendAction,
-};
-use envoy_types::pb::envoy::service::auth::v3::{
-    CheckResponse, DeniedHttpResponse, OkHttpResponse, check_response::HttpResponse,
-};
-use envoy_types::pb::envoy::r#type::v3::HttpStatus;
-use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
-use envoy_types::pb::google::rpc;
+//! Envoy contract details this module keeps (ENVOY.md in the project's notes, docs/ for users):
+//! - a deny is an answer with a non-OK status inside, never a gRPC error, which Envoy would
+//!   treat as a failure of the authorization service;
+//! - every injected header overwrites (the boundary writes `OVERWRITE_IF_EXISTS_OR_ADD`, because
+//!   the enum's default appends);
+//! - `remove` is applied by Envoy after the added headers, so it never names a header we set.
 
 use crate::check::{Decision, Denial, Outcome};
 use crate::config::UserHeaders;
@@ -32,7 +20,6 @@ pub const MIA_ALLOWED: &str = "mia-allowed";
 
 /// gRPC status codes used in `CheckResponse.status` (google.rpc.Code).
 mod code {
-    pub const OK: i32 = 0;
     pub const INVALID_ARGUMENT: i32 = 3;
     pub const NOT_FOUND: i32 = 5;
     pub const PERMISSION_DENIED: i32 = 7;
@@ -74,6 +61,65 @@ pub fn status_of(denial: Denial) -> (i32, u16, &'static str, &'static str) {
             "the caller's identity cannot be verified right now",
         ),
     }
+}
+
+/// A short list with its capacity fixed at compile time: an answer names at most four headers,
+/// and building one must not allocate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct List<T: Copy + Default, const N: usize> {
+    items: [T; N],
+    len: usize,
+}
+
+impl<T: Copy + Default, const N: usize> Default for List<T, N> {
+    fn default() -> Self {
+        List {
+            items: [T::default(); N],
+            len: 0,
+        }
+    }
+}
+
+impl<T: Copy + Default, const N: usize> List<T, N> {
+    /// Adds `item`; the callers below never add more than `N`, and an extra one is dropped
+    /// rather than panicking.
+    fn push(&mut self, item: T) {
+        if let Some(slot) = self.items.get_mut(self.len) {
+            *slot = item;
+            self.len += 1;
+        }
+    }
+
+    pub fn as_slice(&self) -> &[T] {
+        self.items.get(..self.len).unwrap_or_default()
+    }
+}
+
+/// Envoy's answer to one Check, before encoding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer<'a> {
+    pub verdict: Verdict<'a>,
+    /// `decision`, `reason` and `user_id`, for Envoy's dynamic metadata; only when configured.
+    pub metadata: Option<List<(&'a str, &'a str), 3>>,
+}
+
+/// Let the request through, or answer the client instead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict<'a> {
+    /// OK: headers set on the request going upstream (overwriting), and headers removed from it.
+    Allow {
+        set: List<(&'a str, &'a str), 4>,
+        remove: List<&'a str, 4>,
+    },
+    /// A denial: the gRPC code of `CheckResponse.status` and its message, then what the client
+    /// gets: HTTP status, headers and body.
+    Deny {
+        code: i32,
+        message: &'static str,
+        status: u16,
+        headers: List<(&'static str, &'static str), 2>,
+        body: &'a str,
+    },
 }
 
 /// How answers are written: settled at start-up.
@@ -134,403 +180,93 @@ impl Responder {
     }
 
     /// Envoy's answer for an outcome.
-    pub fn build(&self, outcome: &Outcome<'_>) -> CheckResponse {
-        let mut response = match outcome.decision {
+    pub fn answer<'a>(&'a self, outcome: &'a Outcome<'_>) -> Answer<'a> {
+        let verdict = match outcome.decision {
             Decision::Allow => self.allow(outcome.user.as_deref(), true),
-            Decision::Deny(
-                denial @ (Denial::NotFound | Denial::Unauthenticated | Denial::Forbidden),
-            ) if !self.strict => {
-                // Non-strict mode: Mia's gateway lets the request through marked not allowed,
-                // with the user headers of whoever was identified.
-                let _ = denial;
+            // Non-strict mode: Mia's gateway lets the request through marked not allowed, with
+            // the user headers of whoever was identified.
+            Decision::Deny(Denial::NotFound | Denial::Unauthenticated | Denial::Forbidden)
+                if !self.strict =>
+            {
                 self.allow(outcome.user.as_deref(), false)
             }
             Decision::Deny(denial) => self.deny(denial),
         };
-        if self.dynamic_metadata {
-            response.dynamic_metadata = Some(metadata(outcome));
-        }
-        response
-    }
-
-    /// The same answer as [`Responder::build`], as protobuf bytes.
-    pub fn encode(&self, outcome: &Outcome<'_>) -> Encoded {
-        let mut out = Vec::with_capacity(256);
-        match outcome.decision {
-            Decision::Allow => self.encode_allow(&mut out, outcome.user.as_deref(), true),
-            Decision::Deny(Denial::NotFound | Denial::Unauthenticated | Denial::Forbidden)
-                if !self.strict =>
-            {
-                self.encode_allow(&mut out, outcome.user.as_deref(), false)
+        let metadata = self.dynamic_metadata.then(|| {
+            let mut entries = List::default();
+            entries.push(("decision", outcome.decision.as_str()));
+            entries.push(("reason", outcome.reason));
+            if let Some(user) = &outcome.user {
+                entries.push(("user_id", user.id.as_str()));
             }
-            Decision::Deny(denial) => self.encode_deny(&mut out, denial),
-        }
-        if self.dynamic_metadata {
-            encode_metadata(&mut out, outcome);
-        }
-        Encoded(out)
+            entries
+        });
+        Answer { verdict, metadata }
     }
 
-    fn encode_allow(&self, out: &mut Vec<u8>, user: Option<&User>, allowed: bool) {
-        // CheckResponse.status (1): OK, a Status whose fields are all default.
-        wire::message(out, 1, 0);
-        let mia_allowed = if allowed { "1" } else { "0" };
-        let mut set: [(&str, &str); 4] = [("", ""); 4];
-        let mut n_set = 0;
-        let mut removed: [&str; 4] = [""; 4];
-        let mut n_removed = 0;
+    fn allow<'a>(&'a self, user: Option<&'a User>, allowed: bool) -> Verdict<'a> {
+        let mut set = List::default();
+        let mut remove = List::default();
         match user {
             Some(user) => {
-                set[n_set] = (&self.user_id, &user.id);
-                n_set += 1;
+                set.push((self.user_id.as_str(), user.id.as_str()));
                 if user.groups_header.is_empty() {
-                    removed[n_removed] = &self.groups;
-                    n_removed += 1;
+                    remove.push(self.groups.as_str());
                 } else {
-                    set[n_set] = (&self.groups, &user.groups_header);
-                    n_set += 1;
+                    set.push((self.groups.as_str(), user.groups_header.as_str()));
                 }
-                set[n_set] = (&self.properties, &user.properties_header);
-                n_set += 1;
-            }
-            None => {
-                removed = [&self.user_id, &self.groups, &self.properties, ""];
-                n_removed = 3;
-            }
-        }
-        if self.strict {
-            removed[n_removed] = MIA_ALLOWED;
-            n_removed += 1;
-        } else {
-            set[n_set] = (MIA_ALLOWED, mia_allowed);
-            n_set += 1;
-        }
-        let (set, removed) = (&set[..n_set], &removed[..n_removed]);
-        // OkHttpResponse: headers (2), headers_to_remove (5).
-        let ok_len: usize = set
-            .iter()
-            .map(|(k, v)| wire::field_len(1, wire::option_len(k, v)))
-            .sum::<usize>()
-            + removed
-                .iter()
-                .map(|r| wire::field_len(1, r.len()))
-                .sum::<usize>();
-        wire::message(out, 3, ok_len);
-        for (key, value) in set {
-            wire::header_option(out, 2, key, value);
-        }
-        for name in removed {
-            wire::string(out, 5, name);
-        }
-    }
-
-    fn encode_deny(&self, out: &mut Vec<u8>, denial: Denial) {
-        let (grpc, http, _, message) = status_of(denial);
-        // CheckResponse.status (1): code (1), message (2).
-        wire::message(
-            out,
-            1,
-            wire::varint_field_len(grpc as u64) + wire::string_len(message),
-        );
-        wire::varint_field(out, 1, grpc as u64);
-        wire::string(out, 2, message);
-        // DeniedHttpResponse (2): status (1) { code (1) }, headers (2), body (3).
-        let mut headers: [(&str, &str); 2] = [("content-type", "application/json"); 2];
-        let mut n = 1;
-        if denial == Denial::Unauthenticated {
-            headers[1] = ("www-authenticate", "Bearer");
-            n = 2;
-        }
-        let headers = &headers[..n];
-        let body = &self.bodies[index(denial)];
-        let status_len = wire::varint_field_len(u64::from(http));
-        let denied_len = wire::field_len(1, status_len)
-            + headers
-                .iter()
-                .map(|(k, v)| wire::field_len(1, wire::option_len(k, v)))
-                .sum::<usize>()
-            + wire::string_len(body);
-        wire::message(out, 2, denied_len);
-        wire::message(out, 1, status_len);
-        wire::varint_field(out, 1, u64::from(http));
-        for (key, value) in headers {
-            wire::header_option(out, 2, key, value);
-        }
-        wire::string(out, 3, body);
-    }
-
-    fn allow(&self, user: Option<&User>, allowed: bool) -> CheckResponse {
-        let mut headers = Vec::with_capacity(4);
-        // Often left empty (a user with groups, non-strict mode): allocated on first use.
-        let mut remove = Vec::new();
-        match user {
-            Some(user) => {
-                headers.push(overwrite(&self.user_id, &user.id));
-                if user.groups_header.is_empty() {
-                    remove.push(self.groups.clone());
-                } else {
-                    headers.push(overwrite(&self.groups, &user.groups_header));
-                }
-                headers.push(overwrite(&self.properties, &user.properties_header));
+                set.push((self.properties.as_str(), user.properties_header.as_str()));
             }
             // Security: a caller must never choose its own identity headers.
-            None => remove.extend([
-                self.user_id.clone(),
-                self.groups.clone(),
-                self.properties.clone(),
-            ]),
+            None => {
+                remove.push(self.user_id.as_str());
+                remove.push(self.groups.as_str());
+                remove.push(self.properties.as_str());
+            }
         }
         if self.strict {
             // Security: upstreams of a non-strict deployment may trust this marker.
-            remove.push(MIA_ALLOWED.to_owned());
+            remove.push(MIA_ALLOWED);
         } else {
-            headers.push(overwrite(MIA_ALLOWED, if allowed { "1" } else { "0" }));
+            set.push((MIA_ALLOWED, if allowed { "1" } else { "0" }));
         }
-        CheckResponse {
-            status: Some(rpc::Status {
-                code: code::OK,
-                ..Default::default()
-            }),
-            http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
-                headers,
-                headers_to_remove: remove,
-                ..Default::default()
-            })),
-            dynamic_metadata: None,
-        }
+        Verdict::Allow { set, remove }
     }
 
-    fn deny(&self, denial: Denial) -> CheckResponse {
-        let (grpc, http, _, message) = status_of(denial);
-        let mut headers = vec![overwrite("content-type", "application/json")];
+    fn deny(&self, denial: Denial) -> Verdict<'_> {
+        let (code, status, _, message) = status_of(denial);
+        let mut headers = List::default();
+        headers.push(("content-type", "application/json"));
         if denial == Denial::Unauthenticated {
-            headers.push(overwrite("www-authenticate", "Bearer"));
+            headers.push(("www-authenticate", "Bearer"));
         }
-        CheckResponse {
-            status: Some(rpc::Status {
-                code: grpc,
-                message: message.to_owned(),
-                details: Vec::new(),
-            }),
-            http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
-                status: Some(HttpStatus {
-                    code: i32::from(http),
-                }),
-                headers,
-                body: self.bodies[index(denial)].clone(),
-            })),
-            dynamic_metadata: None,
+        Verdict::Deny {
+            code,
+            message,
+            status,
+            headers,
+            body: self.bodies.get(index(denial)).map_or("", String::as_str),
         }
     }
-}
-
-/// `CheckResponse.dynamic_metadata` (4), the same Struct as [`metadata`].
-fn encode_metadata(out: &mut Vec<u8>, outcome: &Outcome<'_>) {
-    let decision = match outcome.decision {
-        Decision::Allow => "allow",
-        Decision::Deny(_) => "deny",
-    };
-    let user_id = outcome.user.as_ref().map(|u| u.id.as_str());
-    let entries = [
-        Some(("decision", decision)),
-        Some(("reason", outcome.reason)),
-        user_id.map(|id| ("user_id", id)),
-    ];
-    let struct_len: usize = entries
-        .iter()
-        .flatten()
-        .map(|(k, v)| wire::field_len(1, wire::struct_entry_len(k, v)))
-        .sum();
-    wire::message(out, 4, struct_len);
-    for (key, value) in entries.iter().flatten() {
-        wire::struct_entry(out, key, value);
-    }
-}
-
-/// A `CheckResponse` already encoded ([`Responder::encode`]): what the server's codec writes.
-/// Encode-only: decoding one reads nothing.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Encoded(pub Vec<u8>);
-
-impl prost::Message for Encoded {
-    fn encode_raw(&self, buf: &mut impl prost::bytes::BufMut) {
-        buf.put_slice(&self.0);
-    }
-
-    fn merge_field(
-        &mut self,
-        tag: u32,
-        wire_type: prost::encoding::WireType,
-        buf: &mut impl prost::bytes::Buf,
-        ctx: prost::encoding::DecodeContext,
-    ) -> Result<(), prost::DecodeError> {
-        prost::encoding::skip_field(wire_type, tag, buf, ctx)
-    }
-
-    fn encoded_len(&self) -> usize {
-        self.0.len()
-    }
-
-    fn clear(&mut self) {
-        self.0.clear();
-    }
-}
-
-/// Protobuf encoding of the few shapes a CheckResponse needs. Like prost, fields holding their
-/// default value (empty string, zero) are left out, except inside a oneof.
-mod wire {
-    const LEN: u64 = 2;
-    const VARINT: u64 = 0;
-
-    pub fn varint(out: &mut Vec<u8>, mut value: u64) {
-        while value >= 0x80 {
-            out.push((value as u8) | 0x80);
-            value >>= 7;
-        }
-        out.push(value as u8);
-    }
-
-    pub fn varint_len(value: u64) -> usize {
-        // One byte per started group of seven bits.
-        (64 - (value | 1).leading_zeros() as usize).div_ceil(7)
-    }
-
-    fn key(out: &mut Vec<u8>, field: u32, wire_type: u64) {
-        varint(out, (u64::from(field) << 3) | wire_type);
-    }
-
-    /// Key and length prefix of a length-delimited field holding `len` bytes; all our field
-    /// numbers are below 16, so the key is one byte.
-    pub fn field_len(_field: u32, len: usize) -> usize {
-        1 + varint_len(len as u64) + len
-    }
-
-    pub fn message(out: &mut Vec<u8>, field: u32, len: usize) {
-        key(out, field, LEN);
-        varint(out, len as u64);
-    }
-
-    pub fn string_len(value: &str) -> usize {
-        if value.is_empty() {
-            0
-        } else {
-            field_len(1, value.len())
-        }
-    }
-
-    pub fn string(out: &mut Vec<u8>, field: u32, value: &str) {
-        if !value.is_empty() {
-            message(out, field, value.len());
-            out.extend_from_slice(value.as_bytes());
-        }
-    }
-
-    pub fn varint_field_len(value: u64) -> usize {
-        if value == 0 { 0 } else { 1 + varint_len(value) }
-    }
-
-    pub fn varint_field(out: &mut Vec<u8>, field: u32, value: u64) {
-        if value != 0 {
-            key(out, field, VARINT);
-            varint(out, value);
-        }
-    }
-
-    /// HeaderValue { key (1), value (2) }.
-    fn header_value_len(key: &str, value: &str) -> usize {
-        string_len(key) + string_len(value)
-    }
-
-    /// HeaderValueOption { header (1), append_action (3) = OVERWRITE_IF_EXISTS_OR_ADD }.
-    pub fn option_len(key: &str, value: &str) -> usize {
-        field_len(1, header_value_len(key, value)) + varint_field_len(OVERWRITE)
-    }
-
-    const OVERWRITE: u64 = super::HeaderAppendAction::OverwriteIfExistsOrAdd as u64;
-
-    pub fn header_option(out: &mut Vec<u8>, field: u32, key: &str, value: &str) {
-        message(out, field, option_len(key, value));
-        message(out, 1, header_value_len(key, value));
-        string(out, 1, key);
-        string(out, 2, value);
-        varint_field(out, 3, OVERWRITE);
-    }
-
-    /// Value { string_value (3) }: a oneof member, written even when empty.
-    fn string_value_len(value: &str) -> usize {
-        field_len(3, value.len())
-    }
-
-    /// One entry of `Struct.fields` (1): { key (1), value (2) }.
-    pub fn struct_entry_len(key: &str, value: &str) -> usize {
-        string_len(key) + field_len(2, string_value_len(value))
-    }
-
-    pub fn struct_entry(out: &mut Vec<u8>, key: &str, value: &str) {
-        message(out, 1, struct_entry_len(key, value));
-        string(out, 1, key);
-        message(out, 2, string_value_len(value));
-        message(out, 3, value.len());
-        out.extend_from_slice(value.as_bytes());
-    }
-}
-
-fn overwrite(name: &str, value: &str) -> HeaderValueOption {
-    HeaderValueOption {
-        header: Some(HeaderValue {
-            key: name.to_owned(),
-            value: value.to_owned(),
-            raw_value: Vec::new(),
-        }),
-        append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
-        ..Default::default()
-    }
-}
-
-/// Stored by Envoy under `envoy.filters.http.ext_authz`, for access logs and later filters.
-fn metadata(outcome: &Outcome<'_>) -> Struct {
-    let string = |s: &str| Value {
-        kind: Some(Kind::StringValue(s.to_owned())),
-    };
-    let mut fields = std::collections::HashMap::with_capacity(3);
-    let decision = match outcome.decision {
-        Decision::Allow => "allow",
-        Decision::Deny(_) => "deny",
-    };
-    fields.insert("decision".to_owned(), string(decision));
-    fields.insert("reason".to_owned(), string(outcome.reason));
-    if let Some(user) = &outcome.user {
-        fields.insert("user_id".to_owned(), string(&user.id));
-    }
-    Struct { fields }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use prost::Message;
     use std::sync::Arc;
 
-    fn user(id: &str, groups: &[&str], properties: &str) -> Arc<User> {
-        let mut user = User::new(
-            id.into(),
-            groups.iter().map(|g| (*g).to_owned()).collect(),
-            vec!["api.read".into()],
-            properties.into(),
-        )
-        .expect("a valid user");
-        user.expires_at = None;
-        Arc::new(user)
+    fn headers() -> UserHeaders {
+        UserHeaders {
+            user_id: "miauserid".into(),
+            groups: "miausergroups".into(),
+            properties: "miauserproperties".into(),
+        }
     }
 
-    fn outcome(
-        decision: Decision,
-        reason: &'static str,
-        user: Option<Arc<User>>,
-    ) -> Outcome<'static> {
+    fn outcome(decision: Decision, user: Option<Arc<User>>) -> Outcome<'static> {
         Outcome {
             decision,
-            reason,
+            reason: "some_reason",
             rule: None,
             user,
             identity_source: "none",
@@ -540,75 +276,95 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_encoded_answer_is_the_built_one() {
-        let headers = UserHeaders {
-            user_id: "miauserid".into(),
-            groups: "miausergroups".into(),
-            properties: "miauserproperties".into(),
-        };
-        let long_id = "u".repeat(300);
-        let users = [
-            None,
-            Some(user(
-                "alice",
-                &["admin", "users"],
-                r#"{"email":"a@example.com"}"#,
-            )),
-            Some(user("bob", &[], "{}")),
-            Some(user(&long_id, &["g"; 40], "")),
-        ];
-        let mut decisions = vec![Decision::Allow];
-        decisions.extend(DENIALS.map(Decision::Deny));
-        let mut checked = 0;
-        for (strict, metadata) in [(true, true), (false, true), (true, false), (false, false)] {
-            let responder = Responder::new(strict, &headers).with_dynamic_metadata(metadata);
-            for decision in &decisions {
-                for user in &users {
-                    let outcome = outcome(decision.clone(), "some_reason", user.clone());
-                    let built = responder.build(&outcome);
-                    let encoded = responder.encode(&outcome);
-                    assert_eq!(
-                        encoded.0.len(),
-                        built.encoded_len(),
-                        "length, {decision:?} strict={strict} {user:?}"
-                    );
-                    let decoded = CheckResponse::decode(encoded.0.as_slice()).expect("decodes");
-                    assert_eq!(decoded, built, "{decision:?} strict={strict} {user:?}");
-                    assert_eq!(
-                        decoded.dynamic_metadata.is_some(),
-                        metadata,
-                        "dynamic metadata only when asked for"
-                    );
-                    // What the codec writes is those bytes.
-                    assert_eq!(encoded.encode_to_vec(), encoded.0);
-                    checked += 1;
-                }
-            }
-        }
-        assert_eq!(checked, 4 * 6 * 4);
+    fn user(id: &str, groups: &[&str]) -> Arc<User> {
+        Arc::new(
+            User::new(
+                id.into(),
+                groups.iter().map(|g| (*g).to_owned()).collect(),
+                Vec::new(),
+                "{}".into(),
+            )
+            .expect("a valid user"),
+        )
     }
 
     #[test]
-    fn varint_lengths() {
-        for value in [
-            0u64,
-            1,
-            127,
-            128,
-            16_383,
-            16_384,
-            u64::from(u32::MAX),
-            u64::MAX,
-        ] {
-            let mut out = Vec::new();
-            wire::varint(&mut out, value);
-            assert_eq!(out.len(), wire::varint_len(value), "{value}");
-            assert_eq!(
-                out.len(),
-                prost::encoding::encoded_len_varint(value),
-                "{value}"
-            );
+    fn a_header_is_never_both_set_and_removed() {
+        let users = [
+            None,
+            Some(user("alice", &["admin"])),
+            Some(user("bob", &[])),
+        ];
+        for strict in [true, false] {
+            let responder = Responder::new(strict, &headers());
+            for user in &users {
+                for decision in [Decision::Allow, Decision::Deny(Denial::Forbidden)] {
+                    let outcome = outcome(decision, user.clone());
+                    if let Verdict::Allow { set, remove } = responder.answer(&outcome).verdict {
+                        for (name, _) in set.as_slice() {
+                            assert!(!remove.as_slice().contains(name), "{name} set and removed");
+                        }
+                        // Every identity header is either set or removed: none passes through.
+                        for name in [
+                            "miauserid",
+                            "miausergroups",
+                            "miauserproperties",
+                            MIA_ALLOWED,
+                        ] {
+                            let set = set.as_slice().iter().any(|(n, _)| *n == name);
+                            assert!(set || remove.as_slice().contains(&name), "{name}");
+                        }
+                    }
+                }
+            }
         }
+    }
+
+    #[test]
+    fn denials_follow_the_status_table_and_strict_mode() {
+        let strict = Responder::new(true, &headers());
+        let lax = Responder::new(false, &headers());
+        for denial in DENIALS {
+            let outcome = outcome(Decision::Deny(denial), None);
+            let (code, status, error, _) = status_of(denial);
+            match strict.answer(&outcome).verdict {
+                Verdict::Deny {
+                    code: c,
+                    status: s,
+                    headers,
+                    body,
+                    ..
+                } => {
+                    assert_eq!((c, s), (code, status));
+                    assert!(body.contains(error), "{body}");
+                    let challenge = headers
+                        .as_slice()
+                        .iter()
+                        .any(|(n, _)| *n == "www-authenticate");
+                    assert_eq!(challenge, denial == Denial::Unauthenticated);
+                }
+                other => panic!("{denial:?}: {other:?}"),
+            }
+            let let_through = matches!(
+                denial,
+                Denial::NotFound | Denial::Unauthenticated | Denial::Forbidden
+            );
+            match lax.answer(&outcome).verdict {
+                Verdict::Allow { set, .. } => {
+                    assert!(let_through, "{denial:?}");
+                    assert!(set.as_slice().contains(&(MIA_ALLOWED, "0")));
+                }
+                Verdict::Deny { .. } => assert!(!let_through, "{denial:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_list_drops_what_does_not_fit() {
+        let mut list: List<u8, 2> = List::default();
+        list.push(1);
+        list.push(2);
+        list.push(3);
+        assert_eq!(list.as_slice(), [1, 2]);
     }
 }

@@ -19,11 +19,11 @@ use std::collections::HashMap;
 
 use crate::check::Checker;
 use crate::config::{Config, ConfigErrors, ListenAddr, Settings};
-use crate::grpc;
+use crate::envoy::{self, CheckService};
 use crate::identity::Resolver;
 use crate::response::Responder;
-use crate::service::{AuthorizationService, DESCRIPTOR_SET};
 use crate::status::{self, Readiness};
+use crate::transport::{self, tls};
 
 /// The sockets `run` serves on, bound by the caller (tests bind `127.0.0.1:0`).
 pub struct Listeners {
@@ -104,6 +104,10 @@ impl Drop for SocketFile {
 pub enum RunError {
     #[error("cannot build the reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error("gRPC TLS: {0}")]
+    Tls(#[from] tls::TlsError),
+    #[error("the gRPC server failed: {0}")]
+    Grpc(#[from] tonic::transport::Error),
     #[error("the {0} server stopped on its own")]
     Stopped(&'static str),
     #[error("the status server failed: {0}")]
@@ -116,7 +120,7 @@ pub enum RunError {
 const CACHE_STATS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The gRPC service name whose health is reported, besides the overall `""`.
-const AUTHORIZATION_SERVICE: &str = "envoy.service.auth.v3.Authorization";
+const AUTHORIZATION_SERVICE: &str = envoy::SERVICE_NAME;
 
 /// Everything `run` serves, built and validated before any port is bound.
 pub struct App {
@@ -171,34 +175,88 @@ pub async fn run(
     );
     let readiness = Readiness::new(&settings.service_name, &settings.service_version);
 
+    // Health says NOT_SERVING for both names until every identity source is ready, and again
+    // from the moment shutdown starts.
     let (health, health_service) = tonic_health::server::health_reporter();
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(DESCRIPTOR_SET)
-        .build_v1alpha()?;
+    health
+        .set_service_status(AUTHORIZATION_SERVICE, ServingStatus::NotServing)
+        .await;
+    health
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    // Reflection describes every service the port serves.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(envoy::DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
 
-    let routes = tonic::service::Routes::new(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .prepare();
-    let shared = Arc::new(grpc::Shared {
-        service: Arc::new(AuthorizationService::new(checker.clone(), responder)),
-        routes,
-    });
+    let grpc = &settings.grpc;
+    let tls = match &grpc.tls {
+        Some(files) => {
+            let acceptor = Arc::new(tls::Acceptor::load(tls::TlsFiles {
+                cert: files.cert.clone(),
+                key: files.key.clone(),
+                client_ca: files.client_ca.clone(),
+            })?);
+            Some(acceptor)
+        }
+        None => None,
+    };
+    let tls_watch = tls
+        .as_ref()
+        .map(|acceptor| acceptor.clone().watch(tls::RELOAD_INTERVAL));
     let (listener, _socket_file) = match listeners.grpc {
-        GrpcListener::Tcp(listener) => (grpc::Listener::Tcp(listener), SocketFile(None)),
+        GrpcListener::Tcp(listener) => (transport::Listener::Tcp(listener), SocketFile(None)),
         GrpcListener::Unix { listener, path } => {
-            (grpc::Listener::Unix(listener), SocketFile(Some(path)))
+            (transport::Listener::Unix(listener), SocketFile(Some(path)))
         }
     };
-    let mut grpc_task = tokio::spawn(grpc::serve(listener, shared, stop_rx.clone()));
+    let counters = Arc::new(transport::Counters::default());
+    let incoming = transport::incoming(
+        listener,
+        transport::Limits {
+            max_connections: grpc.max_connections,
+            idle_timeout: grpc.idle_timeout,
+            tcp_nodelay: grpc.tcp_nodelay,
+            tcp_keepalive: grpc.tcp_keepalive,
+            handshake_timeout: grpc.tls_handshake_timeout,
+        },
+        tls,
+        counters,
+        stop_rx.clone(),
+    );
+    let mut builder = tonic::transport::Server::builder()
+        .max_concurrent_streams(grpc.max_concurrent_streams)
+        .http2_max_header_list_size(grpc.max_header_list_size)
+        .http2_keepalive_interval(grpc.keepalive_interval)
+        .http2_keepalive_timeout(Some(grpc.keepalive_timeout))
+        // A client that resets streams faster than it opens them (rapid reset) is closed.
+        .http2_max_pending_accept_reset_streams(Some(grpc.max_concurrent_streams as usize))
+        .max_connection_age_grace(grpc.max_connection_age_grace);
+    if let Some(age) = grpc.max_connection_age {
+        builder = builder.max_connection_age(age);
+    }
+    let router = builder
+        .layer(transport::ActivityLayer)
+        .layer(transport::RequestBudgetLayer::new(
+            grpc.max_request_bytes_in_flight,
+        ))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(
+            CheckService::new(checker.clone(), responder).max_message_size(grpc.max_message_size),
+        );
+    let mut grpc_task =
+        tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone())));
 
     let http = axum::serve(listeners.http, status::router(readiness.clone()))
         .with_graceful_shutdown(stopped(stop_rx));
@@ -253,7 +311,7 @@ pub async fn run(
     tokio::select! {
         () = shutdown => {}
         result = &mut grpc_task => {
-            result?;
+            result??;
             return Err(RunError::Stopped("gRPC"));
         }
         result = &mut http_task => return result?,
@@ -261,6 +319,9 @@ pub async fn run(
 
     readiness_task.abort();
     stats_task.abort();
+    if let Some(task) = &tls_watch {
+        task.abort();
+    }
     let _ = (&mut readiness_task).await;
     readiness.set_ready(false);
     health
@@ -284,7 +345,7 @@ pub async fn run(
     .await;
     match drained {
         Ok((grpc, http)) => {
-            grpc?;
+            grpc??;
             http??;
             tracing::info!("stopped");
         }

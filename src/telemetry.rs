@@ -76,6 +76,10 @@ pub struct Decision<'a> {
     pub request_id: &'a str,
     pub rule: &'a str,
     pub method: &'a str,
+    /// When no rule matched: the request's method and normalised path (never the query
+    /// string), so that a 404 or a 400 can be understood.
+    pub request_method: Option<&'a str>,
+    pub path: Option<&'a str>,
     pub decision: &'a str,
     pub reason: &'a str,
     pub identity_source: &'a str,
@@ -138,6 +142,12 @@ pub fn write_decision(out: &mut Vec<u8>, now: SystemTime, line: &Decision<'_>) {
     string_field(out, "request_id", line.request_id);
     string_field(out, "rule", line.rule);
     string_field(out, "method", line.method);
+    if let Some(value) = line.request_method {
+        string_field(out, "request_method", value);
+    }
+    if let Some(value) = line.path {
+        string_field(out, "path", value);
+    }
     string_field(out, "decision", line.decision);
     string_field(out, "reason", line.reason);
     string_field(out, "identity_source", line.identity_source);
@@ -466,6 +476,8 @@ mod tests {
                 request_id: "6f1c2b1e",
                 rule: "/api/users",
                 method: "GET",
+                request_method: None,
+                path: None,
                 decision: "allow",
                 reason: "allowed",
                 identity_source: "userinfo",
@@ -496,6 +508,8 @@ mod tests {
                 request_id: nasty,
                 rule: "",
                 method: "",
+                request_method: Some("GET"),
+                path: Some(nasty),
                 decision: "deny",
                 reason: "identity_unavailable",
                 identity_source: "none",

@@ -231,9 +231,16 @@ pub fn settings_from(vars: &HashMap<String, String>) -> Result<Settings, Vec<Set
             format!("{worker_threads} is more than {MAX_WORKER_THREADS}"),
         );
     }
+    let grpc = super::grpc::from_env(vars).unwrap_or_else(|problems| {
+        for (variable, message) in problems {
+            r.error(variable, message);
+        }
+        super::grpc::GrpcSettings::default()
+    });
     let settings = Settings {
         grpc_addr,
         grpc_socket_mode,
+        grpc,
         worker_threads: worker_threads.min(MAX_WORKER_THREADS) as usize,
         dynamic_metadata: r.boolean(
             CHECKPOINT_DYNAMIC_METADATA,

@@ -59,6 +59,10 @@ pub struct ServerSection {
     pub drain_timeout: Span,
     /// Reported by the status routes. Default: the crate version.
     pub service_version: Option<String>,
+    /// Limits, keepalives and age of the gRPC port's connections.
+    pub connections: super::grpc::ConnectionsSection,
+    /// TLS on the gRPC port (optional; mutual TLS with `client_ca`).
+    pub tls: super::grpc::TlsSection,
 }
 
 impl Default for ServerSection {
@@ -72,6 +76,8 @@ impl Default for ServerSection {
             shutdown_delay: Span(env::DEFAULT_DELAY_SHUTDOWN_SECONDS),
             drain_timeout: Span(env::DEFAULT_CHECKPOINT_DRAIN_TIMEOUT),
             service_version: None,
+            connections: super::grpc::ConnectionsSection::default(),
+            tls: super::grpc::TlsSection::default(),
         }
     }
 }
@@ -299,8 +305,18 @@ pub fn from_file(
             None
         }
     };
-    let (Ok(grpc_addr), Ok(grpc_socket_mode), Ok(http_addr), Some(rules)) =
-        (grpc_addr, grpc_socket_mode, http_addr, rules)
+    let grpc = super::grpc::validate(&file.server.connections, &file.server.tls).map_err(|found| {
+        for (field, message) in found {
+            let section = if field.starts_with("tls.") {
+                ""
+            } else {
+                "connections."
+            };
+            problems.push(format!("{label}: server.{section}{field}: {message}"));
+        }
+    });
+    let (Ok(grpc_addr), Ok(grpc_socket_mode), Ok(http_addr), Some(rules), Ok(grpc)) =
+        (grpc_addr, grpc_socket_mode, http_addr, rules, grpc)
     else {
         return Err(problems);
     };
@@ -308,9 +324,17 @@ pub fn from_file(
         return Err(problems);
     }
     let lower = |s: &str| s.to_ascii_lowercase();
+    let mut grpc = grpc;
+    if let Some(tls) = &mut grpc.tls {
+        // Relative to the configuration file, like the rule file.
+        tls.cert = dir.join(&tls.cert);
+        tls.key = dir.join(&tls.key);
+        tls.client_ca = tls.client_ca.as_ref().map(|ca| dir.join(ca));
+    }
     let settings = Settings {
         grpc_addr,
         grpc_socket_mode,
+        grpc,
         worker_threads: file.server.worker_threads as usize,
         http_addr,
         service_name: env::SERVICE_NAME.into(),

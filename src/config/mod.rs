@@ -11,6 +11,7 @@
 pub mod duration;
 pub mod env;
 pub mod file;
+pub mod grpc;
 pub mod rules;
 pub mod sources;
 
@@ -27,6 +28,8 @@ pub struct Settings {
     pub grpc_addr: ListenAddr,
     /// Permissions of the Unix socket file (`grpc_addr` = `unix:...`), e.g. `0o660`.
     pub grpc_socket_mode: u32,
+    /// Connection limits, keepalives, connection age and TLS of the gRPC port.
+    pub grpc: grpc::GrpcSettings,
     /// Runtime worker threads; 0 = one per CPU the process may use. One worker runs the
     /// single-threaded scheduler (see `main`).
     pub worker_threads: usize,
@@ -174,6 +177,15 @@ impl std::fmt::Display for ListenAddr {
     }
 }
 
+/// A boolean as users write it: `true/false`, `1/0`, `yes/no`, `on/off`, in any case.
+pub fn parse_bool(text: &str) -> Option<bool> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Some(true),
+        "false" | "0" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
 /// Parses a Unix file mode written in octal (`660`, `0660`, `0o660`); at most `0o777`.
 pub fn parse_mode(text: &str) -> Result<u32, String> {
     let digits = text.strip_prefix("0o").unwrap_or(text);
@@ -240,6 +252,7 @@ impl Config {
                 .map_err(|problems| ConfigErrors { problems })?;
             let ignored = env::ALL
                 .iter()
+                .chain(grpc::ALL)
                 .copied()
                 .filter(|name| *name != env::CHECKPOINT_CONFIG && vars.contains_key(*name))
                 .collect();

@@ -1,0 +1,496 @@
+//! The boundary with Envoy: the only module that names `envoy_types`, `prost` or
+//! `tonic::codec`.
+//!
+//! - [`CheckService`]: `envoy.service.auth.v3.Authorization` as a tonic service. tonic (hyper,
+//!   h2) serves the transport; this service decides what the bytes mean.
+//! - The codec: [`decode`] reads the `CheckRequest` bytes straight into our own
+//!   [`Request`] (the one decoder), and [`encode`] writes the [`crate::response::Answer`] as
+//!   `CheckResponse` bytes (the one encoder). The generated types are the reference in tests only.
+//! - [`DESCRIPTOR_SET`]: what reflection serves (built by build.rs from the `.proto` files that
+//!   the envoy-types crate ships; nothing is copied into the repository).
+//!
+//! Per Check: the call's `grpc-timeout` becomes the deadline, the [`Checker`] runs, the decision
+//! line is written ([`telemetry::decision`]) and the answer encoded. A deny is an answer: this
+//! module never returns `Err(Status)` for a policy outcome; `Err` means "could not decide"
+//! (a message that is not a `CheckRequest`: INVALID_ARGUMENT).
+
+pub mod decode;
+pub mod encode;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tonic::codegen::{Body, BoxFuture, Context, Poll, Service, StdError, http};
+use tonic::metadata::MetadataMap;
+
+pub use decode::{DecodeError, decode};
+pub use encode::{Encoded, encode};
+
+use crate::check::Checker;
+use crate::request::Request;
+use crate::response::Responder;
+use crate::telemetry;
+
+/// The encoded `FileDescriptorSet` of `envoy/service/auth/v3/external_auth.proto` and its
+/// imports.
+pub const DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/ext_authz_descriptor.bin"));
+
+/// The gRPC service name, as health and reflection report it.
+pub const SERVICE_NAME: &str = "envoy.service.auth.v3.Authorization";
+
+/// The gRPC path of Check.
+const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
+
+/// Answers Envoy's Check calls: the stages behind the codec.
+struct Decider {
+    checker: Arc<Checker>,
+    responder: Arc<Responder>,
+}
+
+impl Decider {
+    /// One Check, from the request view to the encoded answer; writes the decision line.
+    async fn decide(&self, view: &Request, started: Instant, deadline: Option<Instant>) -> Encoded {
+        let outcome = self.checker.check(view, deadline).await;
+        let encoded = encode(&self.responder.answer(&outcome));
+        if telemetry::decision_enabled() {
+            let (rule, method, request_method, path) = match outcome.rule {
+                Some((path, method)) => (path, method.as_str(), None, None),
+                // Security: the normalised path never holds the query string, which may carry
+                // credentials.
+                None => (
+                    "",
+                    "",
+                    view.method.map(|m| m.as_str()),
+                    view.path.as_deref().ok(),
+                ),
+            };
+            telemetry::decision(&telemetry::Decision {
+                request_id: &view.request_id,
+                rule,
+                method,
+                request_method,
+                path,
+                decision: outcome.decision.as_str(),
+                reason: outcome.reason,
+                identity_source: outcome.identity_source,
+                identity_cache: outcome.identity_cache.map(|l| l.as_str()),
+                identity_latency_us: outcome.identity_latency.map(|d| d.as_micros() as u64),
+                identity_failure: outcome.failure.as_ref().map(|f| f.reason),
+                detail: outcome.failure.as_ref().map(|f| f.detail.as_str()),
+                user_id: outcome.user.as_ref().map(|u| u.id.as_str()),
+                latency_us: started.elapsed().as_micros() as u64,
+            });
+        }
+        encoded
+    }
+}
+
+/// The last Checks' decision lines may still be queued when the server stops serving: write them
+/// before the process can exit (the server drops the service once in-flight Checks are done).
+impl Drop for Decider {
+    fn drop(&mut self) {
+        telemetry::flush();
+    }
+}
+
+/// `envoy.service.auth.v3.Authorization`, ready for tonic's `Server::add_service`. Any other
+/// method of the service is UNIMPLEMENTED; messages are never compressed; tonic's message size
+/// limits apply.
+#[derive(Clone)]
+pub struct CheckService {
+    inner: Arc<Decider>,
+    max_message_size: usize,
+}
+
+impl CheckService {
+    pub fn new(checker: Arc<Checker>, responder: Arc<Responder>) -> CheckService {
+        CheckService {
+            inner: Arc::new(Decider { checker, responder }),
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+        }
+    }
+
+    /// The largest `CheckRequest` accepted; a larger one is RESOURCE_EXHAUSTED.
+    pub fn max_message_size(mut self, bytes: usize) -> CheckService {
+        self.max_message_size = bytes;
+        self
+    }
+}
+
+/// tonic's default bound on a decoded message.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
+
+impl tonic::server::NamedService for CheckService {
+    const NAME: &'static str = SERVICE_NAME;
+}
+
+impl<B> Service<http::Request<B>> for CheckService
+where
+    B: Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        if request.uri().path() != CHECK_PATH {
+            return Box::pin(async move {
+                Ok(tonic::Status::unimplemented("no such method").into_http())
+            });
+        }
+        let inner = self.inner.clone();
+        let limit = self.max_message_size;
+        Box::pin(async move {
+            let mut grpc = tonic::server::Grpc::new(Codec)
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(usize::MAX);
+            Ok(grpc.unary(CheckCall(inner), request).await)
+        })
+    }
+}
+
+/// `CheckRequest` bytes into a [`Request`] ([`decode`]); an [`Encoded`] answer's bytes out as
+/// they are.
+struct Codec;
+
+impl tonic::codec::Codec for Codec {
+    type Encode = Encoded;
+    type Decode = Request;
+    type Encoder = Codec;
+    type Decoder = Codec;
+
+    fn encoder(&mut self) -> Codec {
+        Codec
+    }
+
+    fn decoder(&mut self) -> Codec {
+        Codec
+    }
+}
+
+impl tonic::codec::Encoder for Codec {
+    type Item = Encoded;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: Encoded,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        prost::bytes::BufMut::put_slice(dst, &item.0);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for Codec {
+    type Item = Request;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Request>, tonic::Status> {
+        use prost::bytes::Buf;
+        let len = src.remaining();
+        // The message is one contiguous buffer in tonic; copied first should it ever not be.
+        let decoded = if src.chunk().len() == len {
+            let decoded = decode(src.chunk());
+            src.advance(len);
+            decoded
+        } else {
+            decode(&src.copy_to_bytes(len))
+        };
+        decoded
+            .map(Some)
+            .map_err(|e| tonic::Status::invalid_argument(format!("CheckRequest: {e}")))
+    }
+}
+
+/// One Check call.
+struct CheckCall(Arc<Decider>);
+
+impl tonic::server::UnaryService<Request> for CheckCall {
+    type Response = Encoded;
+    type Future = BoxFuture<tonic::Response<Encoded>, tonic::Status>;
+
+    fn call(&mut self, request: tonic::Request<Request>) -> Self::Future {
+        let inner = self.0.clone();
+        Box::pin(async move {
+            let started = Instant::now();
+            let deadline = grpc_timeout(request.metadata()).map(|t| started + t);
+            let view = request.into_inner();
+            Ok(tonic::Response::new(
+                inner.decide(&view, started, deadline).await,
+            ))
+        })
+    }
+}
+
+/// The call's deadline from the `grpc-timeout` header (`<digits><unit>`, unit one of H M S m u n).
+fn grpc_timeout(metadata: &MetadataMap) -> Option<Duration> {
+    parse_grpc_timeout(metadata.get("grpc-timeout")?.to_str().ok()?)
+}
+
+/// A `grpc-timeout` value: at most 8 digits and a unit (H M S m u n); anything else is none.
+fn parse_grpc_timeout(text: &str) -> Option<Duration> {
+    // ASCII first: the split below must not fall inside a character.
+    if !text.is_ascii() {
+        return None;
+    }
+    let (digits, unit) = text.split_at(text.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let value: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(value.checked_mul(3600)?),
+        "M" => Duration::from_secs(value.checked_mul(60)?),
+        "S" => Duration::from_secs(value),
+        "m" => Duration::from_millis(value),
+        "u" => Duration::from_micros(value),
+        "n" => Duration::from_nanos(value),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+    use envoy_types::pb::envoy::service::auth::v3::authorization_server::{
+        Authorization, AuthorizationServer,
+    };
+    use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
+
+    #[test]
+    fn grpc_timeout_units() {
+        let cases = [
+            ("200m", Some(Duration::from_millis(200))),
+            ("1S", Some(Duration::from_secs(1))),
+            ("2M", Some(Duration::from_secs(120))),
+            ("1H", Some(Duration::from_secs(3600))),
+            ("500u", Some(Duration::from_micros(500))),
+            ("7n", Some(Duration::from_nanos(7))),
+            ("123456789m", None),
+            ("m", None),
+            ("10x", None),
+            ("", None),
+            ("-1S", None),
+            ("+5S", None),
+            ("1\u{e9}", None),
+            ("\u{e9}", None),
+            ("5\u{e9}S", None),
+        ];
+        for (text, want) in cases {
+            assert_eq!(parse_grpc_timeout(text), want, "{text:?}");
+            let mut metadata = MetadataMap::new();
+            if let Ok(value) = text.parse() {
+                metadata.insert("grpc-timeout", value);
+            }
+            assert_eq!(grpc_timeout(&metadata), want, "{text:?}");
+        }
+    }
+
+    /// The reference: envoy-types' generated server, decoding with the generated types and
+    /// building the answer field by field.
+    struct Reference {
+        checker: Arc<Checker>,
+        responder: Arc<Responder>,
+    }
+
+    #[tonic::async_trait]
+    impl Authorization for Reference {
+        async fn check(
+            &self,
+            request: tonic::Request<CheckRequest>,
+        ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
+            let deadline = grpc_timeout(request.metadata()).map(|t| Instant::now() + t);
+            let view = decode::reference::request(request.get_ref());
+            let outcome = self.checker.check(&view, deadline).await;
+            Ok(tonic::Response::new(encode::reference::build(
+                &self.responder.answer(&outcome),
+            )))
+        }
+    }
+
+    /// checkpoint's service and envoy-types' generated server with the reference decoding and
+    /// encoding, over real gRPC connections: the same answers for the same requests, allows and
+    /// denies, map and pair header forms, an unknown method refused.
+    #[tokio::test]
+    async fn the_service_answers_as_the_generated_reference() {
+        use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
+        use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+        use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
+            HttpRequest, Request as AttrRequest,
+        };
+
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("checkpoint.yaml");
+        std::fs::write(
+            &path,
+            r#"
+version: 1
+rules:
+  inline:
+    /api: { GET: { authorization: { expression: "groups.admin", public: false } } }
+    /public: { ALL: { authorization: { expression: "true", public: true } } }
+identity:
+  sources: [ { type: trusted_headers } ]
+"#,
+        )
+        .expect("write config");
+        let env: std::collections::HashMap<String, String> =
+            [("CHECKPOINT_CONFIG".to_owned(), path.display().to_string())].into();
+        let config = crate::config::Config::load(&env).expect("config");
+        let app = crate::App::new(config, &env).expect("app");
+        let responder = Arc::new(Responder::new(
+            app.settings.strict_mode,
+            &app.settings.user_headers,
+        ));
+        let checker = Arc::new(app.checker);
+        let serve = |reference: bool| {
+            let (checker, responder) = (checker.clone(), responder.clone());
+            async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind");
+                let addr = listener.local_addr().expect("addr");
+                let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+                let mut builder = tonic::transport::Server::builder();
+                let router = if reference {
+                    builder.add_service(AuthorizationServer::new(Reference { checker, responder }))
+                } else {
+                    builder.add_service(CheckService::new(checker, responder))
+                };
+                tokio::spawn(router.serve_with_incoming(incoming));
+                AuthorizationClient::connect(format!("http://{addr}"))
+                    .await
+                    .expect("connect")
+            }
+        };
+        let mut reference = serve(true).await;
+        let mut ours = serve(false).await;
+
+        let map_form = |path: &str, headers: &[(&str, &str)]| {
+            let mut http = HttpRequest {
+                method: "GET".into(),
+                path: path.into(),
+                id: "stream-1".into(),
+                ..Default::default()
+            };
+            for (k, v) in headers {
+                http.headers.insert((*k).into(), (*v).into());
+            }
+            http
+        };
+        let admin = [
+            ("miauserid", "alice"),
+            ("miausergroups", "admin,users"),
+            ("x-request-id", "r-1"),
+        ];
+        let mut pair_form = map_form("", &[]);
+        pair_form.method.clear();
+        pair_form.header_map = Some(HeaderMap {
+            headers: [
+                (":method", "GET"),
+                (":path", "/api/x"),
+                ("MiaUserId", "bob"),
+            ]
+            .iter()
+            .map(|(k, v)| HeaderValue {
+                key: (*k).into(),
+                raw_value: v.as_bytes().to_vec(),
+                ..Default::default()
+            })
+            .collect(),
+        });
+        let cases = [
+            map_form("/api/users", &admin),
+            map_form("/api/users", &[("miauserid", "bob")]),
+            map_form("/api/users", &[]),
+            map_form("/public/page", &[]),
+            map_form("/nowhere", &admin),
+            map_form("api/not-origin-form", &admin),
+            pair_form,
+        ];
+        let mut codes = Vec::new();
+        for http in cases {
+            let check = CheckRequest {
+                attributes: Some(AttributeContext {
+                    request: Some(AttrRequest {
+                        http: Some(http),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+            };
+            let want = reference.check(check.clone()).await.expect("reference");
+            let got = ours.check(check.clone()).await.expect("ours");
+            let want = want.into_inner();
+            codes.push(want.status.as_ref().map(|s| s.code).unwrap_or(-1));
+            assert_eq!(got.into_inner(), want, "{check:?}");
+        }
+        // OK, INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED, UNAUTHENTICATED all occurred.
+        codes.sort_unstable();
+        codes.dedup();
+        assert_eq!(codes, [0, 3, 5, 7, 16]);
+        assert!(
+            ours.check(CheckRequest::default()).await.is_ok(),
+            "an empty request is a deny, not an error"
+        );
+
+        // Any other method of the service: UNIMPLEMENTED, as the generated server answers.
+        let addr = {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            tokio::spawn(
+                tonic::transport::Server::builder()
+                    .add_service(CheckService::new(checker.clone(), responder.clone()))
+                    .serve_with_incoming(incoming),
+            );
+            addr
+        };
+        let mut channel = tonic::client::Grpc::new(
+            tonic::transport::Channel::from_shared(format!("http://{addr}"))
+                .expect("uri")
+                .connect()
+                .await
+                .expect("connect"),
+        );
+        channel.ready().await.expect("ready");
+        let status = channel
+            .unary::<CheckRequest, CheckResponse, _>(
+                tonic::Request::new(CheckRequest::default()),
+                "/envoy.service.auth.v3.Authorization/Other"
+                    .parse()
+                    .expect("path"),
+                tonic_prost::ProstCodec::default(),
+            )
+            .await
+            .expect_err("unimplemented");
+        assert_eq!(status.code(), tonic::Code::Unimplemented);
+    }
+
+    #[test]
+    fn the_descriptor_set_describes_the_authorization_service() {
+        use prost::Message;
+        let set = prost_types::FileDescriptorSet::decode(DESCRIPTOR_SET).expect("decodes");
+        let file = set
+            .file
+            .iter()
+            .find(|f| f.name() == "envoy/service/auth/v3/external_auth.proto")
+            .expect("external_auth.proto is in the set");
+        assert!(file.service.iter().any(|s| s.name() == "Authorization"));
+    }
+}
