@@ -235,7 +235,11 @@ pub async fn run(
     );
     let mut builder = tonic::transport::Server::builder()
         .max_concurrent_streams(grpc.max_concurrent_streams)
-        .http2_max_header_list_size(grpc.max_header_list_size)
+        // h2's own limit answers a bare HTTP 431; it stays as a backstop above the limit that
+        // GrpcOnlyLayer answers with RESOURCE_EXHAUSTED.
+        .http2_max_header_list_size(grpc.max_header_list_size.saturating_mul(4))
+        // HTTP/1.1 is accepted only to be told, in words, that this port is gRPC.
+        .accept_http1(true)
         .http2_keepalive_interval(grpc.keepalive_interval)
         .http2_keepalive_timeout(Some(grpc.keepalive_timeout))
         // A client that resets streams faster than it opens them (rapid reset) is closed.
@@ -245,6 +249,9 @@ pub async fn run(
         builder = builder.max_connection_age(age);
     }
     let router = builder
+        .layer(transport::GrpcOnlyLayer::new(
+            grpc.max_header_list_size as usize,
+        ))
         .layer(transport::ActivityLayer)
         .layer(transport::RequestBudgetLayer::new(
             grpc.max_request_bytes_in_flight,

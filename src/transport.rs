@@ -549,3 +549,112 @@ impl Drop for BudgetedBody {
         self.budget.give_back(self.held);
     }
 }
+
+/// A tower layer for what hyper lets through but a gRPC client must hear about as gRPC, or at
+/// least in words:
+/// - a request that is not HTTP/2 (HTTP/1.1 on the port: a misconfigured cluster or a curl)
+///   gets `505 HTTP Version Not Supported` with a one-line explanation;
+/// - a call whose header list is larger than `max_header_list_size` gets RESOURCE_EXHAUSTED
+///   (h2's own limit, set higher as a backstop, would answer a bare HTTP 431).
+#[derive(Debug, Clone)]
+pub struct GrpcOnlyLayer {
+    max_header_list_size: usize,
+}
+
+impl GrpcOnlyLayer {
+    pub fn new(max_header_list_size: usize) -> GrpcOnlyLayer {
+        GrpcOnlyLayer {
+            max_header_list_size,
+        }
+    }
+}
+
+impl<S> tower::Layer<S> for GrpcOnlyLayer {
+    type Service = GrpcOnly<S>;
+
+    fn layer(&self, inner: S) -> GrpcOnly<S> {
+        GrpcOnly {
+            inner,
+            max_header_list_size: self.max_header_list_size,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct GrpcOnly<S> {
+    inner: S,
+    max_header_list_size: usize,
+}
+
+/// What a client that is not speaking gRPC over HTTP/2 reads.
+const NOT_HTTP2: &str = "this port serves gRPC over HTTP/2 only (Envoy: an ext_authz grpc_service cluster with http2_protocol_options)\n";
+
+impl<S> tower::Service<HttpRequest> for GrpcOnly<S>
+where
+    S: tower::Service<HttpRequest, Response = HttpResponse>,
+    S::Future: Send + 'static,
+{
+    type Response = HttpResponse;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<HttpResponse, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: HttpRequest) -> Self::Future {
+        if request.version() != http::Version::HTTP_2 {
+            let mut response = http::Response::new(tonic::body::Body::new(one_chunk(NOT_HTTP2)));
+            *response.status_mut() = http::StatusCode::HTTP_VERSION_NOT_SUPPORTED;
+            response.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain"),
+            );
+            return Box::pin(async move { Ok(response) });
+        }
+        // RFC 9113 section 6.5.2: each field counts its name, its value and 32 octets.
+        let size: usize = request
+            .headers()
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + 32)
+            .sum();
+        if size > self.max_header_list_size {
+            let status = tonic::Status::resource_exhausted(format!(
+                "the call's header list is {size} bytes, more than {}",
+                self.max_header_list_size
+            ));
+            return Box::pin(async move { Ok(status.into_http()) });
+        }
+        Box::pin(self.inner.call(request))
+    }
+}
+
+/// A body of one static chunk.
+fn one_chunk(
+    text: &'static str,
+) -> impl http_body::Body<Data = bytes::Bytes, Error = std::convert::Infallible> + Send + 'static {
+    OneChunk(Some(bytes::Bytes::from_static(text.as_bytes())))
+}
+
+struct OneChunk(Option<bytes::Bytes>);
+
+impl http_body::Body for OneChunk {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, std::convert::Infallible>>> {
+        Poll::Ready(
+            self.get_mut()
+                .0
+                .take()
+                .map(|b| Ok(http_body::Frame::data(b))),
+        )
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_none()
+    }
+}
