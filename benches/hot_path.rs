@@ -11,7 +11,7 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use checkpoint::check::{Decision, Denial, Outcome};
+use checkpoint::check::{Decision, Denial, Outcome, Reason};
 use checkpoint::config::UserHeaders;
 use checkpoint::envoy;
 use checkpoint::identity::User;
@@ -256,7 +256,7 @@ fn bench_response(c: &mut Criterion) {
     .unwrap_or_else(|e| panic!("{e}"));
     let allow = Outcome {
         decision: Decision::Allow,
-        reason: "allowed",
+        reason: Reason::Allowed,
         rule: Some(("/api/v1/users/", MethodKey::All)),
         user: Some(Arc::new(user)),
         identity_source: "userinfo",
@@ -266,7 +266,7 @@ fn bench_response(c: &mut Criterion) {
     };
     let deny = Outcome {
         decision: Decision::Deny(Denial::Forbidden),
-        reason: "expression_false",
+        reason: Reason::ExpressionFalse,
         rule: Some(("/api/v1/users/", MethodKey::All)),
         user: None,
         identity_source: "userinfo",

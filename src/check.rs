@@ -35,6 +35,48 @@ impl Decision {
     }
 }
 
+/// Why a Check ended as it did: one word, the same in the decision log, the dynamic metadata
+/// and (later) the metrics' `reason` label. Low cardinality by construction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    Allowed,
+    /// Identity was unavailable, and the rule lets an anonymous caller through anyway.
+    AllowedIdentityUnavailable,
+    NoRule,
+    InvalidPath,
+    LoginRequired,
+    ExpressionFalse,
+    InvalidCredential,
+    IdentityUnavailable,
+}
+
+impl Reason {
+    /// Every reason, for tests and documentation.
+    pub const ALL: [Reason; 8] = [
+        Reason::Allowed,
+        Reason::AllowedIdentityUnavailable,
+        Reason::NoRule,
+        Reason::InvalidPath,
+        Reason::LoginRequired,
+        Reason::ExpressionFalse,
+        Reason::InvalidCredential,
+        Reason::IdentityUnavailable,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Allowed => "allowed",
+            Reason::AllowedIdentityUnavailable => "allowed_identity_unavailable",
+            Reason::NoRule => "no_rule",
+            Reason::InvalidPath => "invalid_path",
+            Reason::LoginRequired => "login_required",
+            Reason::ExpressionFalse => "expression_false",
+            Reason::InvalidCredential => "invalid_credential",
+            Reason::IdentityUnavailable => "identity_unavailable",
+        }
+    }
+}
+
 /// Why a Check was denied; `response` maps each to its status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Denial {
@@ -54,8 +96,7 @@ pub enum Denial {
 #[derive(Debug, Clone)]
 pub struct Outcome<'a> {
     pub decision: Decision,
-    /// Low-cardinality: `allowed`, `no_rule`, `login_required`, ... (a log field, later a label).
-    pub reason: &'static str,
+    pub reason: Reason,
     /// The matched rule: its path key and method key.
     pub rule: Option<(&'a str, MethodKey)>,
     /// The logged-in caller, when one was identified.
@@ -71,7 +112,7 @@ pub struct Outcome<'a> {
 }
 
 impl Outcome<'_> {
-    fn early(denial: Denial, reason: &'static str) -> Outcome<'static> {
+    fn early(denial: Denial, reason: Reason) -> Outcome<'static> {
         Outcome {
             decision: Decision::Deny(denial),
             reason,
@@ -112,10 +153,10 @@ impl Checker {
     pub async fn check(&self, request: &Request, deadline: Option<Instant>) -> Outcome<'_> {
         let path = match &request.path {
             Ok(path) => path,
-            Err(_) => return Outcome::early(Denial::BadRequest, "invalid_path"),
+            Err(_) => return Outcome::early(Denial::BadRequest, Reason::InvalidPath),
         };
         let Some(found) = self.rules.table.find(path, request.method) else {
-            return Outcome::early(Denial::NotFound, "no_rule");
+            return Outcome::early(Denial::NotFound, Reason::NoRule);
         };
         let is_backoffice = is_truthy_flag(request.header(&self.request_headers.backoffice));
         let policy = found.rule.policy(is_backoffice);
@@ -130,7 +171,7 @@ impl Checker {
 
         let mut outcome = Outcome {
             decision: Decision::Allow,
-            reason: "allowed",
+            reason: Reason::Allowed,
             rule: Some((found.path, found.method)),
             user: None,
             identity_source: resolved.source,
@@ -171,9 +212,9 @@ impl Checker {
                     ..anonymous
                 };
                 (outcome.decision, outcome.reason) = match policy::evaluate(policy, true, &facts) {
-                    Verdict::Allow => (Decision::Allow, "allowed"),
+                    Verdict::Allow => (Decision::Allow, Reason::Allowed),
                     Verdict::Forbidden | Verdict::LoginRequired => {
-                        (Decision::Deny(Denial::Forbidden), "expression_false")
+                        (Decision::Deny(Denial::Forbidden), Reason::ExpressionFalse)
                     }
                 };
                 outcome.user = Some(user);
@@ -181,15 +222,16 @@ impl Checker {
             Resolution::Anonymous | Resolution::NoCredential => {
                 (outcome.decision, outcome.reason) =
                     match policy::evaluate(policy, false, &anonymous) {
-                        Verdict::Allow => (Decision::Allow, "allowed"),
-                        Verdict::LoginRequired | Verdict::Forbidden => {
-                            (Decision::Deny(Denial::Unauthenticated), "login_required")
-                        }
+                        Verdict::Allow => (Decision::Allow, Reason::Allowed),
+                        Verdict::LoginRequired | Verdict::Forbidden => (
+                            Decision::Deny(Denial::Unauthenticated),
+                            Reason::LoginRequired,
+                        ),
                     };
             }
             Resolution::Invalid(failure) => {
                 outcome.decision = Decision::Deny(Denial::Unauthenticated);
-                outcome.reason = "invalid_credential";
+                outcome.reason = Reason::InvalidCredential;
                 outcome.failure = Some(failure);
             }
             Resolution::Unavailable(failure) => {
@@ -197,8 +239,11 @@ impl Checker {
                 // caller would be allowed; then the request goes on as anonymous.
                 (outcome.decision, outcome.reason) =
                     match policy::evaluate(policy, false, &anonymous) {
-                        Verdict::Allow => (Decision::Allow, "allowed_identity_unavailable"),
-                        _ => (Decision::Deny(Denial::Unavailable), "identity_unavailable"),
+                        Verdict::Allow => (Decision::Allow, Reason::AllowedIdentityUnavailable),
+                        _ => (
+                            Decision::Deny(Denial::Unavailable),
+                            Reason::IdentityUnavailable,
+                        ),
                     };
                 outcome.failure = Some(failure);
             }

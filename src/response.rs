@@ -195,7 +195,7 @@ impl Responder {
         let metadata = self.dynamic_metadata.then(|| {
             let mut entries = List::default();
             entries.push(("decision", outcome.decision.as_str()));
-            entries.push(("reason", outcome.reason));
+            entries.push(("reason", outcome.reason.as_str()));
             if let Some(user) = &outcome.user {
                 entries.push(("user_id", user.id.as_str()));
             }
@@ -266,7 +266,7 @@ mod tests {
     fn outcome(decision: Decision, user: Option<Arc<User>>) -> Outcome<'static> {
         Outcome {
             decision,
-            reason: "some_reason",
+            reason: crate::check::Reason::ExpressionFalse,
             rule: None,
             user,
             identity_source: "none",

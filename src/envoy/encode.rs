@@ -337,7 +337,7 @@ mod tests {
                 for user in &users {
                     let outcome = Outcome {
                         decision: decision.clone(),
-                        reason: "some_reason",
+                        reason: crate::check::Reason::ExpressionFalse,
                         rule: None,
                         user: user.clone(),
                         identity_source: "none",

@@ -73,7 +73,7 @@ impl Decider {
                 request_method,
                 path,
                 decision: outcome.decision.as_str(),
-                reason: outcome.reason,
+                reason: outcome.reason.as_str(),
                 identity_source: outcome.identity_source,
                 identity_cache: outcome.identity_cache.map(|l| l.as_str()),
                 identity_latency_us: outcome.identity_latency.map(|d| d.as_micros() as u64),
