@@ -262,7 +262,7 @@ pub fn settings_from(vars: &HashMap<String, String>) -> Result<Settings, Vec<Set
         ),
         rules_file,
         sources,
-        identity_cache: crate::identity::CacheSettings {
+        identity_cache: super::CacheSettings {
             ttl: r.duration(
                 CHECKPOINT_IDENTITY_CACHE_TTL,
                 DEFAULT_CHECKPOINT_IDENTITY_CACHE_TTL,

@@ -13,9 +13,9 @@ use std::path::{Path, PathBuf};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+use super::CacheSettings;
 use super::sources::{SourceSettings, Span};
 use super::{ListenAddr, RequestHeaders, RuleSet, Settings, UserHeaders, env};
-use crate::identity::CacheSettings;
 
 /// The only version this build reads.
 pub const VERSION: u32 = 1;

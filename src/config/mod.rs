@@ -54,7 +54,7 @@ pub struct Settings {
     /// The identity sources, in the order they are asked.
     pub sources: Vec<sources::SourceSettings>,
     /// How long identity answers are reused; a zero TTL turns the cache off.
-    pub identity_cache: crate::identity::CacheSettings,
+    pub identity_cache: CacheSettings,
     pub user_headers: UserHeaders,
     pub request_headers: RequestHeaders,
 }
@@ -134,6 +134,16 @@ impl UserInfoSettings {
             _ => Err(problems),
         }
     }
+}
+
+/// How long identity answers are kept (the identity cache's settings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheSettings {
+    /// For users; zero turns the cache off.
+    pub ttl: Duration,
+    /// For anonymous and invalid answers; zero stores none.
+    pub negative_ttl: Duration,
+    pub max_entries: u64,
 }
 
 /// A listening address: `host:port`, or `unix:PATH` (also `unix://` + absolute path) for a

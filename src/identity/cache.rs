@@ -23,17 +23,8 @@ use base64::Engine;
 use tokio::time::Instant;
 
 use super::Resolution;
+use crate::config::CacheSettings;
 use crate::request::Request;
-
-/// How long answers are kept.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CacheSettings {
-    /// For users; zero turns the cache off.
-    pub ttl: Duration,
-    /// For anonymous and invalid answers; zero stores none.
-    pub negative_ttl: Duration,
-    pub max_entries: u64,
-}
 
 /// How one lookup went, for the decision log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

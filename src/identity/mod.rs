@@ -30,7 +30,8 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
-pub use cache::{CacheSettings, CacheStats, IdentityCache, KeyHasher, Lookup};
+pub use crate::config::CacheSettings;
+pub use cache::{CacheStats, IdentityCache, KeyHasher, Lookup};
 
 use crate::config::Settings;
 use crate::request::Request;
