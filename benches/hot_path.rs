@@ -277,20 +277,28 @@ fn bench_response(c: &mut Criterion) {
     let mut group = c.benchmark_group("response");
     // The plain answer (pure), then the answer encoded as the codec writes it.
     group.bench_function("allow_with_user", |b| {
-        b.iter(|| responder.answer(black_box(&allow)).verdict)
+        b.iter(|| responder.answer(black_box(&allow), ID).verdict)
     });
     group.bench_function("deny_forbidden", |b| {
-        b.iter(|| responder.answer(black_box(&deny)).verdict)
+        b.iter(|| responder.answer(black_box(&deny), ID).verdict)
     });
     group.bench_function("allow_with_user_encoded", |b| {
-        b.iter(|| envoy::encode(&responder.answer(black_box(&allow))).0.len())
+        b.iter(|| {
+            envoy::encode(&responder.answer(black_box(&allow), ID))
+                .0
+                .len()
+        })
     });
     group.finish();
 }
 
+/// A request's x-request-id, as Envoy generates them.
+const ID: &str = "6f1c2b1e-3d0a-4c8e-9a51-0c3f6a7b8d90";
+
 fn bench_decision_line(c: &mut Criterion) {
     let line = telemetry::Decision {
-        request_id: "6f1c2b1e-3d0a-4c8e-9a51-0c3f6a7b8d90",
+        request_id: ID,
+        decision_id: ID,
         rule: "/api/users",
         method: "GET",
         request_method: None,

@@ -135,7 +135,7 @@ pub struct Checker {
 
 impl Checker {
     /// Every request header a Check may read: the identity sources' (credentials, proxied
-    /// headers), the backoffice and client-type headers, `x-request-id` for the decision log,
+    /// headers), the backoffice and client-type headers, `x-request-id` for the decision id,
     /// `authorization` for the identity cache's expiry cap. Envoy's ext_authz `allowed_headers`
     /// may list exactly these (`check-config` prints them); Envoy adds `host`, `:method` and
     /// `:path` on its own.

@@ -10,10 +10,14 @@
 //! - every injected header overwrites (the boundary writes `OVERWRITE_IF_EXISTS_OR_ADD`, because
 //!   the enum's default appends);
 //! - `remove` is applied by Envoy after the added headers, so it never names a header we set.
+//!
+//! The decision id ([`crate::telemetry::DecisionId`]) is an input: every deny carries it to the
+//! client as `x-checkpoint-decision-id`; an allow carries it upstream only when configured.
 
 use crate::check::{Decision, Denial, Outcome};
 use crate::config::UserHeaders;
 use crate::identity::User;
+use crate::telemetry::decision_id;
 
 /// Mia's marker for non-strict mode: `1` allowed, `0` not allowed but let through.
 pub const MIA_ALLOWED: &str = "mia-allowed";
@@ -63,7 +67,7 @@ pub fn status_of(denial: Denial) -> (i32, u16, &'static str, &'static str) {
     }
 }
 
-/// A short list with its capacity fixed at compile time: an answer names at most four headers,
+/// A short list with its capacity fixed at compile time: an answer names at most five headers,
 /// and building one must not allocate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct List<T: Copy + Default, const N: usize> {
@@ -108,7 +112,7 @@ pub struct Answer<'a> {
 pub enum Verdict<'a> {
     /// OK: headers set on the request going upstream (overwriting), and headers removed from it.
     Allow {
-        set: List<(&'a str, &'a str), 4>,
+        set: List<(&'a str, &'a str), 5>,
         remove: List<&'a str, 4>,
     },
     /// A denial: the gRPC code of `CheckResponse.status` and its message, then what the client
@@ -117,7 +121,7 @@ pub enum Verdict<'a> {
         code: i32,
         message: &'static str,
         status: u16,
-        headers: List<(&'static str, &'static str), 2>,
+        headers: List<(&'static str, &'a str), 3>,
         body: &'a str,
     },
 }
@@ -128,6 +132,8 @@ pub struct Responder {
     strict: bool,
     /// Whether answers carry the decision as `dynamic_metadata` (off unless configured).
     dynamic_metadata: bool,
+    /// Whether an allow sends the decision id upstream (off unless configured).
+    decision_id_upstream: bool,
     user_id: String,
     groups: String,
     properties: String,
@@ -163,6 +169,7 @@ impl Responder {
         Responder {
             strict,
             dynamic_metadata: false,
+            decision_id_upstream: false,
             user_id: headers.user_id.clone(),
             groups: headers.groups.clone(),
             properties: headers.properties.clone(),
@@ -179,18 +186,26 @@ impl Responder {
         self
     }
 
-    /// Envoy's answer for an outcome.
-    pub fn answer<'a>(&'a self, outcome: &'a Outcome<'_>) -> Answer<'a> {
+    /// Allowed requests also carry the decision id upstream, as `x-checkpoint-decision-id`
+    /// (overwriting a client's copy). Off by default.
+    pub fn with_decision_id_upstream(mut self, on: bool) -> Responder {
+        self.decision_id_upstream = on;
+        self
+    }
+
+    /// Envoy's answer for an outcome. `decision_id` must be a safe header value
+    /// ([`crate::telemetry::DecisionId`] makes sure).
+    pub fn answer<'a>(&'a self, outcome: &'a Outcome<'_>, decision_id: &'a str) -> Answer<'a> {
         let verdict = match outcome.decision {
-            Decision::Allow => self.allow(outcome.user.as_deref(), true),
+            Decision::Allow => self.allow(outcome.user.as_deref(), true, decision_id),
             // Non-strict mode: Mia's gateway lets the request through marked not allowed, with
             // the user headers of whoever was identified.
             Decision::Deny(Denial::NotFound | Denial::Unauthenticated | Denial::Forbidden)
                 if !self.strict =>
             {
-                self.allow(outcome.user.as_deref(), false)
+                self.allow(outcome.user.as_deref(), false, decision_id)
             }
-            Decision::Deny(denial) => self.deny(denial),
+            Decision::Deny(denial) => self.deny(denial, decision_id),
         };
         let metadata = self.dynamic_metadata.then(|| {
             let mut entries = List::default();
@@ -204,7 +219,12 @@ impl Responder {
         Answer { verdict, metadata }
     }
 
-    fn allow<'a>(&'a self, user: Option<&'a User>, allowed: bool) -> Verdict<'a> {
+    fn allow<'a>(
+        &'a self,
+        user: Option<&'a User>,
+        allowed: bool,
+        decision_id: &'a str,
+    ) -> Verdict<'a> {
         let mut set = List::default();
         let mut remove = List::default();
         match user {
@@ -230,16 +250,20 @@ impl Responder {
         } else {
             set.push((MIA_ALLOWED, if allowed { "1" } else { "0" }));
         }
+        if self.decision_id_upstream {
+            set.push((decision_id::HEADER, decision_id));
+        }
         Verdict::Allow { set, remove }
     }
 
-    fn deny(&self, denial: Denial) -> Verdict<'_> {
+    fn deny<'a>(&'a self, denial: Denial, decision_id: &'a str) -> Verdict<'a> {
         let (code, status, _, message) = status_of(denial);
         let mut headers = List::default();
         headers.push(("content-type", "application/json"));
         if denial == Denial::Unauthenticated {
             headers.push(("www-authenticate", "Bearer"));
         }
+        headers.push((decision_id::HEADER, decision_id));
         Verdict::Deny {
             code,
             message,
@@ -300,7 +324,9 @@ mod tests {
             for user in &users {
                 for decision in [Decision::Allow, Decision::Deny(Denial::Forbidden)] {
                     let outcome = outcome(decision, user.clone());
-                    if let Verdict::Allow { set, remove } = responder.answer(&outcome).verdict {
+                    if let Verdict::Allow { set, remove } =
+                        responder.answer(&outcome, "req-1").verdict
+                    {
                         for (name, _) in set.as_slice() {
                             assert!(!remove.as_slice().contains(name), "{name} set and removed");
                         }
@@ -327,7 +353,7 @@ mod tests {
         for denial in DENIALS {
             let outcome = outcome(Decision::Deny(denial), None);
             let (code, status, error, _) = status_of(denial);
-            match strict.answer(&outcome).verdict {
+            match strict.answer(&outcome, "req-1").verdict {
                 Verdict::Deny {
                     code: c,
                     status: s,
@@ -349,12 +375,49 @@ mod tests {
                 denial,
                 Denial::NotFound | Denial::Unauthenticated | Denial::Forbidden
             );
-            match lax.answer(&outcome).verdict {
+            match lax.answer(&outcome, "req-1").verdict {
                 Verdict::Allow { set, .. } => {
                     assert!(let_through, "{denial:?}");
                     assert!(set.as_slice().contains(&(MIA_ALLOWED, "0")));
                 }
                 Verdict::Deny { .. } => assert!(!let_through, "{denial:?}"),
+            }
+        }
+    }
+
+    /// Every deny carries the decision id to the client; an allow carries it upstream only when
+    /// configured, overwriting, and never also removes it.
+    #[test]
+    fn the_decision_id_goes_to_the_client_on_denies_and_upstream_when_configured() {
+        let id = "6f1c2b1e-3d0a";
+        let has_id = |headers: &[(&str, &str)]| headers.contains(&(decision_id::HEADER, id));
+        for upstream in [false, true] {
+            for strict in [true, false] {
+                let responder =
+                    Responder::new(strict, &headers()).with_decision_id_upstream(upstream);
+                for denial in DENIALS {
+                    let outcome = outcome(Decision::Deny(denial), None);
+                    match responder.answer(&outcome, id).verdict {
+                        Verdict::Deny { headers, .. } => assert!(has_id(headers.as_slice())),
+                        Verdict::Allow { set, .. } => {
+                            assert_eq!(has_id(set.as_slice()), upstream, "{denial:?}")
+                        }
+                    }
+                }
+                for user in [
+                    None,
+                    Some(user("alice", &["admin"])),
+                    Some(user("bob", &[])),
+                ] {
+                    let outcome = outcome(Decision::Allow, user);
+                    match responder.answer(&outcome, id).verdict {
+                        Verdict::Allow { set, remove } => {
+                            assert_eq!(has_id(set.as_slice()), upstream);
+                            assert!(!remove.as_slice().contains(&decision_id::HEADER));
+                        }
+                        other => panic!("{other:?}"),
+                    }
+                }
             }
         }
     }

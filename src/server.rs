@@ -171,7 +171,8 @@ pub async fn run(
     let checker = Arc::new(app.checker);
     let responder = Arc::new(
         Responder::new(settings.strict_mode, &settings.user_headers)
-            .with_dynamic_metadata(settings.dynamic_metadata),
+            .with_dynamic_metadata(settings.dynamic_metadata)
+            .with_decision_id_upstream(settings.decision_id_upstream),
     );
     let readiness = Readiness::new(&settings.service_name, &settings.service_version);
 

@@ -1,6 +1,7 @@
-//! Structured logs through `tracing`: JSON lines on stdout, filtered by `LOG_LEVEL`.
+//! Structured logs through `tracing`: JSON lines on stdout, filtered by `LOG_LEVEL`; the
+//! decision id ([`decision_id`]).
 //!
-//! Called once by `main`. The decision log line is written by `service`; no module logs a
+//! Called once by `main`. The decision log line is written by `envoy`; no module logs a
 //! token, a cookie or a whole header map.
 //!
 //! The decision line is the one line written for every Check, so it does not go through
@@ -18,6 +19,10 @@
 //! for the target `checkpoint::decision` (`LOG_LEVEL=warn` turns it off,
 //! `warn,checkpoint::decision=info` keeps only it). Without [`init`] (tests, embedders), the
 //! decision is an ordinary `tracing` event with the same fields.
+
+pub mod decision_id;
+
+pub use decision_id::DecisionId;
 
 use std::cell::RefCell;
 use std::io::Write;
@@ -74,6 +79,8 @@ pub fn dropped_lines() -> u64 {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Decision<'a> {
     pub request_id: &'a str,
+    /// The id the client (on a deny) and, when configured, the upstream got ([`DecisionId`]).
+    pub decision_id: &'a str,
     pub rule: &'a str,
     pub method: &'a str,
     /// When no rule matched: the request's method and normalised path (never the query
@@ -117,6 +124,7 @@ pub fn decision(line: &Decision<'_>) {
         None => tracing::info!(
             target: DECISION_TARGET,
             request_id = line.request_id,
+            decision_id = line.decision_id,
             rule = line.rule,
             method = line.method,
             decision = line.decision,
@@ -140,6 +148,7 @@ pub fn write_decision(out: &mut Vec<u8>, now: SystemTime, line: &Decision<'_>) {
     write_timestamp(out, now);
     out.extend_from_slice(b"\",\"level\":\"INFO\",\"message\":\"decision\"");
     string_field(out, "request_id", line.request_id);
+    string_field(out, "decision_id", line.decision_id);
     string_field(out, "rule", line.rule);
     string_field(out, "method", line.method);
     if let Some(value) = line.request_method {
@@ -474,6 +483,7 @@ mod tests {
         let got = line(
             &Decision {
                 request_id: "6f1c2b1e",
+                decision_id: "6f1c2b1e",
                 rule: "/api/users",
                 method: "GET",
                 request_method: None,
@@ -493,7 +503,7 @@ mod tests {
         assert_eq!(
             got,
             "{\"timestamp\":\"2026-11-28T09:29:23.931723Z\",\"level\":\"INFO\",\"message\":\"decision\",\
-             \"request_id\":\"6f1c2b1e\",\"rule\":\"/api/users\",\"method\":\"GET\",\"decision\":\"allow\",\
+             \"request_id\":\"6f1c2b1e\",\"decision_id\":\"6f1c2b1e\",\"rule\":\"/api/users\",\"method\":\"GET\",\"decision\":\"allow\",\
              \"reason\":\"allowed\",\"identity_source\":\"userinfo\",\"identity_cache\":\"miss\",\
              \"identity_latency_us\":147282,\"user_id\":\"alice\",\"latency_us\":183226,\
              \"target\":\"checkpoint::decision\"}\n"
@@ -506,6 +516,7 @@ mod tests {
         let got = line(
             &Decision {
                 request_id: nasty,
+                decision_id: "0123456789abcdef0123456789abcdef",
                 rule: "",
                 method: "",
                 request_method: Some("GET"),

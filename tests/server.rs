@@ -199,14 +199,23 @@ async fn both_header_forms_decide_alike() {
     ];
     for (method, path, token, want) in cases {
         let token_text = String::from_utf8_lossy(token).into_owned();
+        // The same x-request-id, so that denies carry the same decision id.
         let map = answer(
             &server
-                .check(request(method, path, &[("authorization", &token_text)]))
+                .check(request(
+                    method,
+                    path,
+                    &[("authorization", &token_text), ("x-request-id", "r-1")],
+                ))
                 .await,
         );
         let pairs = answer(
             &server
-                .check(request_pairs(method, path, &[("Authorization", token)]))
+                .check(request_pairs(
+                    method,
+                    path,
+                    &[("Authorization", token), ("X-Request-Id", b"r-1")],
+                ))
                 .await,
         );
         assert_eq!(

@@ -82,6 +82,9 @@ pub const CHECKPOINT_WORKER_THREADS: &str = "CHECKPOINT_WORKER_THREADS";
 /// Whether answers carry `decision`, `reason` and `user_id` as Envoy dynamic metadata.
 pub const CHECKPOINT_DYNAMIC_METADATA: &str = "CHECKPOINT_DYNAMIC_METADATA";
 pub const DEFAULT_CHECKPOINT_DYNAMIC_METADATA: bool = false;
+/// Whether allowed requests carry the decision id upstream as `x-checkpoint-decision-id`.
+pub const CHECKPOINT_DECISION_ID_HEADER_UPSTREAM: &str = "CHECKPOINT_DECISION_ID_HEADER_UPSTREAM";
+pub const DEFAULT_CHECKPOINT_DECISION_ID_HEADER_UPSTREAM: bool = false;
 
 /// Every variable this module reads (for "ignored because the file wins").
 pub const ALL: &[&str] = &[
@@ -116,6 +119,7 @@ pub const ALL: &[&str] = &[
     CHECKPOINT_GRPC_SOCKET_MODE,
     CHECKPOINT_WORKER_THREADS,
     CHECKPOINT_DYNAMIC_METADATA,
+    CHECKPOINT_DECISION_ID_HEADER_UPSTREAM,
 ];
 
 /// Upper bound of `CHECKPOINT_WORKER_THREADS` (and `server.worker_threads`).
@@ -245,6 +249,10 @@ pub fn settings_from(vars: &HashMap<String, String>) -> Result<Settings, Vec<Set
         dynamic_metadata: r.boolean(
             CHECKPOINT_DYNAMIC_METADATA,
             DEFAULT_CHECKPOINT_DYNAMIC_METADATA,
+        ),
+        decision_id_upstream: r.boolean(
+            CHECKPOINT_DECISION_ID_HEADER_UPSTREAM,
+            DEFAULT_CHECKPOINT_DECISION_ID_HEADER_UPSTREAM,
         ),
         http_addr,
         service_name: SERVICE_NAME.to_owned(),

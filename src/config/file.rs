@@ -166,6 +166,9 @@ pub struct ResponsesSection {
     /// `envoy.filters.http.ext_authz` (for access logs and later filters). Default false: Envoy
     /// spends about 14,000 instructions per request merging it.
     pub dynamic_metadata: bool,
+    /// Send the decision id upstream on allowed requests as `x-checkpoint-decision-id`
+    /// (overwriting). Default false; denies always give it to the client.
+    pub decision_id_upstream: bool,
 }
 
 impl Default for ResponsesSection {
@@ -173,6 +176,7 @@ impl Default for ResponsesSection {
         ResponsesSection {
             strict_mode: true,
             dynamic_metadata: env::DEFAULT_CHECKPOINT_DYNAMIC_METADATA,
+            decision_id_upstream: env::DEFAULT_CHECKPOINT_DECISION_ID_HEADER_UPSTREAM,
         }
     }
 }
@@ -348,6 +352,7 @@ pub fn from_file(
         drain_timeout: file.server.drain_timeout.0,
         strict_mode: file.responses.strict_mode,
         dynamic_metadata: file.responses.dynamic_metadata,
+        decision_id_upstream: file.responses.decision_id_upstream,
         rules_file,
         sources: file.identity.sources.clone(),
         identity_cache: CacheSettings {

@@ -49,6 +49,8 @@ pub struct Settings {
     /// Whether answers carry the decision as dynamic metadata (Envoy's access logs, later
     /// filters); off by default because Envoy spends measurably on every Struct it merges.
     pub dynamic_metadata: bool,
+    /// Whether allowed requests carry the decision id upstream (`x-checkpoint-decision-id`).
+    pub decision_id_upstream: bool,
     /// The rule file (`<CONFIGURATION_PATH>/<CONFIGURATION_FILE_NAME>.json`).
     pub rules_file: PathBuf,
     /// The identity sources, in the order they are asked.

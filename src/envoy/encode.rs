@@ -332,7 +332,10 @@ mod tests {
         ];
         let mut checked = 0;
         for (strict, metadata) in [(true, true), (false, true), (true, false), (false, false)] {
-            let responder = Responder::new(strict, &headers).with_dynamic_metadata(metadata);
+            // The decision id upstream too, in half of the cases: five headers set.
+            let responder = Responder::new(strict, &headers)
+                .with_dynamic_metadata(metadata)
+                .with_decision_id_upstream(metadata);
             for decision in &decisions {
                 for user in &users {
                     let outcome = Outcome {
@@ -345,7 +348,7 @@ mod tests {
                         identity_cache: None,
                         identity_latency: None,
                     };
-                    let answer = responder.answer(&outcome);
+                    let answer = responder.answer(&outcome, "6f1c2b1e-3d0a");
                     let want = build(&answer);
                     let encoded = encode(&answer);
                     assert_eq!(encoded.0.len(), want.encoded_len(), "{answer:?}");

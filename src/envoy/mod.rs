@@ -9,8 +9,9 @@
 //! - [`DESCRIPTOR_SET`]: what reflection serves (built by build.rs from the `.proto` files that
 //!   the envoy-types crate ships; nothing is copied into the repository).
 //!
-//! Per Check: the call's `grpc-timeout` becomes the deadline, the [`Checker`] runs, the decision
-//! line is written ([`telemetry::decision`]) and the answer encoded. A deny is an answer: this
+//! Per Check: the call's `grpc-timeout` becomes the deadline, the [`Checker`] runs, the
+//! decision id is chosen ([`DecisionId`]), the answer encoded and the decision line written
+//! ([`telemetry::decision`]). A deny is an answer: this
 //! module never returns `Err(Status)` for a policy outcome; `Err` means "could not decide"
 //! (a message that is not a `CheckRequest`: INVALID_ARGUMENT).
 
@@ -30,7 +31,7 @@ pub use encode::{Encoded, encode};
 use crate::check::Checker;
 use crate::request::Request;
 use crate::response::Responder;
-use crate::telemetry;
+use crate::telemetry::{self, DecisionId};
 
 /// The encoded `FileDescriptorSet` of `envoy/service/auth/v3/external_auth.proto` and its
 /// imports.
@@ -53,7 +54,9 @@ impl Decider {
     /// One Check, from the request view to the encoded answer; writes the decision line.
     async fn decide(&self, view: &Request, started: Instant, deadline: Option<Instant>) -> Encoded {
         let outcome = self.checker.check(view, deadline).await;
-        let encoded = encode(&self.responder.answer(&outcome));
+        let decision_id = DecisionId::for_request(view.header("x-request-id"));
+        let encoded = encode(&self.responder.answer(&outcome, decision_id.as_str()));
+        let took = started.elapsed();
         if telemetry::decision_enabled() {
             let (rule, method, request_method, path) = match outcome.rule {
                 Some((path, method)) => (path, method.as_str(), None, None),
@@ -68,6 +71,7 @@ impl Decider {
             };
             telemetry::decision(&telemetry::Decision {
                 request_id: &view.request_id,
+                decision_id: decision_id.as_str(),
                 rule,
                 method,
                 request_method,
@@ -80,7 +84,7 @@ impl Decider {
                 identity_failure: outcome.failure.as_ref().map(|f| f.reason),
                 detail: outcome.failure.as_ref().map(|f| f.detail.as_str()),
                 user_id: outcome.user.as_ref().map(|u| u.id.as_str()),
-                latency_us: started.elapsed().as_micros() as u64,
+                latency_us: took.as_micros() as u64,
             });
         }
         encoded
@@ -315,8 +319,9 @@ mod tests {
             let deadline = grpc_timeout(request.metadata()).map(|t| Instant::now() + t);
             let view = decode::reference::request(request.get_ref());
             let outcome = self.checker.check(&view, deadline).await;
+            let id = DecisionId::for_request(view.header("x-request-id"));
             Ok(tonic::Response::new(encode::reference::build(
-                &self.responder.answer(&outcome),
+                &self.responder.answer(&outcome, id.as_str()),
             )))
         }
     }
@@ -379,6 +384,8 @@ identity:
         let mut reference = serve(true).await;
         let mut ours = serve(false).await;
 
+        // Every request names its x-request-id, so that both servers answer the same decision
+        // id (a request without one gets a random id: tests/metrics.rs).
         let map_form = |path: &str, headers: &[(&str, &str)]| {
             let mut http = HttpRequest {
                 method: "GET".into(),
@@ -386,6 +393,7 @@ identity:
                 id: "stream-1".into(),
                 ..Default::default()
             };
+            http.headers.insert("x-request-id".into(), "r-0".into());
             for (k, v) in headers {
                 http.headers.insert((*k).into(), (*v).into());
             }
@@ -403,6 +411,7 @@ identity:
                 (":method", "GET"),
                 (":path", "/api/x"),
                 ("MiaUserId", "bob"),
+                ("X-Request-Id", "r-2"),
             ]
             .iter()
             .map(|(k, v)| HeaderValue {
