@@ -1,6 +1,6 @@
 //! Micro-benchmarks of the per-Check hot path, one group per pipeline stage: route matching,
-//! expression evaluation, request normalisation, response building and encoding, and the
-//! decision log line.
+//! expression evaluation, request normalisation, response building and encoding, the decision
+//! log line, and the per-Check metrics and decision id.
 //!
 //! Run: `cargo bench --bench hot_path` (about a minute; each bench measures for 2 s). The load
 //! benchmark of the whole server is `scripts/bench-load.sh`.
@@ -19,7 +19,7 @@ use checkpoint::policy::{Expression, Facts};
 use checkpoint::request::path;
 use checkpoint::response::Responder;
 use checkpoint::route::{Method, MethodKey, RouteTable};
-use checkpoint::telemetry;
+use checkpoint::telemetry::{self, DecisionId, Metrics};
 use criterion::{Criterion, criterion_group, criterion_main};
 use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
@@ -325,6 +325,41 @@ fn bench_decision_line(c: &mut Criterion) {
     group.finish();
 }
 
+/// What the boundary adds to every Check for observability: the metrics update (a cache hit:
+/// the Check's counter and histogram; a user-info call: also the source's counter and call
+/// histogram), and the decision id (the request's x-request-id, or a random one).
+fn bench_metrics(c: &mut Criterion) {
+    let metrics = Metrics::new([("jwt", false), ("userinfo", true)])
+        .unwrap_or_else(|e| panic!("metrics: {e}"));
+    let outcome = |latency: Option<Duration>| Outcome {
+        decision: Decision::Allow,
+        reason: Reason::Allowed,
+        rule: Some(("/api/v1/users/", MethodKey::All)),
+        user: None,
+        identity_source: "userinfo",
+        failure: None,
+        identity_cache: None,
+        identity_latency: latency,
+    };
+    let hit = outcome(None);
+    let call = outcome(Some(Duration::from_millis(3)));
+    let took = Duration::from_micros(35);
+    let mut group = c.benchmark_group("metrics");
+    group.bench_function("record_check_cache_hit", |b| {
+        b.iter(|| metrics.record_check(black_box(&hit), black_box(took)))
+    });
+    group.bench_function("record_check_userinfo_call", |b| {
+        b.iter(|| metrics.record_check(black_box(&call), black_box(took)))
+    });
+    group.bench_function("decision_id_from_request", |b| {
+        b.iter(|| DecisionId::for_request(black_box(Some(ID))).as_str().len())
+    });
+    group.bench_function("decision_id_random", |b| {
+        b.iter(|| DecisionId::for_request(black_box(None)).as_str().len())
+    });
+    group.finish();
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .warm_up_time(Duration::from_millis(500))
@@ -334,6 +369,7 @@ fn config() -> Criterion {
 criterion_group! {
     name = hot_path;
     config = config();
-    targets = bench_route, bench_expression, bench_request, bench_response, bench_decision_line
+    targets = bench_route, bench_expression, bench_request, bench_response, bench_decision_line,
+        bench_metrics
 }
 criterion_main!(hot_path);

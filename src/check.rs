@@ -36,7 +36,7 @@ impl Decision {
 }
 
 /// Why a Check ended as it did: one word, the same in the decision log, the dynamic metadata
-/// and (later) the metrics' `reason` label. Low cardinality by construction.
+/// and the metrics' `reason` label. Low cardinality by construction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {
     Allowed,
@@ -63,6 +63,12 @@ impl Reason {
         Reason::IdentityUnavailable,
     ];
 
+    /// Whether a Check that ends for this reason is allowed: each reason belongs to one
+    /// decision, so the metrics pair them once, at start-up.
+    pub fn allows(self) -> bool {
+        matches!(self, Reason::Allowed | Reason::AllowedIdentityUnavailable)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::Allowed => "allowed",
@@ -73,6 +79,34 @@ impl Reason {
             Reason::ExpressionFalse => "expression_false",
             Reason::InvalidCredential => "invalid_credential",
             Reason::IdentityUnavailable => "identity_unavailable",
+        }
+    }
+}
+
+/// What the deciding identity source answered: the metrics' `outcome` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdentityAnswer {
+    User,
+    Anonymous,
+    Invalid,
+    Unavailable,
+}
+
+impl IdentityAnswer {
+    /// Every answer, in the order of their indices (`answer as usize`).
+    pub const ALL: [IdentityAnswer; 4] = [
+        IdentityAnswer::User,
+        IdentityAnswer::Anonymous,
+        IdentityAnswer::Invalid,
+        IdentityAnswer::Unavailable,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IdentityAnswer::User => "user",
+            IdentityAnswer::Anonymous => "anonymous",
+            IdentityAnswer::Invalid => "invalid",
+            IdentityAnswer::Unavailable => "unavailable",
         }
     }
 }
@@ -112,6 +146,21 @@ pub struct Outcome<'a> {
 }
 
 impl Outcome<'_> {
+    /// What the identity stage answered: a user whenever one was identified (allowed or not),
+    /// otherwise read from the reason the stage's answer led to.
+    pub fn identity_answer(&self) -> IdentityAnswer {
+        if self.user.is_some() {
+            return IdentityAnswer::User;
+        }
+        match self.reason {
+            Reason::InvalidCredential => IdentityAnswer::Invalid,
+            Reason::IdentityUnavailable | Reason::AllowedIdentityUnavailable => {
+                IdentityAnswer::Unavailable
+            }
+            _ => IdentityAnswer::Anonymous,
+        }
+    }
+
     fn early(denial: Denial, reason: Reason) -> Outcome<'static> {
         Outcome {
             decision: Decision::Deny(denial),

@@ -1,5 +1,6 @@
-//! [`run`]: serves Check, gRPC health, reflection and the status routes on listeners the caller
-//! bound, until `shutdown` completes; then shuts down in the order Kubernetes expects.
+//! [`run`]: serves Check, gRPC health, reflection and the status routes (with `/metrics`) on
+//! listeners the caller bound, until `shutdown` completes; then shuts down in the order
+//! Kubernetes expects. Each `run` has its own metrics registry.
 //!
 //! Shutdown: the moment `shutdown` resolves, gRPC health turns NOT_SERVING and `/-/ready` 503,
 //! so load balancers stop sending; serving goes on for `shutdown_delay` (Envoy and kube-proxy
@@ -23,6 +24,7 @@ use crate::envoy::{self, CheckService};
 use crate::identity::Resolver;
 use crate::response::Responder;
 use crate::status::{self, Readiness};
+use crate::telemetry::Metrics;
 use crate::transport::{self, tls};
 
 /// The sockets `run` serves on, bound by the caller (tests bind `127.0.0.1:0`).
@@ -114,6 +116,8 @@ pub enum RunError {
     Status(std::io::Error),
     #[error("a server task ended unexpectedly: {0}")]
     Task(#[from] tokio::task::JoinError),
+    #[error("cannot register the metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
 }
 
 /// How often the identity cache's counters are logged.
@@ -168,6 +172,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RunError> {
     let settings = app.settings;
+    let metrics = Arc::new(Metrics::new(app.checker.identity.user_sources())?);
     let checker = Arc::new(app.checker);
     let responder = Arc::new(
         Responder::new(settings.strict_mode, &settings.user_headers)
@@ -261,13 +266,14 @@ pub async fn run(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(
-            CheckService::new(checker.clone(), responder).max_message_size(grpc.max_message_size),
+            CheckService::new(checker.clone(), responder, metrics.clone())
+                .max_message_size(grpc.max_message_size),
         );
     let mut grpc_task =
         tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone())));
 
-    let http = axum::serve(listeners.http, status::router(readiness.clone()))
-        .with_graceful_shutdown(stopped(stop_rx));
+    let status_routes = status::router(readiness.clone(), metrics, checker.clone());
+    let http = axum::serve(listeners.http, status_routes).with_graceful_shutdown(stopped(stop_rx));
     let mut http_task = tokio::spawn(async move { http.await.map_err(RunError::Status) });
 
     // Ready once every identity source can answer (a JWT source after its first key fetch).

@@ -5,6 +5,9 @@
 //!
 //! Each answers `{"status":"OK","name":...,"version":...}`, or 503 with `"status":"KO"`.
 //! Called by kubelet probes, never by user traffic.
+//!
+//! `GET /metrics`: the Prometheus text exposition ([`crate::telemetry::metrics`]), for a
+//! Prometheus server's scrapes.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,6 +17,9 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+
+use crate::check::Checker;
+use crate::telemetry::{Metrics, metrics};
 
 /// Shared between the status routes, the gRPC health service and the shutdown sequence.
 #[derive(Debug)]
@@ -59,19 +65,38 @@ impl Readiness {
     }
 }
 
-/// The router of the status routes.
-pub fn router(readiness: Arc<Readiness>) -> Router {
+/// What the status routes read: readiness, and for `/metrics` the registry and the checker
+/// whose cache and key sets are read at scrape time.
+#[derive(Clone)]
+struct Status {
+    readiness: Arc<Readiness>,
+    metrics: Arc<Metrics>,
+    checker: Arc<Checker>,
+}
+
+/// The router of the status routes and `/metrics`.
+pub fn router(readiness: Arc<Readiness>, metrics: Arc<Metrics>, checker: Arc<Checker>) -> Router {
     Router::new()
         .route("/-/healthz", get(healthz))
         .route("/-/ready", get(ready))
         .route("/-/check-up", get(ready))
-        .with_state(readiness)
+        .route("/metrics", get(scrape))
+        .with_state(Status {
+            readiness,
+            metrics,
+            checker,
+        })
 }
 
-async fn healthz(State(r): State<Arc<Readiness>>) -> impl IntoResponse {
-    r.body(true)
+async fn healthz(State(s): State<Status>) -> impl IntoResponse {
+    s.readiness.body(true)
 }
 
-async fn ready(State(r): State<Arc<Readiness>>) -> impl IntoResponse {
-    r.body(r.is_ready())
+async fn ready(State(s): State<Status>) -> impl IntoResponse {
+    s.readiness.body(s.readiness.is_ready())
+}
+
+async fn scrape(State(s): State<Status>) -> impl IntoResponse {
+    let text = s.metrics.render(&s.checker.identity).await;
+    ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text)
 }

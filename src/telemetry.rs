@@ -1,5 +1,5 @@
 //! Structured logs through `tracing`: JSON lines on stdout, filtered by `LOG_LEVEL`; the
-//! decision id ([`decision_id`]).
+//! Prometheus metrics ([`metrics`]); the decision id ([`decision_id`]).
 //!
 //! Called once by `main`. The decision log line is written by `envoy`; no module logs a
 //! token, a cookie or a whole header map.
@@ -21,8 +21,10 @@
 //! decision is an ordinary `tracing` event with the same fields.
 
 pub mod decision_id;
+pub mod metrics;
 
 pub use decision_id::DecisionId;
+pub use metrics::Metrics;
 
 use std::cell::RefCell;
 use std::io::Write;

@@ -10,8 +10,8 @@
 //!   the envoy-types crate ships; nothing is copied into the repository).
 //!
 //! Per Check: the call's `grpc-timeout` becomes the deadline, the [`Checker`] runs, the
-//! decision id is chosen ([`DecisionId`]), the answer encoded and the decision line written
-//! ([`telemetry::decision`]). A deny is an answer: this
+//! decision id is chosen ([`DecisionId`]), the answer encoded, the metrics recorded
+//! ([`Metrics::record_check`]) and the decision line written ([`telemetry::decision`]). A deny is an answer: this
 //! module never returns `Err(Status)` for a policy outcome; `Err` means "could not decide"
 //! (a message that is not a `CheckRequest`: INVALID_ARGUMENT).
 
@@ -31,7 +31,7 @@ pub use encode::{Encoded, encode};
 use crate::check::Checker;
 use crate::request::Request;
 use crate::response::Responder;
-use crate::telemetry::{self, DecisionId};
+use crate::telemetry::{self, DecisionId, Metrics};
 
 /// The encoded `FileDescriptorSet` of `envoy/service/auth/v3/external_auth.proto` and its
 /// imports.
@@ -48,15 +48,18 @@ const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
 struct Decider {
     checker: Arc<Checker>,
     responder: Arc<Responder>,
+    metrics: Arc<Metrics>,
 }
 
 impl Decider {
-    /// One Check, from the request view to the encoded answer; writes the decision line.
+    /// One Check, from the request view to the encoded answer; records the metrics and writes
+    /// the decision line.
     async fn decide(&self, view: &Request, started: Instant, deadline: Option<Instant>) -> Encoded {
         let outcome = self.checker.check(view, deadline).await;
         let decision_id = DecisionId::for_request(view.header("x-request-id"));
         let encoded = encode(&self.responder.answer(&outcome, decision_id.as_str()));
         let took = started.elapsed();
+        self.metrics.record_check(&outcome, took);
         if telemetry::decision_enabled() {
             let (rule, method, request_method, path) = match outcome.rule {
                 Some((path, method)) => (path, method.as_str(), None, None),
@@ -109,9 +112,17 @@ pub struct CheckService {
 }
 
 impl CheckService {
-    pub fn new(checker: Arc<Checker>, responder: Arc<Responder>) -> CheckService {
+    pub fn new(
+        checker: Arc<Checker>,
+        responder: Arc<Responder>,
+        metrics: Arc<Metrics>,
+    ) -> CheckService {
         CheckService {
-            inner: Arc::new(Decider { checker, responder }),
+            inner: Arc::new(Decider {
+                checker,
+                responder,
+                metrics,
+            }),
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
         }
     }
@@ -360,9 +371,11 @@ identity:
             app.settings.strict_mode,
             &app.settings.user_headers,
         ));
+        let metrics = Arc::new(Metrics::new(app.checker.identity.user_sources()).expect("metrics"));
         let checker = Arc::new(app.checker);
         let serve = |reference: bool| {
-            let (checker, responder) = (checker.clone(), responder.clone());
+            let (checker, responder, metrics) =
+                (checker.clone(), responder.clone(), metrics.clone());
             async move {
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
                     .await
@@ -373,7 +386,7 @@ identity:
                 let router = if reference {
                     builder.add_service(AuthorizationServer::new(Reference { checker, responder }))
                 } else {
-                    builder.add_service(CheckService::new(checker, responder))
+                    builder.add_service(CheckService::new(checker, responder, metrics))
                 };
                 tokio::spawn(router.serve_with_incoming(incoming));
                 AuthorizationClient::connect(format!("http://{addr}"))
@@ -465,7 +478,11 @@ identity:
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
             tokio::spawn(
                 tonic::transport::Server::builder()
-                    .add_service(CheckService::new(checker.clone(), responder.clone()))
+                    .add_service(CheckService::new(
+                        checker.clone(),
+                        responder.clone(),
+                        metrics.clone(),
+                    ))
                     .serve_with_incoming(incoming),
             );
             addr

@@ -45,7 +45,7 @@ impl Lookup {
     }
 }
 
-/// Counters since start, for logs and (later) metrics.
+/// Counters since start, for logs and the `checkpoint_identity_cache_requests_total` metric.
 #[derive(Debug, Default)]
 pub struct CacheStats {
     pub hits: AtomicU64,
@@ -248,6 +248,11 @@ impl IdentityCache {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Runs moka's pending maintenance, after which [`IdentityCache::len`] is exact.
+    pub async fn settle(&self) {
+        self.entries.run_pending_tasks().await;
     }
 }
 

@@ -325,6 +325,10 @@ impl Source for Introspection {
         vec![super::token_header(&self.token)]
     }
 
+    fn outbound(&self) -> bool {
+        true
+    }
+
     fn resolve<'a>(
         &'a self,
         request: &'a Request,

@@ -234,6 +234,10 @@ pub struct Keys {
     state: Arc<Mutex<FetchState>>,
     source: KeySource,
     client: reqwest::Client,
+    /// Fetches since start that succeeded and that failed (timer and unknown-key fetches
+    /// alike), for the `checkpoint_jwks_refreshes_total` metric.
+    fetched: AtomicU64,
+    failed: AtomicU64,
 }
 
 impl Keys {
@@ -245,7 +249,22 @@ impl Keys {
             state: Arc::new(Mutex::new(FetchState::default())),
             source,
             client,
+            fetched: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
         }
+    }
+
+    /// Fetches since start: (succeeded, failed).
+    pub fn fetches(&self) -> (u64, u64) {
+        (
+            self.fetched.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
+    }
+
+    /// How many keys the current set holds (0 before the first successful fetch).
+    pub fn key_count(&self) -> usize {
+        self.snapshot().map_or(0, |(keys, _)| keys.len())
     }
 
     /// Whether a key set was fetched at least once.
@@ -327,6 +346,7 @@ impl Keys {
                     "jwt signing keys loaded"
                 );
                 self.install(keys);
+                self.fetched.fetch_add(1, Ordering::Relaxed);
                 Ok(())
             }
             Err(error) => {
@@ -336,6 +356,7 @@ impl Keys {
                     keeping = self.snapshot().map_or(0, |(k, _)| k.len()),
                     "jwt signing keys could not be fetched"
                 );
+                self.failed.fetch_add(1, Ordering::Relaxed);
                 Err(error)
             }
         }

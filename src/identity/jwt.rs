@@ -568,6 +568,10 @@ impl Source for Jwt {
         self.keys.loaded()
     }
 
+    fn key_set(&self) -> Option<&Keys> {
+        Some(&self.keys)
+    }
+
     fn request_headers(&self) -> Vec<String> {
         vec![super::token_header(&self.token)]
     }

@@ -198,6 +198,17 @@ pub trait Source: Send + Sync {
     fn request_headers(&self) -> Vec<String> {
         Vec::new()
     }
+
+    /// Whether asking this source is a call over the network (user-info, introspection): only
+    /// those calls are timed in `checkpoint_identity_request_duration_seconds`.
+    fn outbound(&self) -> bool {
+        false
+    }
+
+    /// The signing keys this source keeps fresh, for the JWKS metrics.
+    fn key_set(&self) -> Option<&jwks::Keys> {
+        None
+    }
 }
 
 /// The header a token location reads.
@@ -328,6 +339,31 @@ impl Resolver {
     /// Entries the identity cache holds now (0 when it is off).
     pub fn cache_entries(&self) -> u64 {
         self.cache.as_ref().map_or(0, IdentityCache::len)
+    }
+
+    /// Lets the cache finish its pending bookkeeping, so that [`Resolver::cache_entries`] is
+    /// exact (a scrape calls this first).
+    pub async fn settle_cache(&self) {
+        if let Some(cache) = &self.cache {
+            cache.settle().await;
+        }
+    }
+
+    /// Each source that identifies users: its name and whether asking it is an outbound call.
+    /// Bounded by the configuration: the metrics' `source` label values.
+    pub fn user_sources(&self) -> impl Iterator<Item = (&str, bool)> {
+        self.sources.iter().filter_map(|s| match &s.source {
+            Entry::User(source) => Some((s.name.as_str(), source.outbound())),
+            Entry::Client(_) => None,
+        })
+    }
+
+    /// The key sets of the sources that keep one (JWT), by source name.
+    pub fn key_sets(&self) -> impl Iterator<Item = (&str, &jwks::Keys)> {
+        self.sources.iter().filter_map(|s| match &s.source {
+            Entry::User(source) => source.key_set().map(|keys| (s.name.as_str(), keys)),
+            Entry::Client(_) => None,
+        })
     }
 
     /// Builds the sources the settings name, in order. Must run inside a tokio runtime (some

@@ -253,6 +253,10 @@ impl Source for UserInfo {
         Box::pin(self.call(request, context))
     }
 
+    fn outbound(&self) -> bool {
+        true
+    }
+
     /// The answer depends on the URL asked and on every header sent to it, nothing else.
     fn cache_key(&self, request: &Request, context: &Context, key: &mut KeyHasher) -> bool {
         if !self.has_credential(request) {
