@@ -20,8 +20,9 @@
 //! - [`service`]: the gRPC boundary: `Authorization/Check`, gRPC health and reflection.
 //! - [`grpc`]: checkpoint's own HTTP/2 server, which runs Check on the frames it reads and hands
 //!   every other RPC to tonic's services.
-//! - [`status`]: the HTTP status routes `/-/healthz`, `/-/ready`, `/-/check-up`.
-//! - [`telemetry`]: structured logs.
+//! - [`status`]: the HTTP status routes `/-/healthz`, `/-/ready`, `/-/check-up`, and
+//!   Prometheus' `/metrics`.
+//! - [`telemetry`]: structured logs, the Prometheus metrics and the decision id.
 //! - [`run`]: starts everything on already-bound listeners and shuts down gracefully.
 
 pub mod check;
