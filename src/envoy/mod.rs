@@ -11,9 +11,9 @@
 //!
 //! Per Check: the call's `grpc-timeout` becomes the deadline, the [`Checker`] runs, the
 //! decision id is chosen ([`DecisionId`]), the answer encoded, the metrics recorded
-//! ([`Metrics::record_check`]) and the decision line written ([`telemetry::decision`]). A deny is an answer: this
-//! module never returns `Err(Status)` for a policy outcome; `Err` means "could not decide"
-//! (a message that is not a `CheckRequest`: INVALID_ARGUMENT).
+//! ([`Metrics::record_check`]) and the decision line written ([`telemetry::decision`]). A deny
+//! is an answer: this module never returns `Err(Status)` for a policy outcome; `Err` means
+//! "could not decide" (a message that is not a `CheckRequest`: INVALID_ARGUMENT).
 
 pub mod decode;
 pub mod encode;
