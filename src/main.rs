@@ -65,14 +65,6 @@ fn environment() -> HashMap<String, String> {
         .collect()
 }
 
-fn load_from(env: &HashMap<String, String>) -> Result<Config, ConfigErrors> {
-    let config = Config::load(env)?;
-    telemetry::filter(&config.settings.log_level).map_err(|e| ConfigErrors {
-        problems: vec![format!("LOG_LEVEL: {e}")],
-    })?;
-    Ok(config)
-}
-
 fn report(errors: &ConfigErrors) {
     eprintln!(
         "checkpoint: invalid configuration ({} problem(s)):",
@@ -118,7 +110,7 @@ fn runtime(
 /// sources (they may start background refreshes): everything that can be wrong before a port
 /// is bound.
 fn prepare(env: &HashMap<String, String>, purpose: Purpose) -> Result<Prepared, ExitCode> {
-    let config = load_from(env).map_err(|errors| {
+    let config = Config::load(env).map_err(|errors| {
         report(&errors);
         ExitCode::FAILURE
     })?;

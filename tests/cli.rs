@@ -298,3 +298,61 @@ request_headers: { backoffice: x-backoffice, client_type: x-client }
     assert!(stdout.is_empty(), "{stdout}");
     assert!(stderr.contains("checkpoint.yaml"), "{stderr}");
 }
+
+/// A mistyped `LOG_LEVEL` (`warning`, `verbose`) would turn every log line off: it is a
+/// configuration problem, listed with the others in the same run, from the environment and from
+/// the native file alike.
+#[test]
+fn an_unknown_log_level_is_listed_with_the_other_problems() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(
+        dir.path().join("auth.json"),
+        r#"{ "/": { "GET": { "authorization": { "expression": "true", "public": true } } } }"#,
+    )
+    .expect("write");
+    let path = dir.path().display().to_string();
+    for (level, valid) in [
+        ("warning", false),
+        ("verbose", false),
+        ("checkpoint=verbose,info", false),
+        ("checkpoint", false),
+        ("warn", true),
+        ("OFF", true),
+        ("checkpoint=debug,info", true),
+        ("info,checkpoint::decision=off", true),
+    ] {
+        let (code, _, stderr) = check_config(&[
+            ("CONFIGURATION_PATH", &path),
+            ("CONFIGURATION_FILE_NAME", "auth"),
+            ("USERINFO_URL", "http://auth-manager/userinfo"),
+            (
+                "CHECKPOINT_USERINFO_TIMEOUT",
+                if valid { "1s" } else { "fast" },
+            ),
+            ("LOG_LEVEL", level),
+        ]);
+        if valid {
+            assert_eq!(code, 0, "{level}: {stderr}");
+            continue;
+        }
+        assert_eq!(code, 1, "{level}: {stderr}");
+        assert!(stderr.contains("2 problem(s)"), "{level}: {stderr}");
+        assert!(
+            stderr.contains(&format!("LOG_LEVEL: \"{level}\"")),
+            "{level}: {stderr}"
+        );
+        assert!(stderr.contains("CHECKPOINT_USERINFO_TIMEOUT"), "{stderr}");
+    }
+
+    let config = dir.path().join("checkpoint.yaml");
+    std::fs::write(
+        &config,
+        "version: 1\nserver: { log_level: warning, grpc_addr: nowhere }\nrules: { file: auth.json }\nidentity: { sources: [ { type: anonymous } ] }\n",
+    )
+    .expect("write");
+    let path = config.display().to_string();
+    let (code, _, stderr) = check_config(&[("CHECKPOINT_CONFIG", &path)]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("2 problem(s)"), "{stderr}");
+    assert!(stderr.contains("server.log_level: \"warning\""), "{stderr}");
+}

@@ -250,8 +250,8 @@ pub fn from_file(
         ));
     }
     let http_addr = addr("http_addr", &file.server.http_addr, &mut problems);
-    if let Err(e) = crate::telemetry::filter(&file.server.log_level) {
-        problems.push(format!("{label}: server.log_level: {e}"));
+    if let Err(message) = super::log_level(&file.server.log_level) {
+        problems.push(format!("{label}: server.log_level: {message}"));
     }
     for (field, name) in [
         ("user_headers.user_id", &file.user_headers.user_id),

@@ -183,6 +183,59 @@ pub fn parse_mode(text: &str) -> Result<u32, String> {
     }
 }
 
+/// The levels a log filter may name.
+pub const LOG_LEVELS: &[&str] = &["error", "warn", "info", "debug", "trace", "off"];
+
+/// Checks a log filter (`LOG_LEVEL`, `server.log_level`): a level, or comma-separated `tracing`
+/// directives (`checkpoint=debug,info`) whose level parts are all known levels. `tracing` itself
+/// reads a bare unknown word such as `warning` as a target name, which turns every other log
+/// line off: here it is a configuration error.
+pub fn log_level(text: &str) -> Result<(), String> {
+    let known = |level: &str| LOG_LEVELS.iter().any(|l| l.eq_ignore_ascii_case(level));
+    let usage =
+        "use error, warn, info, debug, trace or off, or directives such as checkpoint=debug,info";
+    if text.trim().is_empty() {
+        return Err(format!("\"{text}\" is empty: {usage}"));
+    }
+    for directive in split_outside_brackets(text, ',') {
+        let directive = directive.trim();
+        let parts = split_outside_brackets(directive, '=');
+        let level = parts.last().copied().unwrap_or(directive);
+        if !known(level.trim()) {
+            let what = if level.len() == directive.len() {
+                format!("\"{text}\" is not a log level")
+            } else {
+                format!(
+                    "\"{text}\": \"{}\" is not a log level in \"{directive}\"",
+                    level.trim()
+                )
+            };
+            return Err(format!("{what}: {usage}"));
+        }
+    }
+    crate::telemetry::filter(text).map(drop)
+}
+
+/// Splits at `separator` where it is outside `[...]` and `{...}` (a directive's span filter may
+/// hold commas and equals signs).
+fn split_outside_brackets(text: &str, separator: char) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let (mut depth, mut start) = (0usize, 0usize);
+    for (i, c) in text.char_indices() {
+        match c {
+            '[' | '{' => depth += 1,
+            ']' | '}' => depth = depth.saturating_sub(1),
+            c if c == separator && depth == 0 => {
+                parts.push(&text[start..i]);
+                start = i + c.len_utf8();
+            }
+            _ => {}
+        }
+    }
+    parts.push(&text[start..]);
+    parts
+}
+
 /// The headers checkpoint writes upstream for an allowed request.
 #[derive(Debug, Clone)]
 pub struct UserHeaders {
@@ -318,6 +371,35 @@ mod tests {
                 bad.parse::<ListenAddr>().is_err(),
                 "{bad:?} must be refused"
             );
+        }
+    }
+
+    #[test]
+    fn log_levels_are_known_levels_or_directives_with_known_levels() {
+        for ok in [
+            "info",
+            "WARN",
+            "off",
+            "checkpoint=debug,info",
+            " trace ",
+            "info,checkpoint::decision=off",
+            "checkpoint[check]=debug",
+        ] {
+            assert_eq!(log_level(ok), Ok(()), "{ok:?}");
+        }
+        for (bad, says) in [
+            ("warning", "\"warning\" is not a log level"),
+            ("verbose", "\"verbose\" is not a log level"),
+            ("checkpoint", "\"checkpoint\" is not a log level"),
+            (
+                "info,checkpoint=loud",
+                "\"loud\" is not a log level in \"checkpoint=loud\"",
+            ),
+            ("", "is empty"),
+            ("5", "\"5\" is not a log level"),
+        ] {
+            let message = log_level(bad).expect_err(bad);
+            assert!(message.contains(says), "{bad:?}: {message}");
         }
     }
 
