@@ -276,6 +276,7 @@ fn serve() -> ExitCode {
 }
 
 async fn serve_async(app: App) -> anyhow::Result<()> {
+    let shutdown = termination();
     let grpc_addr = app.settings.grpc_addr.clone();
     let http_addr = app.settings.http_addr;
     let listeners = Listeners {
@@ -287,27 +288,42 @@ async fn serve_async(app: App) -> anyhow::Result<()> {
             .with_context(|| format!("binding the status address {http_addr}"))?,
     };
     tracing::info!(grpc = %grpc_addr, http = %http_addr, "listening");
-    run(app, listeners, termination()).await?;
+    run(app, listeners, shutdown).await?;
     telemetry::flush();
     Ok(())
 }
 
-/// Completes on SIGTERM or SIGINT.
-async fn termination() {
+/// Completes on SIGTERM or SIGINT. SIGHUP, which would otherwise end the process at once (no
+/// readiness flip, no drain), is ignored with a log line until reloading exists. The handlers
+/// are installed when this is called, not when the future is first polled.
+fn termination() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    match (
+    let handlers = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => tracing::info!(signal = "SIGTERM", "signal received"),
-                _ = int.recv() => tracing::info!(signal = "SIGINT", "signal received"),
-            }
-        }
-        _ => {
+        signal(SignalKind::hangup()),
+    );
+    async move {
+        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = handlers else {
             tracing::warn!("cannot install signal handlers; falling back to Ctrl-C");
             let _ = tokio::signal::ctrl_c().await;
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = term.recv() => {
+                    tracing::info!(signal = "SIGTERM", "signal received");
+                    return;
+                }
+                _ = int.recv() => {
+                    tracing::info!(signal = "SIGINT", "signal received");
+                    return;
+                }
+                _ = hup.recv() => tracing::warn!(
+                    signal = "SIGHUP",
+                    "signal received, ignored: reloading is not supported yet"
+                ),
+            }
         }
     }
 }

@@ -100,74 +100,133 @@ fn unknown_commands_are_refused() {
     assert_eq!(out.status.code(), Some(2));
 }
 
-#[test]
-fn sigterm_turns_not_ready_then_exits_zero() {
-    use std::io::Read;
-    let dir = tempfile::tempdir().expect("dir");
-    std::fs::write(
-        dir.path().join("auth.json"),
-        r#"{ "/": { "GET": { "authorization": { "expression": "true", "public": true } } } }"#,
-    )
-    .expect("write");
-    let free_port = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .expect("bind")
-            .local_addr()
-            .expect("addr")
-            .port()
-    };
-    let (grpc, http) = (free_port(), free_port());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_checkpoint"))
-        .env_clear()
-        .env("CONFIGURATION_PATH", dir.path())
-        .env("CONFIGURATION_FILE_NAME", "auth")
-        .env("USERINFO_URL", "http://127.0.0.1:9/userinfo")
-        .env("CHECKPOINT_GRPC_ADDR", format!("127.0.0.1:{grpc}"))
-        .env("CHECKPOINT_HTTP_ADDR", format!("127.0.0.1:{http}"))
-        .env("DELAY_SHUTDOWN_SECONDS", "1")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let ready = |want: &str| {
-        let mut stream = std::net::TcpStream::connect(("127.0.0.1", http)).ok()?;
+/// `checkpoint serve` on free loopback ports with a one-rule file; its stdout (JSON logs) piped.
+struct Serving {
+    child: std::process::Child,
+    http: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Serving {
+    fn start() -> Serving {
+        let dir = tempfile::tempdir().expect("dir");
+        std::fs::write(
+            dir.path().join("auth.json"),
+            r#"{ "/": { "GET": { "authorization": { "expression": "true", "public": true } } } }"#,
+        )
+        .expect("write");
+        let free_port = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .expect("bind")
+                .local_addr()
+                .expect("addr")
+                .port()
+        };
+        let (grpc, http) = (free_port(), free_port());
+        let child = Command::new(env!("CARGO_BIN_EXE_checkpoint"))
+            .env_clear()
+            .env("CONFIGURATION_PATH", dir.path())
+            .env("CONFIGURATION_FILE_NAME", "auth")
+            .env("USERINFO_URL", "http://127.0.0.1:9/userinfo")
+            .env("CHECKPOINT_GRPC_ADDR", format!("127.0.0.1:{grpc}"))
+            .env("CHECKPOINT_HTTP_ADDR", format!("127.0.0.1:{http}"))
+            .env("DELAY_SHUTDOWN_SECONDS", "1")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let serving = Serving {
+            child,
+            http,
+            _dir: dir,
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !serving.ready_answers("HTTP/1.1 200") {
+            assert!(std::time::Instant::now() < deadline, "never ready");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        serving
+    }
+
+    /// Whether `GET /-/ready` answers with a status line starting with `want`.
+    fn ready_answers(&self, want: &str) -> bool {
+        use std::io::Read;
+        let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.http)) else {
+            return false;
+        };
+        let mut text = String::new();
         std::io::Write::write_all(
             &mut stream,
             b"GET /-/ready HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
         )
-        .ok()?;
-        let mut text = String::new();
-        stream.read_to_string(&mut text).ok()?;
-        text.starts_with(want).then_some(())
-    };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while ready("HTTP/1.1 200").is_none() {
-        assert!(std::time::Instant::now() < deadline, "never ready");
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        .is_ok()
+            && stream.read_to_string(&mut text).is_ok()
+            && text.starts_with(want)
     }
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// Waits for the exit; the exit code and the logs.
+    fn wait(mut self) -> (Option<i32>, String) {
+        use std::io::Read;
+        let exit = self.child.wait().expect("wait");
+        let mut logs = String::new();
+        self.child
+            .stdout
+            .take()
+            .expect("stdout")
+            .read_to_string(&mut logs)
+            .expect("read");
+        (exit.code(), logs)
+    }
+}
+
+#[test]
+fn sigterm_turns_not_ready_then_exits_zero() {
+    let serving = Serving::start();
+    serving.signal("TERM");
     std::thread::sleep(std::time::Duration::from_millis(200));
     assert!(
-        ready("HTTP/1.1 503").is_some(),
+        serving.ready_answers("HTTP/1.1 503"),
         "/-/ready must answer 503 during the shutdown delay"
     );
-    let exit = child.wait().expect("wait");
-    assert_eq!(exit.code(), Some(0));
-    let mut logs = String::new();
-    child
-        .stdout
-        .take()
-        .expect("stdout")
-        .read_to_string(&mut logs)
-        .expect("read");
+    let (code, logs) = serving.wait();
+    assert_eq!(code, Some(0));
     assert!(logs.contains("\"signal\":\"SIGTERM\""), "{logs}");
     assert!(
         logs.lines().all(|l| l.starts_with('{')),
         "JSON lines only: {logs}"
     );
+}
+
+/// SIGHUP (what `kill -HUP` or a closing terminal sends, and what many operators expect to
+/// reload) used to kill the process without a drain. Until reloading exists it is ignored with a
+/// log line: serving and readiness go on, and SIGTERM still shuts down cleanly.
+#[test]
+fn sighup_is_ignored_with_a_log_line() {
+    let serving = Serving::start();
+    serving.signal("HUP");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(
+        serving.ready_answers("HTTP/1.1 200"),
+        "still serving and ready after SIGHUP"
+    );
+    serving.signal("HUP");
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert!(serving.ready_answers("HTTP/1.1 200"), "a second SIGHUP too");
+    serving.signal("TERM");
+    let (code, logs) = serving.wait();
+    assert_eq!(code, Some(0), "{logs}");
+    let ignored = logs
+        .lines()
+        .filter(|l| l.contains("\"signal\":\"SIGHUP\"") && l.contains("ignored"))
+        .count();
+    assert_eq!(ignored, 2, "{logs}");
 }
 
 #[test]
