@@ -415,3 +415,85 @@ fn an_unknown_log_level_is_listed_with_the_other_problems() {
     assert!(stderr.contains("2 problem(s)"), "{stderr}");
     assert!(stderr.contains("server.log_level: \"warning\""), "{stderr}");
 }
+
+/// Booleans read alike everywhere: true/false/1/0/yes/no/on/off in any case, from the
+/// environment and from the native file; anything else names the setting and the value.
+#[test]
+fn booleans_accept_the_usual_spellings_everywhere() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(
+        dir.path().join("auth.json"),
+        r#"{ "/": { "GET": { "authorization": { "expression": "true", "public": true } } } }"#,
+    )
+    .expect("write");
+    let path = dir.path().display().to_string();
+    let env = |strict: &'static str, metadata: &'static str, trust: &'static str| {
+        let path = path.clone();
+        move || {
+            check_config(&[
+                ("CONFIGURATION_PATH", &path),
+                ("CONFIGURATION_FILE_NAME", "auth"),
+                ("USERINFO_URL", "http://auth-manager/userinfo"),
+                ("AUTHORIZATION_STRICT_MODE_ENABLED", strict),
+                ("CHECKPOINT_DYNAMIC_METADATA", metadata),
+                ("TRUST_MIA_USER_HEADERS", trust),
+            ])
+        }
+    };
+    for (strict, metadata, trust, want_strict, want_metadata, want_source) in [
+        ("Off", "YES", "on", false, true, "trusted_headers"),
+        ("ON", "no", "0", true, false, "userinfo"),
+        ("1", "True", "FALSE", true, true, "userinfo"),
+    ] {
+        let (code, stdout, stderr) = env(strict, metadata, trust)();
+        assert_eq!(code, 0, "{strict} {metadata} {trust}: {stderr}");
+        assert!(
+            stdout.contains(&format!("strict mode:     {want_strict}")),
+            "{stdout}"
+        );
+        assert!(
+            stdout.contains(&format!("dynamic metadata: {want_metadata}")),
+            "{stdout}"
+        );
+        assert!(
+            stdout.contains(&format!("identity source: {want_source}")),
+            "{stdout}"
+        );
+    }
+    let (code, _, stderr) = env("maybe", "2", "y")();
+    assert_eq!(code, 1);
+    assert!(stderr.contains("3 problem(s)"), "{stderr}");
+    for (variable, value) in [
+        ("AUTHORIZATION_STRICT_MODE_ENABLED", "maybe"),
+        ("CHECKPOINT_DYNAMIC_METADATA", "2"),
+        ("TRUST_MIA_USER_HEADERS", "y"),
+    ] {
+        assert!(
+            stderr.contains(&format!("{variable}: \"{value}\" is not a boolean")),
+            "{stderr}"
+        );
+    }
+
+    let config = dir.path().join("checkpoint.yaml");
+    let native = |responses: &str| {
+        std::fs::write(
+            &config,
+            format!("version: 1\nrules: {{ file: auth.json }}\nidentity:\n  sources:\n    - {{ type: mtls, allow_unlisted: On }}\nresponses: {responses}\n"),
+        )
+        .expect("write");
+        check_config(&[("CHECKPOINT_CONFIG", &config.display().to_string())])
+    };
+    let (code, stdout, stderr) = native("{ strict_mode: off, dynamic_metadata: \"Yes\" }");
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("strict mode:     false"), "{stdout}");
+    assert!(stdout.contains("dynamic metadata: true"), "{stdout}");
+    let (code, stdout, stderr) = native("{ strict_mode: 1, dynamic_metadata: false }");
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("strict mode:     true"), "{stdout}");
+    let (code, _, stderr) = native("{ strict_mode: maybe }");
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("checkpoint.yaml:6:27: responses.strict_mode: \"maybe\" is not a boolean"),
+        "{stderr}"
+    );
+}

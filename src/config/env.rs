@@ -316,17 +316,12 @@ impl Reader<'_> {
     }
 
     fn boolean(&mut self, name: &'static str, default: bool) -> bool {
-        match self.string(name).map(|v| v.to_ascii_lowercase()).as_deref() {
+        match self.string(name) {
             None => default,
-            Some("true" | "1" | "yes") => true,
-            Some("false" | "0" | "no") => false,
-            Some(other) => {
-                self.error(
-                    name,
-                    format!("\"{other}\" is not a boolean (true or false)"),
-                );
+            Some(text) => super::boolean::parse(&text).unwrap_or_else(|message| {
+                self.error(name, message);
                 default
-            }
+            }),
         }
     }
 

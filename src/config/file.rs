@@ -155,10 +155,14 @@ impl Default for RequestHeadersSection {
 #[serde(deny_unknown_fields, default)]
 pub struct ResponsesSection {
     /// Strict mode denies; off, 401/403/404 become OK with `mia-allowed: 0`.
+    #[serde(deserialize_with = "super::boolean::deserialize")]
+    #[schemars(schema_with = "super::boolean::schema")]
     pub strict_mode: bool,
     /// Add `decision`, `reason` and `user_id` to every answer as dynamic metadata under
     /// `envoy.filters.http.ext_authz` (for access logs and later filters). Default false: Envoy
     /// spends about 14,000 instructions per request merging it.
+    #[serde(deserialize_with = "super::boolean::deserialize")]
+    #[schemars(schema_with = "super::boolean::schema")]
     pub dynamic_metadata: bool,
 }
 

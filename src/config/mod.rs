@@ -8,6 +8,7 @@
 //! Called by `main` (and by tests) before any port is bound. Must never read the process
 //! environment itself: callers pass the variables in as a map.
 
+pub mod boolean;
 pub mod duration;
 pub mod env;
 pub mod file;
