@@ -497,3 +497,54 @@ fn booleans_accept_the_usual_spellings_everywhere() {
         "{stderr}"
     );
 }
+
+/// Every subcommand has its own `--help` (exit 0, that command's usage on stdout), and an
+/// unknown option is a usage error.
+#[test]
+fn each_subcommand_has_its_help() {
+    for command in ["serve", "check-config", "allowed-headers", "schema"] {
+        for flag in ["--help", "-h"] {
+            let out = Command::new(env!("CARGO_BIN_EXE_checkpoint"))
+                .args([command, flag])
+                .env_clear()
+                .output()
+                .expect("run");
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert_eq!(out.status.code(), Some(0), "{command} {flag}: {stdout}");
+            assert!(
+                stdout.starts_with(&format!("usage: checkpoint {command}")),
+                "{command} {flag}: {stdout}"
+            );
+        }
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_checkpoint"))
+        .args(["check-config", "--verbose"])
+        .env_clear()
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--verbose"), "{stderr}");
+}
+
+/// `checkpoint --help | head -1` and `checkpoint schema | head -1` close the pipe before
+/// checkpoint has written everything: it stops quietly (no panic, no "Broken pipe").
+#[test]
+fn a_closed_stdout_is_not_a_crash() {
+    for args in [&["--help"][..], &["schema"], &["check-config", "--help"]] {
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        // The reading end is closed before checkpoint writes anything: every write fails with
+        // EPIPE, as it would once `head` has exited.
+        drop(reader);
+        let out = Command::new(env!("CARGO_BIN_EXE_checkpoint"))
+            .args(args)
+            .env_clear()
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .expect("run");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.is_empty(), "{args:?}: {stderr}");
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+    }
+}
