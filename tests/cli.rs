@@ -548,3 +548,97 @@ fn a_closed_stdout_is_not_a_crash() {
         assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
     }
 }
+
+/// The same key twice, at any level of the rule file or of the native file (YAML block or
+/// flow style, inline rules, JSON), is an error naming both places; problems come in file order.
+#[test]
+fn duplicate_keys_are_refused_with_both_positions() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().display().to_string();
+    std::fs::write(
+        dir.path().join("auth.json"),
+        r#"{
+  "/z": { "GET": { "authorization": { "expression": "true", "public": true } } },
+  "/a": { "GET": { "authorization": { "expression": "groups.x &&" } } },
+  "/z": { "POST": { "authorization": { "expression": "true" }, "authorization": { "expression": "false" } } }
+}"#,
+    )
+    .expect("write");
+    let (code, _, stderr) = check_config(&[
+        ("CONFIGURATION_PATH", &path),
+        ("CONFIGURATION_FILE_NAME", "auth"),
+        ("USERINFO_URL", "http://auth-manager/userinfo"),
+    ]);
+    assert_eq!(code, 1, "{stderr}");
+    let file = format!("{path}/auth.json");
+    let problems: Vec<&str> = stderr.lines().skip(1).collect();
+    assert_eq!(problems.len(), 3, "{stderr}");
+    assert!(
+        problems[0].starts_with(&format!(
+            "  - {file}:3:11: rule \"/a\" GET: authorization.expression"
+        )),
+        "{stderr}"
+    );
+    assert_eq!(
+        problems[1],
+        format!("  - {file}:4:3: rule \"/z\": duplicate key \"/z\" (first at {file}:2:3)")
+    );
+    assert_eq!(
+        problems[2],
+        format!(
+            "  - {file}:4:64: rule \"/z\" POST: duplicate key \"authorization\" (first at {file}:4:21)"
+        )
+    );
+
+    let yaml = dir.path().join("checkpoint.yaml");
+    let check = |text: &str| {
+        std::fs::write(&yaml, text).expect("write");
+        check_config(&[("CHECKPOINT_CONFIG", &yaml.display().to_string())])
+    };
+    let label = yaml.display().to_string();
+    for (text, want) in [
+        (
+            "version: 1\nrules: { file: auth.json }\nversion: 1\nidentity: { sources: [ { type: anonymous } ] }\n",
+            format!("{label}:3:1: duplicate key \"version\" (first at {label}:1:1)"),
+        ),
+        (
+            "version: 1\nrules:\n  inline:\n    /a:\n      GET: { authorization: { expression: \"true\", public: true } }\n    /a:\n      POST: { authorization: { expression: \"true\" } }\nidentity: { sources: [ { type: anonymous } ] }\n",
+            format!("{label}:6:5: duplicate key \"rules.inline./a\" (first at {label}:4:5)"),
+        ),
+        (
+            "version: 1\nrules: { inline: { /a: { GET: { authorization: { expression: \"true\", expression: \"false\" } } } } }\nidentity: { sources: [ { type: anonymous } ] }\n",
+            format!(
+                "{label}:2:70: duplicate key \"rules.inline./a.GET.authorization.expression\" (first at {label}:2:50)"
+            ),
+        ),
+        (
+            "version: 1\nrules: { inline: {} }\nidentity:\n  sources:\n    - type: mtls\n      principals: [{ principal: a, principal: b }]\n",
+            format!(
+                "{label}:6:36: duplicate key \"identity.sources[0].principals[0].principal\" (first at {label}:6:22)"
+            ),
+        ),
+    ] {
+        let (code, _, stderr) = check(text);
+        assert_eq!(code, 1, "{text}");
+        assert!(
+            stderr.contains(&format!("  - {want}\n")),
+            "{want}\n{stderr}"
+        );
+    }
+
+    let json = dir.path().join("checkpoint.json");
+    std::fs::write(
+        &json,
+        "{\"version\": 1, \"rules\": {\"inline\": {\"/a\": {\"GET\": {\"authorization\": {\"expression\": \"true\"}}},\n  \"/a\": {}}},\n \"identity\": {\"sources\": [{\"type\": \"anonymous\"}]}, \"version\": 1}",
+    )
+    .expect("write");
+    let label = json.display().to_string();
+    let (code, _, stderr) = check_config(&[("CHECKPOINT_CONFIG", &label)]);
+    assert_eq!(code, 1, "{stderr}");
+    for want in [
+        format!("  - {label}:2:3: duplicate key \"rules.inline./a\" (first at {label}:1:37)\n"),
+        format!("  - {label}:3:52: duplicate key \"version\" (first at {label}:1:2)\n"),
+    ] {
+        assert!(stderr.contains(&want), "{want}\n{stderr}");
+    }
+}

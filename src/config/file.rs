@@ -182,33 +182,62 @@ pub fn schema() -> String {
 }
 
 /// Reads the file at `path` into settings and rules; every problem names the file and, for
-/// structure errors, the line and column.
+/// structure errors and duplicate keys, the line and column.
 pub fn load(path: &Path) -> Result<(Settings, RuleSet), Vec<String>> {
     let label = path.display().to_string();
     let text = std::fs::read_to_string(path)
         .map_err(|e| vec![format!("{label}: cannot read the configuration file: {e}")])?;
-    let parsed: FileConfig = if label.ends_with(".json") {
-        serde_json::from_str(&text).map_err(|e| {
-            vec![format!(
-                "{label}:{}:{}: {}",
-                e.line(),
-                e.column(),
-                strip_position(&e.to_string())
-            )]
-        })?
+    let json = label.ends_with(".json");
+    let mut problems = duplicates(&text, json, &label);
+    let parsed: Result<FileConfig, (String, Option<(usize, usize)>)> = if json {
+        serde_json::from_str(&text).map_err(|e| (e.to_string(), Some((e.line(), e.column()))))
     } else {
-        serde_yaml_ng::from_str(&text).map_err(|e| {
-            let position = e
-                .location()
-                .map(|l| format!(":{}:{}", l.line(), l.column()))
-                .unwrap_or_default();
-            vec![format!(
-                "{label}{position}: {}",
-                strip_position(&e.to_string())
-            )]
-        })?
+        serde_yaml_ng::from_str(&text)
+            .map_err(|e| (e.to_string(), e.location().map(|l| (l.line(), l.column()))))
     };
-    from_file(parsed, &label, path.parent().unwrap_or(Path::new(".")))
+    match parsed {
+        Ok(file) => match from_file(file, &label, path.parent().unwrap_or(Path::new("."))) {
+            Ok(loaded) if problems.is_empty() => Ok(loaded),
+            Ok(_) => Err(problems),
+            Err(more) => {
+                problems.extend(more);
+                Err(problems)
+            }
+        },
+        Err((message, position)) => {
+            // serde's own "duplicate field" (no first position) is already listed, with both.
+            if problems.is_empty() || !message.contains("duplicate field `") {
+                let position = position
+                    .map(|(line, column)| format!(":{line}:{column}"))
+                    .unwrap_or_default();
+                problems.push(format!("{label}{position}: {}", strip_position(&message)));
+            }
+            Err(problems)
+        }
+    }
+}
+
+/// Every duplicate key of the file, in file order, as problems naming both places. serde keeps
+/// the last of two equal keys in a map (inline rules, claims), so these must be found apart.
+fn duplicates(text: &str, json: bool, label: &str) -> Vec<String> {
+    let found = if json {
+        // The scanner reads only what serde_json accepts; a syntax error is reported by the load.
+        match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+            Ok(_) => super::keys::JsonKeys::scan(text).duplicates,
+            Err(_) => Vec::new(),
+        }
+    } else {
+        super::keys::yaml_duplicates(text)
+    };
+    let mut found = found;
+    found.sort_by_key(|d| d.second);
+    found
+        .iter()
+        .map(|d| {
+            let (line, column) = d.second;
+            format!("{label}:{line}:{column}: {}", d.describe(label, &d.path))
+        })
+        .collect()
 }
 
 fn strip_position(message: &str) -> String {

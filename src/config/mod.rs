@@ -12,6 +12,7 @@ pub mod boolean;
 pub mod duration;
 pub mod env;
 pub mod file;
+pub mod keys;
 pub mod rules;
 pub mod sources;
 
