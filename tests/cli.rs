@@ -642,3 +642,128 @@ fn duplicate_keys_are_refused_with_both_positions() {
         assert!(stderr.contains(&want), "{want}\n{stderr}");
     }
 }
+
+/// `${VAR}` in the native file: expanded from the environment checkpoint was given, with
+/// `${VAR:-default}`, `$${` for a literal `${`, and an unset variable named with its place.
+#[test]
+fn the_native_file_expands_variable_references() {
+    let dir = tempfile::tempdir().expect("dir");
+    let config = dir.path().join("checkpoint.yaml");
+    let label = config.display().to_string();
+    let check = |text: &str, vars: &[(&str, &str)]| {
+        std::fs::write(&config, text).expect("write");
+        let mut all = vec![("CHECKPOINT_CONFIG", label.as_str())];
+        all.extend_from_slice(vars);
+        check_config(&all)
+    };
+    let text = r#"version: 1
+server:
+  grpc_addr: ${CHECKPOINT_GRPC_ADDR:-127.0.0.1:50051}
+  http_addr: "${STATUS_ADDR}"
+  # a comment may mention ${UNSET} freely
+rules:
+  inline:
+    /: { GET: { authorization: { expression: "clientType == '$${literal}'", public: true } } }
+identity:
+  sources:
+    - type: introspection
+      endpoint: http://${IDP_HOST:-127.0.0.1:9}/introspect
+      client_id: checkpoint
+      client_secret: "${SECRET}"
+"#;
+    let (code, stdout, stderr) = check(
+        text,
+        &[
+            ("STATUS_ADDR", "127.0.0.1:3999"),
+            ("SECRET", "a \"quoted\" # secret\\"),
+            ("CHECKPOINT_GRPC_ADDR", "127.0.0.1:50999"),
+        ],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("grpc address:    127.0.0.1:50999"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("status address:  127.0.0.1:3999"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("GET /: clientType == '${literal}'"),
+        "{stdout}"
+    );
+    // A variable the file refers to is not ignored.
+    assert!(!stdout.contains("ignored:"), "{stdout}");
+    let (code, stdout, stderr) = check(text, &[("STATUS_ADDR", "127.0.0.1:3999"), ("SECRET", "s")]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("grpc address:    127.0.0.1:50051"),
+        "{stdout}"
+    );
+
+    // Every problem at once, each with its place and variable.
+    let (code, _, stderr) = check(text, &[("SECRET", "s"), ("IDP_HOST", "idp #1")]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("2 problem(s)"), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{label}:4:15: ${{STATUS_ADDR}}: the variable STATUS_ADDR is not set"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "{label}:12:24: ${{IDP_HOST:-127.0.0.1:9}}: the value of IDP_HOST has characters"
+        )),
+        "{stderr}"
+    );
+    let (code, _, stderr) = check(
+        text,
+        &[("STATUS_ADDR", "127.0.0.1:1\nextra: 1"), ("SECRET", "s")],
+    );
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{label}:4:15: ${{STATUS_ADDR}}: the value of STATUS_ADDR has a line break"
+        )),
+        "{stderr}"
+    );
+
+    // Positions after a reference still point into the file as written.
+    let (code, _, stderr) = check(
+        "version: 1\nserver: { grpc_addr: \"${A}\", colour: red }\nrules: { inline: {} }\nidentity: { sources: [] }\n",
+        &[("A", "127.0.0.1:1")],
+    );
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains(&format!("{label}:2:30: ")), "{stderr}");
+}
+
+/// The shipped example passes `check-config` as it is, and its addresses follow the
+/// environment without editing the file.
+#[test]
+fn the_shipped_example_passes_check_config() {
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/schema/checkpoint.example.yaml"
+    );
+    let (code, stdout, stderr) = check_config(&[("CHECKPOINT_CONFIG", example)]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("grpc address:    0.0.0.0:50051"),
+        "{stdout}"
+    );
+    let (code, stdout, stderr) = check_config(&[
+        ("CHECKPOINT_CONFIG", example),
+        ("CHECKPOINT_GRPC_ADDR", "127.0.0.1:50051"),
+        ("CHECKPOINT_HTTP_ADDR", "127.0.0.1:3000"),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("grpc address:    127.0.0.1:50051"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("status address:  127.0.0.1:3000"),
+        "{stdout}"
+    );
+}

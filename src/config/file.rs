@@ -7,12 +7,14 @@
 //! `config::rules`, which lists every problem. The JSON Schema of this format is generated from
 //! these types (`checkpoint schema`) and shipped as `schema/checkpoint.schema.json`.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+use super::keys::{Duplicate, Position};
 use super::sources::{SourceSettings, Span};
 use super::{ListenAddr, RequestHeaders, RuleSet, Settings, UserHeaders, env};
 use crate::identity::CacheSettings;
@@ -181,23 +183,52 @@ pub fn schema() -> String {
     serde_json::to_string_pretty(&schema).unwrap_or_default() + "\n"
 }
 
-/// Reads the file at `path` into settings and rules; every problem names the file and, for
-/// structure errors and duplicate keys, the line and column.
-pub fn load(path: &Path) -> Result<(Settings, RuleSet), Vec<String>> {
+/// A loaded native file.
+#[derive(Debug)]
+pub struct Loaded {
+    pub settings: Settings,
+    pub rules: RuleSet,
+    /// The environment variables its `${...}` references named.
+    pub referenced: Vec<String>,
+}
+
+/// Reads the file at `path` into settings and rules, after expanding its `${VAR}` references
+/// from `vars` (see `config::expand`); every problem names the file and, for references,
+/// structure errors and duplicate keys, the line and column in the file as written.
+pub fn load(path: &Path, vars: &HashMap<String, String>) -> Result<Loaded, Vec<String>> {
     let label = path.display().to_string();
-    let text = std::fs::read_to_string(path)
+    let written = std::fs::read_to_string(path)
         .map_err(|e| vec![format!("{label}: cannot read the configuration file: {e}")])?;
     let json = label.ends_with(".json");
-    let mut problems = duplicates(&text, json, &label);
-    let parsed: Result<FileConfig, (String, Option<(usize, usize)>)> = if json {
-        serde_json::from_str(&text).map_err(|e| (e.to_string(), Some((e.line(), e.column()))))
+    let expanded = super::expand::expand(&written, vars, &label, !json)?;
+    let text = &expanded.text;
+    let place = |(line, column): Position| {
+        let (line, column) = expanded.original((line, column));
+        format!("{label}:{line}:{column}")
+    };
+    let mut problems = duplicates(text, json)
+        .iter()
+        .map(|d| {
+            format!(
+                "{}: {}",
+                place(d.second),
+                d.describe(&place(d.first), &d.path)
+            )
+        })
+        .collect::<Vec<_>>();
+    let parsed: Result<FileConfig, (String, Option<Position>)> = if json {
+        serde_json::from_str(text).map_err(|e| (e.to_string(), Some((e.line(), e.column()))))
     } else {
-        serde_yaml_ng::from_str(&text)
+        serde_yaml_ng::from_str(text)
             .map_err(|e| (e.to_string(), e.location().map(|l| (l.line(), l.column()))))
     };
     match parsed {
         Ok(file) => match from_file(file, &label, path.parent().unwrap_or(Path::new("."))) {
-            Ok(loaded) if problems.is_empty() => Ok(loaded),
+            Ok((settings, rules)) if problems.is_empty() => Ok(Loaded {
+                settings,
+                rules,
+                referenced: expanded.referenced,
+            }),
             Ok(_) => Err(problems),
             Err(more) => {
                 problems.extend(more);
@@ -207,19 +238,17 @@ pub fn load(path: &Path) -> Result<(Settings, RuleSet), Vec<String>> {
         Err((message, position)) => {
             // serde's own "duplicate field" (no first position) is already listed, with both.
             if problems.is_empty() || !message.contains("duplicate field `") {
-                let position = position
-                    .map(|(line, column)| format!(":{line}:{column}"))
-                    .unwrap_or_default();
-                problems.push(format!("{label}{position}: {}", strip_position(&message)));
+                let place = position.map_or_else(|| label.clone(), place);
+                problems.push(format!("{place}: {}", strip_position(&message)));
             }
             Err(problems)
         }
     }
 }
 
-/// Every duplicate key of the file, in file order, as problems naming both places. serde keeps
-/// the last of two equal keys in a map (inline rules, claims), so these must be found apart.
-fn duplicates(text: &str, json: bool, label: &str) -> Vec<String> {
+/// Every duplicate key of the file, in file order. serde keeps the last of two equal keys in a
+/// map (inline rules, claims), so these must be found apart.
+fn duplicates(text: &str, json: bool) -> Vec<Duplicate> {
     let found = if json {
         // The scanner reads only what serde_json accepts; a syntax error is reported by the load.
         match serde_json::from_str::<serde::de::IgnoredAny>(text) {
@@ -232,12 +261,6 @@ fn duplicates(text: &str, json: bool, label: &str) -> Vec<String> {
     let mut found = found;
     found.sort_by_key(|d| d.second);
     found
-        .iter()
-        .map(|d| {
-            let (line, column) = d.second;
-            format!("{label}:{line}:{column}: {}", d.describe(label, &d.path))
-        })
-        .collect()
 }
 
 fn strip_position(message: &str) -> String {
@@ -463,13 +486,10 @@ responses: { strict_mode: false }
 
     #[test]
     fn the_shipped_example_is_valid() {
-        let file: FileConfig =
-            serde_yaml_ng::from_str(include_str!("../../schema/checkpoint.example.yaml"))
-                .expect("the example parses");
-        let (settings, rules) =
-            from_file(file, "checkpoint.example.yaml", Path::new(".")).expect("valid");
-        assert_eq!(settings.sources.len(), 6);
-        assert_eq!(rules.table.len(), 5);
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("schema/checkpoint.example.yaml");
+        let loaded = load(&example, &HashMap::new()).expect("valid");
+        assert_eq!(loaded.settings.sources.len(), 6);
+        assert_eq!(loaded.rules.table.len(), 5);
     }
 
     #[test]

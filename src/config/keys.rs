@@ -59,13 +59,9 @@ pub struct Duplicate {
 
 impl Duplicate {
     /// `duplicate key "server.grpc_addr" (first at FILE:L:C)`, for a message that starts with
-    /// the second occurrence's place.
-    pub fn describe(&self, file: &str, path: &[Segment]) -> String {
-        let (line, column) = self.first;
-        format!(
-            "duplicate key \"{}\" (first at {file}:{line}:{column})",
-            dotted(path)
-        )
+    /// the second occurrence's place; `first` is where the first one is, written `FILE:L:C`.
+    pub fn describe(&self, first: &str, path: &[Segment]) -> String {
+        format!("duplicate key \"{}\" (first at {first})", dotted(path))
     }
 }
 

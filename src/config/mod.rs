@@ -11,6 +11,7 @@
 pub mod boolean;
 pub mod duration;
 pub mod env;
+pub mod expand;
 pub mod file;
 pub mod keys;
 pub mod rules;
@@ -291,12 +292,18 @@ impl Config {
             .map(|v| v.trim())
             .filter(|v| !v.is_empty())
         {
-            let (settings, rules) = file::load(std::path::Path::new(path))
+            let loaded = file::load(std::path::Path::new(path), vars)
                 .map_err(|problems| ConfigErrors { problems })?;
+            let (settings, rules) = (loaded.settings, loaded.rules);
+            // A variable the file refers to (`${CHECKPOINT_GRPC_ADDR}`) is used, not ignored.
             let ignored = env::ALL
                 .iter()
                 .copied()
-                .filter(|name| *name != env::CHECKPOINT_CONFIG && vars.contains_key(*name))
+                .filter(|name| {
+                    *name != env::CHECKPOINT_CONFIG
+                        && vars.contains_key(*name)
+                        && !loaded.referenced.iter().any(|r| r == name)
+                })
                 .collect();
             return Ok(Config {
                 settings,

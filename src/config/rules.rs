@@ -161,7 +161,10 @@ fn compile(label: &str, text: &str) -> Result<RouteTable<Rule>, Vec<RuleError>> 
             Some(duplicate.second),
             name(0),
             name(1),
-            duplicate.describe(label, below),
+            duplicate.describe(
+                &format!("{label}:{}:{}", duplicate.first.0, duplicate.first.1),
+                below,
+            ),
         ));
     }
     let mut table = RouteTable::new();
