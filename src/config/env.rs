@@ -251,9 +251,7 @@ pub fn settings_from(vars: &HashMap<String, String>) -> Result<Settings, Vec<Set
         service_version: r
             .string(SERVICE_VERSION)
             .unwrap_or_else(|| DEFAULT_SERVICE_VERSION.to_owned()),
-        log_level: r
-            .string(LOG_LEVEL)
-            .unwrap_or_else(|| DEFAULT_LOG_LEVEL.to_owned()),
+        log_level: r.log_level(LOG_LEVEL, DEFAULT_LOG_LEVEL),
         shutdown_delay: r.duration(DELAY_SHUTDOWN_SECONDS, DEFAULT_DELAY_SHUTDOWN_SECONDS),
         drain_timeout: r.duration(CHECKPOINT_DRAIN_TIMEOUT, DEFAULT_CHECKPOINT_DRAIN_TIMEOUT),
         strict_mode: r.boolean(
@@ -325,18 +323,21 @@ impl Reader<'_> {
     }
 
     fn boolean(&mut self, name: &'static str, default: bool) -> bool {
-        match self.string(name).map(|v| v.to_ascii_lowercase()).as_deref() {
+        match self.string(name) {
             None => default,
-            Some("true" | "1" | "yes") => true,
-            Some("false" | "0" | "no") => false,
-            Some(other) => {
-                self.error(
-                    name,
-                    format!("\"{other}\" is not a boolean (true or false)"),
-                );
+            Some(text) => super::boolean::parse(&text).unwrap_or_else(|message| {
+                self.error(name, message);
                 default
-            }
+            }),
         }
+    }
+
+    fn log_level(&mut self, name: &'static str, default: &str) -> String {
+        let level = self.string(name).unwrap_or_else(|| default.to_owned());
+        if let Err(message) = super::log_level(&level) {
+            self.error(name, message);
+        }
+        level
     }
 
     fn duration(&mut self, name: &'static str, default: Duration) -> Duration {

@@ -7,6 +7,7 @@
 //! `config::rules`, which lists every problem. The JSON Schema of this format is generated from
 //! these types (`checkpoint schema`) and shipped as `schema/checkpoint.schema.json`.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -14,6 +15,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::CacheSettings;
+use super::keys::{Duplicate, Position};
 use super::sources::{SourceSettings, Span};
 use super::{ListenAddr, RequestHeaders, RuleSet, Settings, UserHeaders, env};
 
@@ -161,10 +163,14 @@ impl Default for RequestHeadersSection {
 #[serde(deny_unknown_fields, default)]
 pub struct ResponsesSection {
     /// Strict mode denies; off, 401/403/404 become OK with `mia-allowed: 0`.
+    #[serde(deserialize_with = "super::boolean::deserialize")]
+    #[schemars(schema_with = "super::boolean::schema")]
     pub strict_mode: bool,
     /// Add `decision`, `reason` and `user_id` to every answer as dynamic metadata under
     /// `envoy.filters.http.ext_authz` (for access logs and later filters). Default false: Envoy
     /// spends about 14,000 instructions per request merging it.
+    #[serde(deserialize_with = "super::boolean::deserialize")]
+    #[schemars(schema_with = "super::boolean::schema")]
     pub dynamic_metadata: bool,
 }
 
@@ -183,34 +189,84 @@ pub fn schema() -> String {
     serde_json::to_string_pretty(&schema).unwrap_or_default() + "\n"
 }
 
-/// Reads the file at `path` into settings and rules; every problem names the file and, for
-/// structure errors, the line and column.
-pub fn load(path: &Path) -> Result<(Settings, RuleSet), Vec<String>> {
+/// A loaded native file.
+#[derive(Debug)]
+pub struct Loaded {
+    pub settings: Settings,
+    pub rules: RuleSet,
+    /// The environment variables its `${...}` references named.
+    pub referenced: Vec<String>,
+}
+
+/// Reads the file at `path` into settings and rules, after expanding its `${VAR}` references
+/// from `vars` (see `config::expand`); every problem names the file and, for references,
+/// structure errors and duplicate keys, the line and column in the file as written.
+pub fn load(path: &Path, vars: &HashMap<String, String>) -> Result<Loaded, Vec<String>> {
     let label = path.display().to_string();
-    let text = std::fs::read_to_string(path)
+    let written = std::fs::read_to_string(path)
         .map_err(|e| vec![format!("{label}: cannot read the configuration file: {e}")])?;
-    let parsed: FileConfig = if label.ends_with(".json") {
-        serde_json::from_str(&text).map_err(|e| {
-            vec![format!(
-                "{label}:{}:{}: {}",
-                e.line(),
-                e.column(),
-                strip_position(&e.to_string())
-            )]
-        })?
-    } else {
-        serde_yaml_ng::from_str(&text).map_err(|e| {
-            let position = e
-                .location()
-                .map(|l| format!(":{}:{}", l.line(), l.column()))
-                .unwrap_or_default();
-            vec![format!(
-                "{label}{position}: {}",
-                strip_position(&e.to_string())
-            )]
-        })?
+    let json = label.ends_with(".json");
+    let expanded = super::expand::expand(&written, vars, &label, !json)?;
+    let text = &expanded.text;
+    let place = |(line, column): Position| {
+        let (line, column) = expanded.original((line, column));
+        format!("{label}:{line}:{column}")
     };
-    from_file(parsed, &label, path.parent().unwrap_or(Path::new(".")))
+    let mut problems = duplicates(text, json)
+        .iter()
+        .map(|d| {
+            format!(
+                "{}: {}",
+                place(d.second),
+                d.describe(&place(d.first), &d.path)
+            )
+        })
+        .collect::<Vec<_>>();
+    let parsed: Result<FileConfig, (String, Option<Position>)> = if json {
+        serde_json::from_str(text).map_err(|e| (e.to_string(), Some((e.line(), e.column()))))
+    } else {
+        serde_yaml_ng::from_str(text)
+            .map_err(|e| (e.to_string(), e.location().map(|l| (l.line(), l.column()))))
+    };
+    match parsed {
+        Ok(file) => match from_file(file, &label, path.parent().unwrap_or(Path::new("."))) {
+            Ok((settings, rules)) if problems.is_empty() => Ok(Loaded {
+                settings,
+                rules,
+                referenced: expanded.referenced,
+            }),
+            Ok(_) => Err(problems),
+            Err(more) => {
+                problems.extend(more);
+                Err(problems)
+            }
+        },
+        Err((message, position)) => {
+            // serde's own "duplicate field" (no first position) is already listed, with both.
+            if problems.is_empty() || !message.contains("duplicate field `") {
+                let place = position.map_or_else(|| label.clone(), place);
+                problems.push(format!("{place}: {}", strip_position(&message)));
+            }
+            Err(problems)
+        }
+    }
+}
+
+/// Every duplicate key of the file, in file order. serde keeps the last of two equal keys in a
+/// map (inline rules, claims), so these must be found apart.
+fn duplicates(text: &str, json: bool) -> Vec<Duplicate> {
+    let found = if json {
+        // The scanner reads only what serde_json accepts; a syntax error is reported by the load.
+        match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+            Ok(_) => super::keys::JsonKeys::scan(text).duplicates,
+            Err(_) => Vec::new(),
+        }
+    } else {
+        super::keys::yaml_duplicates(text)
+    };
+    let mut found = found;
+    found.sort_by_key(|d| d.second);
+    found
 }
 
 fn strip_position(message: &str) -> String {
@@ -256,8 +312,8 @@ pub fn from_file(
         ));
     }
     let http_addr = addr("http_addr", &file.server.http_addr, &mut problems);
-    if let Err(e) = crate::telemetry::filter(&file.server.log_level) {
-        problems.push(format!("{label}: server.log_level: {e}"));
+    if let Err(message) = super::log_level(&file.server.log_level) {
+        problems.push(format!("{label}: server.log_level: {message}"));
     }
     for (field, name) in [
         ("user_headers.user_id", &file.user_headers.user_id),
@@ -454,13 +510,10 @@ responses: { strict_mode: false }
 
     #[test]
     fn the_shipped_example_is_valid() {
-        let file: FileConfig =
-            serde_yaml_ng::from_str(include_str!("../../schema/checkpoint.example.yaml"))
-                .expect("the example parses");
-        let (settings, rules) =
-            from_file(file, "checkpoint.example.yaml", Path::new(".")).expect("valid");
-        assert_eq!(settings.sources.len(), 6);
-        assert_eq!(rules.table.len(), 5);
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("schema/checkpoint.example.yaml");
+        let loaded = load(&example, &HashMap::new()).expect("valid");
+        assert_eq!(loaded.settings.sources.len(), 6);
+        assert_eq!(loaded.rules.table.len(), 5);
     }
 
     #[test]

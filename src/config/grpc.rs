@@ -153,6 +153,8 @@ pub struct ConnectionsSection {
     /// TCP keepalive; 0 disables. Default 60s.
     pub tcp_keepalive: Span,
     /// TCP_NODELAY on accepted connections. Default true.
+    #[serde(deserialize_with = "super::boolean::deserialize")]
+    #[schemars(schema_with = "super::boolean::schema")]
     pub tcp_nodelay: bool,
     /// Close a connection without a call for this long; 0: never. Default 10m.
     pub idle_timeout: Span,
@@ -394,12 +396,9 @@ pub fn from_env(
         &mut connections.tls_handshake_timeout,
     );
     if let Some(text) = get(CHECKPOINT_GRPC_TCP_NODELAY) {
-        match super::parse_bool(&text) {
-            Some(value) => connections.tcp_nodelay = value,
-            None => problems.push((
-                CHECKPOINT_GRPC_TCP_NODELAY,
-                format!("\"{text}\" is not a boolean (true/false, 1/0, yes/no, on/off)"),
-            )),
+        match super::boolean::parse(&text) {
+            Ok(value) => connections.tcp_nodelay = value,
+            Err(message) => problems.push((CHECKPOINT_GRPC_TCP_NODELAY, message)),
         }
     }
     let tls = TlsSection {

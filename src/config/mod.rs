@@ -8,10 +8,13 @@
 //! Called by `main` (and by tests) before any port is bound. Must never read the process
 //! environment itself: callers pass the variables in as a map.
 
+pub mod boolean;
 pub mod duration;
 pub mod env;
+pub mod expand;
 pub mod file;
 pub mod grpc;
+pub mod keys;
 pub mod rules;
 pub mod sources;
 
@@ -187,15 +190,6 @@ impl std::fmt::Display for ListenAddr {
     }
 }
 
-/// A boolean as users write it: `true/false`, `1/0`, `yes/no`, `on/off`, in any case.
-pub fn parse_bool(text: &str) -> Option<bool> {
-    match text.trim().to_ascii_lowercase().as_str() {
-        "true" | "1" | "yes" | "on" => Some(true),
-        "false" | "0" | "no" | "off" => Some(false),
-        _ => None,
-    }
-}
-
 /// Parses a Unix file mode written in octal (`660`, `0660`, `0o660`); at most `0o777`.
 pub fn parse_mode(text: &str) -> Result<u32, String> {
     let digits = text.strip_prefix("0o").unwrap_or(text);
@@ -203,6 +197,59 @@ pub fn parse_mode(text: &str) -> Result<u32, String> {
         Ok(mode) if mode <= 0o777 && !digits.is_empty() => Ok(mode),
         _ => Err(format!("\"{text}\" is not an octal file mode such as 0660")),
     }
+}
+
+/// The levels a log filter may name.
+pub const LOG_LEVELS: &[&str] = &["error", "warn", "info", "debug", "trace", "off"];
+
+/// Checks a log filter (`LOG_LEVEL`, `server.log_level`): a level, or comma-separated `tracing`
+/// directives (`checkpoint=debug,info`) whose level parts are all known levels. `tracing` itself
+/// reads a bare unknown word such as `warning` as a target name, which turns every other log
+/// line off: here it is a configuration error.
+pub fn log_level(text: &str) -> Result<(), String> {
+    let known = |level: &str| LOG_LEVELS.iter().any(|l| l.eq_ignore_ascii_case(level));
+    let usage =
+        "use error, warn, info, debug, trace or off, or directives such as checkpoint=debug,info";
+    if text.trim().is_empty() {
+        return Err(format!("\"{text}\" is empty: {usage}"));
+    }
+    for directive in split_outside_brackets(text, ',') {
+        let directive = directive.trim();
+        let parts = split_outside_brackets(directive, '=');
+        let level = parts.last().copied().unwrap_or(directive);
+        if !known(level.trim()) {
+            let what = if level.len() == directive.len() {
+                format!("\"{text}\" is not a log level")
+            } else {
+                format!(
+                    "\"{text}\": \"{}\" is not a log level in \"{directive}\"",
+                    level.trim()
+                )
+            };
+            return Err(format!("{what}: {usage}"));
+        }
+    }
+    crate::telemetry::filter(text).map(drop)
+}
+
+/// Splits at `separator` where it is outside `[...]` and `{...}` (a directive's span filter may
+/// hold commas and equals signs).
+fn split_outside_brackets(text: &str, separator: char) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let (mut depth, mut start) = (0usize, 0usize);
+    for (i, c) in text.char_indices() {
+        match c {
+            '[' | '{' => depth += 1,
+            ']' | '}' => depth = depth.saturating_sub(1),
+            c if c == separator && depth == 0 => {
+                parts.push(&text[start..i]);
+                start = i + c.len_utf8();
+            }
+            _ => {}
+        }
+    }
+    parts.push(&text[start..]);
+    parts
 }
 
 /// The headers checkpoint writes upstream for an allowed request.
@@ -258,13 +305,19 @@ impl Config {
             .map(|v| v.trim())
             .filter(|v| !v.is_empty())
         {
-            let (settings, rules) = file::load(std::path::Path::new(path))
+            let loaded = file::load(std::path::Path::new(path), vars)
                 .map_err(|problems| ConfigErrors { problems })?;
+            let (settings, rules) = (loaded.settings, loaded.rules);
+            // A variable the file refers to (`${CHECKPOINT_GRPC_ADDR}`) is used, not ignored.
             let ignored = env::ALL
                 .iter()
                 .chain(grpc::ALL)
                 .copied()
-                .filter(|name| *name != env::CHECKPOINT_CONFIG && vars.contains_key(*name))
+                .filter(|name| {
+                    *name != env::CHECKPOINT_CONFIG
+                        && vars.contains_key(*name)
+                        && !loaded.referenced.iter().any(|r| r == name)
+                })
                 .collect();
             return Ok(Config {
                 settings,
@@ -341,6 +394,35 @@ mod tests {
                 bad.parse::<ListenAddr>().is_err(),
                 "{bad:?} must be refused"
             );
+        }
+    }
+
+    #[test]
+    fn log_levels_are_known_levels_or_directives_with_known_levels() {
+        for ok in [
+            "info",
+            "WARN",
+            "off",
+            "checkpoint=debug,info",
+            " trace ",
+            "info,checkpoint::decision=off",
+            "checkpoint[check]=debug",
+        ] {
+            assert_eq!(log_level(ok), Ok(()), "{ok:?}");
+        }
+        for (bad, says) in [
+            ("warning", "\"warning\" is not a log level"),
+            ("verbose", "\"verbose\" is not a log level"),
+            ("checkpoint", "\"checkpoint\" is not a log level"),
+            (
+                "info,checkpoint=loud",
+                "\"loud\" is not a log level in \"checkpoint=loud\"",
+            ),
+            ("", "is empty"),
+            ("5", "\"5\" is not a log level"),
+        ] {
+            let message = log_level(bad).expect_err(bad);
+            assert!(message.contains(says), "{bad:?}: {message}");
         }
     }
 
