@@ -7,7 +7,8 @@
 //! - Envoy's ext_authz cluster with envoy/checkpoint-cluster-mtls.yaml calls Check over mutual
 //!   TLS and the rules decide; a cluster expecting another name in checkpoint's certificate gets
 //!   nothing through.
-//! - With a client CA, a client without a certificate, or with one from another CA, is refused.
+//! - With a client CA, a client without a certificate, with one from another CA or with one made
+//!   for servers only, is refused; ALPN is h2 or nothing.
 //! - TLS 1.0 and 1.1, non-ECDHE and CBC suites and a TLS 1.3 suite outside the three are refused.
 //! - A renewed certificate is served without a restart; open connections keep theirs; a garbage
 //!   file leaves the last good certificate serving, and the log says so.
@@ -396,6 +397,45 @@ async fn with_a_client_ca_only_its_certificates_may_call() {
             stranger.text
         );
     }
+
+    // A certificate from the right CA but made for servers only (extended key usage serverAuth):
+    // refused too.
+    let (server_cert, server_key) = (tls.join("server.crt"), tls.join("server.key"));
+    let server_only = [
+        "-cert",
+        server_cert.to_str().expect("path"),
+        "-key",
+        server_key.to_str().expect("path"),
+        "-tls1_2",
+    ];
+    let wrong_usage = s_client(checkpoint.grpc, &[&verify[..], &server_only].concat()).await;
+    assert!(
+        !wrong_usage.ok && wrong_usage.alert.is_some(),
+        "a serverAuth-only certificate:\n{}",
+        wrong_usage.text
+    );
+
+    // ALPN: h2 is chosen; a client offering only http/1.1 is refused in the handshake.
+    let h2 = s_client(
+        checkpoint.grpc,
+        &[&verify[..], &with_cert, &["-alpn", "h2"]].concat(),
+    )
+    .await;
+    assert!(
+        h2.ok && h2.text.contains("ALPN protocol: h2"),
+        "ALPN h2:\n{}",
+        h2.text
+    );
+    let http1 = s_client(
+        checkpoint.grpc,
+        &[&verify[..], &with_cert, &["-alpn", "http/1.1"]].concat(),
+    )
+    .await;
+    assert!(
+        !http1.ok && http1.alert.is_some(),
+        "ALPN http/1.1 only:\n{}",
+        http1.text
+    );
 
     // Plaintext gRPC (h2c) to the TLS port fails, quickly.
     let plaintext = async {
