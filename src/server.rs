@@ -104,8 +104,6 @@ impl Drop for SocketFile {
 pub enum RunError {
     #[error("cannot build the reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
-    #[error("gRPC TLS: {0}")]
-    Tls(#[from] tls::TlsError),
     #[error("the gRPC server failed: {0}")]
     Grpc(#[from] tonic::transport::Error),
     #[error("the {0} server stopped on its own")]
@@ -126,16 +124,38 @@ const AUTHORIZATION_SERVICE: &str = envoy::SERVICE_NAME;
 pub struct App {
     pub settings: Settings,
     pub checker: Checker,
+    /// The gRPC port's TLS, its files already read and checked.
+    tls: Option<Arc<tls::Acceptor>>,
 }
 
 impl App {
-    /// Builds the identity sources and checks that every rule names only sources that exist.
-    /// Must run inside a tokio runtime. `env` provides secrets that sources read by name.
+    /// Builds the identity sources, checks that every rule names only sources that exist, and
+    /// reads the gRPC port's TLS files. Must run inside a tokio runtime. `env` provides secrets
+    /// that sources read by name.
     pub fn new(config: Config, env: &HashMap<String, String>) -> Result<App, ConfigErrors> {
-        let identity =
-            Resolver::build(&config.settings, env).map_err(|problems| ConfigErrors { problems })?;
-        let names: Vec<&str> = identity.names().collect();
         let mut problems = Vec::new();
+        let tls = match &config.settings.grpc.tls {
+            Some(files) => match tls::Acceptor::load(tls::TlsFiles {
+                cert: files.cert.clone(),
+                key: files.key.clone(),
+                client_ca: files.client_ca.clone(),
+            }) {
+                Ok(acceptor) => Some(Arc::new(acceptor)),
+                Err(e) => {
+                    problems.push(format!("gRPC TLS: {e}"));
+                    None
+                }
+            },
+            None => None,
+        };
+        let identity = match Resolver::build(&config.settings, env) {
+            Ok(identity) => identity,
+            Err(found) => {
+                problems.extend(found);
+                return Err(ConfigErrors { problems });
+            }
+        };
+        let names: Vec<&str> = identity.names().collect();
         for (path, method, rule) in config.rules.table.iter() {
             for wanted in rule.identity.iter().flatten() {
                 if !names.contains(&wanted.as_str()) {
@@ -157,6 +177,7 @@ impl App {
                 request_headers: config.settings.request_headers.clone(),
             },
             settings: config.settings,
+            tls,
         })
     }
 }
@@ -199,17 +220,7 @@ pub async fn run(
     };
 
     let grpc = &settings.grpc;
-    let tls = match &grpc.tls {
-        Some(files) => {
-            let acceptor = Arc::new(tls::Acceptor::load(tls::TlsFiles {
-                cert: files.cert.clone(),
-                key: files.key.clone(),
-                client_ca: files.client_ca.clone(),
-            })?);
-            Some(acceptor)
-        }
-        None => None,
-    };
+    let tls = app.tls;
     let tls_watch = tls
         .as_ref()
         .map(|acceptor| acceptor.clone().watch(tls::RELOAD_INTERVAL));

@@ -120,14 +120,8 @@ pub fn incoming(
                                 let conn = Conn::new(io, state, &limits, permit, counters);
                                 let _ = tx.send(Ok(conn)).await;
                             }
-                            Ok(Err(e)) => {
-                                counters.handshake_failed.fetch_add(1, Ordering::Relaxed);
-                                tracing::debug!(error = %e, "TLS handshake failed");
-                            }
-                            Err(_) => {
-                                counters.handshake_failed.fetch_add(1, Ordering::Relaxed);
-                                tracing::debug!("TLS handshake timed out");
-                            }
+                            Ok(Err(e)) => handshake_failed(&counters, &e.to_string()),
+                            Err(_) => handshake_failed(&counters, "timed out"),
                         }
                     });
                 }
@@ -141,6 +135,17 @@ pub fn incoming(
         }
     });
     ReceiverStream::new(rx)
+}
+
+/// Counts a failed TLS handshake and logs it, at warn for the first and then once per power of
+/// two: an Envoy with the wrong client certificate shows in the log, a scan does not flood it.
+fn handshake_failed(counters: &Counters, error: &str) {
+    let failed = counters.handshake_failed.fetch_add(1, Ordering::Relaxed) + 1;
+    if failed.is_power_of_two() {
+        tracing::warn!(error, failed_total = failed, "gRPC TLS handshake failed");
+    } else {
+        tracing::debug!(error, "gRPC TLS handshake failed");
+    }
 }
 
 async fn accept(listener: &Listener) -> io::Result<Io> {

@@ -767,3 +767,43 @@ fn the_shipped_example_passes_check_config() {
         "{stdout}"
     );
 }
+
+/// The gRPC port's TLS files are read and checked with the rest of the configuration, before
+/// any port is bound: a certificate that is not one fails `check-config`, naming the file; TLS
+/// with a Unix-socket address is refused rather than ignored.
+#[test]
+fn tls_files_are_checked_before_serving() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(
+        dir.path().join("auth.json"),
+        r#"{ "/": { "GET": { "authorization": { "expression": "true", "public": true } } } }"#,
+    )
+    .expect("write");
+    let cert = dir.path().join("tls.crt");
+    let key = dir.path().join("tls.key");
+    std::fs::write(&cert, "not a certificate\n").expect("write");
+    std::fs::write(&key, "not a key\n").expect("write");
+    let path = dir.path().display().to_string();
+    let (cert, key) = (cert.display().to_string(), key.display().to_string());
+    let base = [
+        ("CONFIGURATION_PATH", path.as_str()),
+        ("CONFIGURATION_FILE_NAME", "auth"),
+        ("TRUST_MIA_USER_HEADERS", "true"),
+        ("CHECKPOINT_GRPC_TLS_CERT", cert.as_str()),
+        ("CHECKPOINT_GRPC_TLS_KEY", key.as_str()),
+    ];
+    let (code, _, stderr) = check_config(&base);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!("gRPC TLS: {cert}: no PEM certificate in it")),
+        "{stderr}"
+    );
+    let mut on_socket = base.to_vec();
+    on_socket.push(("CHECKPOINT_GRPC_ADDR", "unix:/tmp/checkpoint-test.sock"));
+    let (code, _, stderr) = check_config(&on_socket);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("CHECKPOINT_GRPC_TLS_CERT: TLS does not apply to a Unix socket"),
+        "{stderr}"
+    );
+}

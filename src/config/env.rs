@@ -231,7 +231,8 @@ pub fn settings_from(vars: &HashMap<String, String>) -> Result<Settings, Vec<Set
             format!("{worker_threads} is more than {MAX_WORKER_THREADS}"),
         );
     }
-    let grpc = super::grpc::from_env(vars).unwrap_or_else(|problems| {
+    let on_unix_socket = matches!(grpc_addr, ListenAddr::Unix(_));
+    let grpc = super::grpc::from_env(vars, on_unix_socket).unwrap_or_else(|problems| {
         for (variable, message) in problems {
             r.error(variable, message);
         }

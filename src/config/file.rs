@@ -361,16 +361,18 @@ pub fn from_file(
             None
         }
     };
-    let grpc = super::grpc::validate(&file.server.connections, &file.server.tls).map_err(|found| {
-        for (field, message) in found {
-            let section = if field.starts_with("tls.") {
-                ""
-            } else {
-                "connections."
-            };
-            problems.push(format!("{label}: server.{section}{field}: {message}"));
-        }
-    });
+    let on_unix_socket = matches!(grpc_addr, Ok(ListenAddr::Unix(_)));
+    let grpc = super::grpc::validate(&file.server.connections, &file.server.tls, on_unix_socket)
+        .map_err(|found| {
+            for (field, message) in found {
+                let section = if field.starts_with("tls.") {
+                    ""
+                } else {
+                    "connections."
+                };
+                problems.push(format!("{label}: server.{section}{field}: {message}"));
+            }
+        });
     let (Ok(grpc_addr), Ok(grpc_socket_mode), Ok(http_addr), Some(rules), Ok(grpc)) =
         (grpc_addr, grpc_socket_mode, http_addr, rules, grpc)
     else {

@@ -101,7 +101,11 @@ pub struct GrpcSettings {
 
 impl Default for GrpcSettings {
     fn default() -> GrpcSettings {
-        match validate(&ConnectionsSection::default(), &TlsSection::default()) {
+        match validate(
+            &ConnectionsSection::default(),
+            &TlsSection::default(),
+            false,
+        ) {
             Ok(settings) => settings,
             // The defaults are valid (a test holds them so); this arm is never taken.
             Err(_) => GrpcSettings {
@@ -200,11 +204,30 @@ pub struct TlsSection {
 
 /// The one validator of both front ends. Field names in problems are the native file's; the
 /// environment path names its variables instead (see [`from_env`]).
+///
+/// `on_unix_socket`: the gRPC address is a Unix socket, where TLS does not apply (the socket's
+/// file permissions are its access control); TLS settings there are refused rather than
+/// silently ignored.
 pub fn validate(
     connections: &ConnectionsSection,
     tls: &TlsSection,
+    on_unix_socket: bool,
 ) -> Result<GrpcSettings, Vec<(&'static str, String)>> {
     let mut problems = Vec::new();
+    if on_unix_socket {
+        for (field, set) in [
+            ("tls.cert", tls.cert.is_some()),
+            ("tls.key", tls.key.is_some()),
+            ("tls.client_ca", tls.client_ca.is_some()),
+        ] {
+            if set {
+                problems.push((
+                    field,
+                    "TLS does not apply to a Unix socket gRPC address (its file mode is the access control): remove it or serve on TCP".to_owned(),
+                ));
+            }
+        }
+    }
     let mut range = |field: &'static str, value: u64, min: u64, max: u64| -> u64 {
         if value < min || value > max {
             problems.push((field, format!("{value} is not between {min} and {max}")));
@@ -326,6 +349,7 @@ fn variable(field: &str) -> &'static str {
 /// `(variable, message)`.
 pub fn from_env(
     vars: &HashMap<String, String>,
+    on_unix_socket: bool,
 ) -> Result<GrpcSettings, Vec<(&'static str, String)>> {
     let mut problems = Vec::new();
     let get = |name: &str| {
@@ -406,7 +430,7 @@ pub fn from_env(
         key: get(CHECKPOINT_GRPC_TLS_KEY).map(PathBuf::from),
         client_ca: get(CHECKPOINT_GRPC_TLS_CLIENT_CA).map(PathBuf::from),
     };
-    match validate(&connections, &tls) {
+    match validate(&connections, &tls, on_unix_socket) {
         Ok(settings) if problems.is_empty() => Ok(settings),
         Ok(_) => Err(problems),
         Err(found) => {
@@ -422,12 +446,16 @@ mod tests {
 
     #[test]
     fn the_defaults_are_valid() {
-        let settings = validate(&ConnectionsSection::default(), &TlsSection::default())
-            .expect("valid defaults");
+        let settings = validate(
+            &ConnectionsSection::default(),
+            &TlsSection::default(),
+            false,
+        )
+        .expect("valid defaults");
         assert_eq!(settings, GrpcSettings::default());
         assert_eq!(settings.max_concurrent_streams, 256);
         assert_eq!(settings.max_connection_age, None);
-        assert_eq!(from_env(&HashMap::new()), Ok(settings));
+        assert_eq!(from_env(&HashMap::new(), false), Ok(settings));
     }
 
     #[test]
@@ -442,7 +470,7 @@ mod tests {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
-        let from_env = from_env(&env).expect_err("invalid");
+        let from_env = from_env(&env, false).expect_err("invalid");
         let connections = ConnectionsSection {
             max_concurrent_streams: 0,
             max_message_size: 2048,
@@ -454,7 +482,7 @@ mod tests {
             client_ca: Some("ca.pem".into()),
             ..TlsSection::default()
         };
-        let from_file = validate(&connections, &tls).expect_err("invalid");
+        let from_file = validate(&connections, &tls, false).expect_err("invalid");
         let fields: Vec<&str> = from_file.iter().map(|(f, _)| *f).collect();
         assert_eq!(
             fields,
@@ -485,7 +513,30 @@ mod tests {
             cert: Some("cert.pem".into()),
             ..TlsSection::default()
         };
-        let problems = validate(&ConnectionsSection::default(), &tls).expect_err("invalid");
+        let problems = validate(&ConnectionsSection::default(), &tls, false).expect_err("invalid");
         assert_eq!(problems[0].0, "tls.key");
+    }
+
+    #[test]
+    fn tls_on_a_unix_socket_is_refused_not_ignored() {
+        let tls = TlsSection {
+            cert: Some("cert.pem".into()),
+            key: Some("key.pem".into()),
+            client_ca: Some("ca.pem".into()),
+        };
+        assert!(validate(&ConnectionsSection::default(), &tls, false).is_ok());
+        let problems = validate(&ConnectionsSection::default(), &tls, true).expect_err("refused");
+        let fields: Vec<&str> = problems.iter().map(|(f, _)| *f).collect();
+        assert_eq!(fields, ["tls.cert", "tls.key", "tls.client_ca"]);
+        let env: HashMap<String, String> = [(CHECKPOINT_GRPC_TLS_CLIENT_CA, "ca.pem")]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        let problems = from_env(&env, true).expect_err("refused");
+        assert!(
+            problems
+                .iter()
+                .any(|(v, m)| *v == CHECKPOINT_GRPC_TLS_CLIENT_CA && m.contains("Unix socket"))
+        );
     }
 }
