@@ -278,16 +278,8 @@ pub fn settings_from(vars: &HashMap<String, String>) -> Result<Settings, Vec<Set
         user_headers,
         request_headers,
     };
-    let names = [
-        &settings.user_headers.user_id,
-        &settings.user_headers.groups,
-        &settings.user_headers.properties,
-    ];
-    if names[0] == names[1] || names[0] == names[2] || names[1] == names[2] {
-        r.error(
-            USERID_HEADER_KEY,
-            "the user id, groups and properties headers must have three different names".to_owned(),
-        );
+    for problem in super::cross_check(&settings) {
+        r.error(problem.variable, problem.message);
     }
     if r.errors.is_empty() {
         Ok(settings)

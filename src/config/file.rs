@@ -423,6 +423,13 @@ pub fn from_file(
             client_type: lower(&file.request_headers.client_type),
         },
     };
+    let crossed = super::cross_check(&settings);
+    if !crossed.is_empty() {
+        return Err(crossed
+            .into_iter()
+            .map(|p| format!("{label}: {}: {}", p.field, p.message))
+            .collect());
+    }
     Ok((settings, rules))
 }
 
@@ -516,6 +523,51 @@ responses: { strict_mode: false }
         let loaded = load(&example, &HashMap::new()).expect("valid");
         assert_eq!(loaded.settings.sources.len(), 6);
         assert_eq!(loaded.rules.table.len(), 5);
+    }
+
+    /// The cross-field rules are one validator: the native file refuses what the environment
+    /// refuses.
+    #[test]
+    fn the_native_file_refuses_what_the_environment_refuses() {
+        let errors = parse(
+            "version: 1\nrules: { inline: {} }\nidentity: { sources: [ { type: anonymous } ] }\nuser_headers: { user_id: x-user, groups: X-User }\nrequest_headers: { client_type: miauserproperties }\n",
+        )
+        .expect_err("refused");
+        assert!(
+            errors.iter().any(|e| e.contains("user_headers: the user id, groups and properties headers must have three different names")),
+            "{errors:?}"
+        );
+        assert!(
+            errors.iter().any(|e| e.contains(
+                "request_headers.client_type: \"miauserproperties\" is also one of the user headers"
+            )),
+            "{errors:?}"
+        );
+        let vars: std::collections::HashMap<String, String> = [
+            ("CONFIGURATION_FILE_NAME", "auth"),
+            ("TRUST_MIA_USER_HEADERS", "true"),
+            ("USERID_HEADER_KEY", "x-user"),
+            ("GROUPS_HEADER_KEY", "X-User"),
+            ("CLIENT_TYPE_HEADER_KEY", "miauserproperties"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let errors = env::settings_from(&vars).expect_err("refused");
+        let text: Vec<String> = errors
+            .iter()
+            .map(|e| format!("{}: {}", e.variable, e.message))
+            .collect();
+        assert!(
+            text.iter().any(|e| e.contains("USERID_HEADER_KEY: the user id, groups and properties headers must have three different names")),
+            "{text:?}"
+        );
+        assert!(
+            text.iter().any(|e| e.contains(
+                "CLIENT_TYPE_HEADER_KEY: \"miauserproperties\" is also one of the user headers"
+            )),
+            "{text:?}"
+        );
     }
 
     #[test]

@@ -139,6 +139,60 @@ impl UserInfoSettings {
     }
 }
 
+/// A problem that involves several settings, with the name each front end gives the setting
+/// it is reported on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrossProblem {
+    /// The environment variable.
+    pub variable: &'static str,
+    /// The native file's field.
+    pub field: &'static str,
+    pub message: String,
+}
+
+/// Every rule that relates several settings, checked once for both front ends (the environment
+/// and the native file build the same `Settings` first).
+pub fn cross_check(settings: &Settings) -> Vec<CrossProblem> {
+    let mut problems = Vec::new();
+    let h = &settings.user_headers;
+    let r = &settings.request_headers;
+    // Security: one header holding two identity fields would let a value written for one be
+    // read as the other upstream.
+    if h.user_id == h.groups || h.user_id == h.properties || h.groups == h.properties {
+        problems.push(CrossProblem {
+            variable: env::USERID_HEADER_KEY,
+            field: "user_headers",
+            message: format!(
+                "the user id, groups and properties headers must have three different names (got {}, {}, {})",
+                h.user_id, h.groups, h.properties
+            ),
+        });
+    }
+    // A request header that marks backoffice or carries the client type cannot also be an
+    // identity header checkpoint writes upstream.
+    for (variable, field, name) in [
+        (
+            env::BACKOFFICE_HEADER_KEY,
+            "request_headers.backoffice",
+            &r.backoffice,
+        ),
+        (
+            env::CLIENT_TYPE_HEADER_KEY,
+            "request_headers.client_type",
+            &r.client_type,
+        ),
+    ] {
+        if [&h.user_id, &h.groups, &h.properties].contains(&name) {
+            problems.push(CrossProblem {
+                variable,
+                field,
+                message: format!("\"{name}\" is also one of the user headers checkpoint writes"),
+            });
+        }
+    }
+    problems
+}
+
 /// How long identity answers are kept (the identity cache's settings).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CacheSettings {
