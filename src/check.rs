@@ -12,11 +12,12 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
-use crate::config::{RequestHeaders, RuleSet};
+use crate::config::RequestHeaders;
 use crate::identity::{Context, Failure, Lookup, Resolution, Resolver, User};
 use crate::policy::{self, Facts, Verdict};
 use crate::request::{Request, is_truthy_flag};
 use crate::route::MethodKey;
+use crate::rules::RuleSet;
 
 /// How a Check ended.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,7 +7,8 @@ use std::collections::HashMap;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use checkpoint::config::{Config, ConfigErrors};
+use checkpoint::Config;
+use checkpoint::config::ConfigErrors;
 use checkpoint::{App, GrpcListener, Listeners, run, telemetry};
 
 /// mimalloc instead of the system allocator: a Check allocates and frees a few dozen small

@@ -18,10 +18,11 @@ use tonic_health::ServingStatus;
 use std::collections::HashMap;
 
 use crate::check::Checker;
-use crate::config::{Config, ConfigErrors, ListenAddr, Settings};
+use crate::config::{ConfigErrors, ListenAddr, Settings};
 use crate::envoy::{self, CheckService};
 use crate::identity::Resolver;
 use crate::response::Responder;
+use crate::rules::Config;
 use crate::status::{self, Readiness};
 use crate::transport::{self, tls};
 
@@ -152,7 +153,7 @@ impl App {
             Ok(identity) => identity,
             Err(found) => {
                 problems.extend(found);
-                return Err(ConfigErrors { problems });
+                return Err(ConfigErrors::new(problems));
             }
         };
         let names: Vec<&str> = identity.names().collect();
@@ -168,7 +169,7 @@ impl App {
             }
         }
         if !problems.is_empty() {
-            return Err(ConfigErrors { problems });
+            return Err(ConfigErrors::new(problems));
         }
         Ok(App {
             checker: Checker {

@@ -11,7 +11,7 @@ mod tls_support;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use checkpoint::config::RuleSet;
+use checkpoint::rules::RuleSet;
 use e2e_support::{allowed_headers, envoy_bin, make_certs, placeholders, render, repo};
 use serde_yaml_ng::Value;
 

@@ -17,7 +17,7 @@ use serde::Deserialize;
 use super::CacheSettings;
 use super::keys::{Duplicate, Position};
 use super::sources::{SourceSettings, Span};
-use super::{ListenAddr, RequestHeaders, RuleSet, Settings, UserHeaders, env};
+use super::{ConfigErrors, ListenAddr, RequestHeaders, RulesSource, Settings, UserHeaders, env};
 
 /// The only version this build reads.
 pub const VERSION: u32 = 1;
@@ -193,7 +193,7 @@ pub fn schema() -> String {
 #[derive(Debug)]
 pub struct Loaded {
     pub settings: Settings,
-    pub rules: RuleSet,
+    pub rules: RulesSource,
     /// The environment variables its `${...}` references named.
     pub referenced: Vec<String>,
 }
@@ -201,12 +201,16 @@ pub struct Loaded {
 /// Reads the file at `path` into settings and rules, after expanding its `${VAR}` references
 /// from `vars` (see `config::expand`); every problem names the file and, for references,
 /// structure errors and duplicate keys, the line and column in the file as written.
-pub fn load(path: &Path, vars: &HashMap<String, String>) -> Result<Loaded, Vec<String>> {
+pub fn load(path: &Path, vars: &HashMap<String, String>) -> Result<Loaded, ConfigErrors> {
     let label = path.display().to_string();
-    let written = std::fs::read_to_string(path)
-        .map_err(|e| vec![format!("{label}: cannot read the configuration file: {e}")])?;
+    let written = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors::new(vec![format!(
+            "{label}: cannot read the configuration file: {e}"
+        )])
+    })?;
     let json = label.ends_with(".json");
-    let expanded = super::expand::expand(&written, vars, &label, !json)?;
+    let expanded =
+        super::expand::expand(&written, vars, &label, !json).map_err(ConfigErrors::new)?;
     let text = &expanded.text;
     let place = |(line, column): Position| {
         let (line, column) = expanded.original((line, column));
@@ -235,10 +239,13 @@ pub fn load(path: &Path, vars: &HashMap<String, String>) -> Result<Loaded, Vec<S
                 rules,
                 referenced: expanded.referenced,
             }),
-            Ok(_) => Err(problems),
-            Err(more) => {
+            Ok((_, rules)) => Err(ConfigErrors {
+                problems,
+                rules: Some(rules),
+            }),
+            Err((more, rules)) => {
                 problems.extend(more);
-                Err(problems)
+                Err(ConfigErrors { problems, rules })
             }
         },
         Err((message, position)) => {
@@ -247,7 +254,7 @@ pub fn load(path: &Path, vars: &HashMap<String, String>) -> Result<Loaded, Vec<S
                 let place = position.map_or_else(|| label.clone(), place);
                 problems.push(format!("{place}: {}", strip_position(&message)));
             }
-            Err(problems)
+            Err(ConfigErrors::new(problems))
         }
     }
 }
@@ -277,12 +284,13 @@ fn strip_position(message: &str) -> String {
         .to_owned()
 }
 
-/// Validates a parsed file; `dir` is where relative paths start.
+/// Validates a parsed file; `dir` is where relative paths start. On failure, where the rules
+/// are when that could be told, so that their problems are listed too.
 pub fn from_file(
     file: FileConfig,
     label: &str,
     dir: &Path,
-) -> Result<(Settings, RuleSet), Vec<String>> {
+) -> Result<(Settings, RulesSource), (Vec<String>, Option<RulesSource>)> {
     let mut problems = Vec::new();
     if file.version != VERSION {
         problems.push(format!(
@@ -334,32 +342,23 @@ pub fn from_file(
             ));
         }
     }
-    let (rules_file, rules) = match (&file.rules.file, &file.rules.inline) {
-        (Some(name), None) => {
-            let path = dir.join(name);
-            (path.clone(), RuleSet::load(&path))
-        }
-        (None, Some(map)) => {
-            let inline_label = format!("{label}#rules.inline");
-            let text = serde_json::Value::Object(map.clone()).to_string();
-            (
-                PathBuf::from(&inline_label),
-                RuleSet::parse(&inline_label, &text),
-            )
-        }
+    let rules = match (&file.rules.file, &file.rules.inline) {
+        (Some(name), None) => Some(RulesSource::File(dir.join(name))),
+        (None, Some(map)) => Some(RulesSource::Inline {
+            label: format!("{label}#rules.inline"),
+            text: serde_json::Value::Object(map.clone()).to_string(),
+        }),
         _ => {
             problems.push(format!(
                 "{label}: rules: give exactly one of `file` and `inline`"
             ));
-            (PathBuf::new(), Err(Vec::new()))
-        }
-    };
-    let rules = match rules {
-        Ok(rules) => Some(rules),
-        Err(errors) => {
-            problems.extend(errors.iter().map(ToString::to_string));
             None
         }
+    };
+    let rules_file = match &rules {
+        Some(RulesSource::File(path)) => path.clone(),
+        Some(RulesSource::Inline { label, .. }) => PathBuf::from(label),
+        None => PathBuf::new(),
     };
     let on_unix_socket = matches!(grpc_addr, Ok(ListenAddr::Unix(_)));
     let grpc = super::grpc::validate(&file.server.connections, &file.server.tls, on_unix_socket)
@@ -374,12 +373,12 @@ pub fn from_file(
             }
         });
     let (Ok(grpc_addr), Ok(grpc_socket_mode), Ok(http_addr), Some(rules), Ok(grpc)) =
-        (grpc_addr, grpc_socket_mode, http_addr, rules, grpc)
+        (grpc_addr, grpc_socket_mode, http_addr, rules.clone(), grpc)
     else {
-        return Err(problems);
+        return Err((problems, rules));
     };
     if !problems.is_empty() {
-        return Err(problems);
+        return Err((problems, Some(rules)));
     }
     let lower = |s: &str| s.to_ascii_lowercase();
     let mut grpc = grpc;
@@ -425,10 +424,11 @@ pub fn from_file(
     };
     let crossed = super::cross_check(&settings);
     if !crossed.is_empty() {
-        return Err(crossed
+        let problems = crossed
             .into_iter()
             .map(|p| format!("{label}: {}: {}", p.field, p.message))
-            .collect());
+            .collect();
+        return Err((problems, Some(rules)));
     }
     Ok((settings, rules))
 }
@@ -437,10 +437,23 @@ pub fn from_file(
 mod tests {
     use super::*;
 
+    use crate::rules::RuleSet;
+
+    /// The settings and, as `Config::load` does, the compiled rules, every problem together.
     fn parse(yaml: &str) -> Result<(Settings, RuleSet), Vec<String>> {
-        match serde_yaml_ng::from_str::<FileConfig>(yaml) {
-            Ok(file) => from_file(file, "checkpoint.yaml", Path::new(".")),
-            Err(e) => Err(vec![e.to_string()]),
+        let file = serde_yaml_ng::from_str::<FileConfig>(yaml).map_err(|e| vec![e.to_string()])?;
+        let strings =
+            |e: Vec<crate::rules::RuleError>| e.iter().map(ToString::to_string).collect::<Vec<_>>();
+        match from_file(file, "checkpoint.yaml", Path::new(".")) {
+            Ok((settings, source)) => {
+                Ok((settings, RuleSet::from_source(&source).map_err(strings)?))
+            }
+            Err((mut problems, source)) => {
+                if let Some(Err(more)) = source.as_ref().map(RuleSet::from_source) {
+                    problems.extend(strings(more));
+                }
+                Err(problems)
+            }
         }
     }
 
@@ -522,7 +535,8 @@ responses: { strict_mode: false }
         let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("schema/checkpoint.example.yaml");
         let loaded = load(&example, &HashMap::new()).expect("valid");
         assert_eq!(loaded.settings.sources.len(), 6);
-        assert_eq!(loaded.rules.table.len(), 5);
+        let rules = RuleSet::from_source(&loaded.rules).expect("rules compile");
+        assert_eq!(rules.table.len(), 5);
     }
 
     /// The cross-field rules are one validator: the native file refuses what the environment

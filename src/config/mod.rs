@@ -1,12 +1,15 @@
-//! Configuration: the process settings and the rule file.
+//! Configuration: the process settings, and where the rules are.
 //!
-//! Mia-Platform's environment variables (see README) are read by [`env`] and mapped onto the one
-//! native model below, [`Settings`]; nothing else in the crate reads the environment. The rule
-//! file (`auth.json`) is loaded by [`rules`]. Both collect every problem before failing, so that
-//! an operator fixes a bad deployment in one round.
+//! Mia-Platform's environment variables (see README) are read by [`env`], and the native file by
+//! [`file`]; both map onto the one native model below, [`Settings`], and then go through the
+//! same cross-field validator ([`cross_check`]). Nothing else in the crate reads the
+//! environment. Every problem is collected before failing, so that an operator fixes a bad
+//! deployment in one round. The rules themselves are compiled by `crate::rules`, from the
+//! [`RulesSource`] found here.
 //!
-//! Called by `main` (and by tests) before any port is bound. Must never read the process
-//! environment itself: callers pass the variables in as a map.
+//! Called by `crate::Config::load` (and so by `main` and the tests) before any port is bound.
+//! Must never read the process environment itself: callers pass the variables in as a map.
+//! Imports no stage of the road (route, identity, policy): the stages import it.
 
 pub mod boolean;
 pub mod duration;
@@ -15,14 +18,11 @@ pub mod expand;
 pub mod file;
 pub mod grpc;
 pub mod keys;
-pub mod rules;
 pub mod sources;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
-
-pub use rules::{Rule, RuleError, RuleSet};
 
 /// Everything checkpoint needs to start, validated.
 #[derive(Debug, Clone)]
@@ -332,11 +332,19 @@ pub struct SettingError {
     pub message: String,
 }
 
-/// Settings plus the loaded rule file: everything `run` needs.
+/// Where the rules come from: the rule file, or the native file's inline rules (as JSON text,
+/// with the label their problems are reported under).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RulesSource {
+    File(PathBuf),
+    Inline { label: String, text: String },
+}
+
+/// What [`load`] found: the settings, where the rules are, and how it was configured.
 #[derive(Debug)]
-pub struct Config {
+pub struct Loaded {
     pub settings: Settings,
-    pub rules: RuleSet,
+    pub rules: RulesSource,
     /// Where the configuration came from, for `check-config` and the start-up log.
     pub origin: String,
     /// Mia variables that were set but ignored because the native file wins.
@@ -348,62 +356,58 @@ pub struct Config {
 #[error("{} configuration problem(s)", .problems.len())]
 pub struct ConfigErrors {
     pub problems: Vec<String>,
+    /// Where the rules are, when that could be told despite the problems, so that the rules'
+    /// own problems are listed in the same run.
+    pub rules: Option<RulesSource>,
 }
 
-impl Config {
-    /// Reads settings from `vars`, then the rule file they name. Reports every problem: those
-    /// of the settings and those of the rule file together, whenever the file can be named.
-    pub fn load(vars: &std::collections::HashMap<String, String>) -> Result<Config, ConfigErrors> {
-        if let Some(path) = vars
-            .get(env::CHECKPOINT_CONFIG)
-            .map(|v| v.trim())
-            .filter(|v| !v.is_empty())
-        {
-            let loaded = file::load(std::path::Path::new(path), vars)
-                .map_err(|problems| ConfigErrors { problems })?;
-            let (settings, rules) = (loaded.settings, loaded.rules);
-            // A variable the file refers to (`${CHECKPOINT_GRPC_ADDR}`) is used, not ignored.
-            let ignored = env::ALL
-                .iter()
-                .chain(grpc::ALL)
-                .copied()
-                .filter(|name| {
-                    *name != env::CHECKPOINT_CONFIG
-                        && vars.contains_key(*name)
-                        && !loaded.referenced.iter().any(|r| r == name)
-                })
-                .collect();
-            return Ok(Config {
-                settings,
-                rules,
-                origin: format!("{path} ({})", env::CHECKPOINT_CONFIG),
-                ignored,
-            });
+impl ConfigErrors {
+    pub fn new(problems: Vec<String>) -> ConfigErrors {
+        ConfigErrors {
+            problems,
+            rules: None,
         }
-        let settings = env::settings_from(vars);
-        let rules_file = match &settings {
-            Ok(s) => Some(s.rules_file.clone()),
-            Err(_) => env::rules_file(vars),
-        };
-        let rules = rules_file.map(|file| RuleSet::load(&file));
-        match (settings, rules) {
-            (Ok(settings), Some(Ok(rules))) => Ok(Config {
-                settings,
-                rules,
-                origin: "environment variables".to_owned(),
-                ignored: Vec::new(),
-            }),
-            (settings, rules) => {
-                let mut problems: Vec<String> = match settings {
-                    Err(errors) => errors.iter().map(ToString::to_string).collect(),
-                    Ok(_) => Vec::new(),
-                };
-                if let Some(Err(errors)) = rules {
-                    problems.extend(errors.iter().map(ToString::to_string));
-                }
-                Err(ConfigErrors { problems })
-            }
-        }
+    }
+}
+
+/// Reads the settings from `vars` (or the native file `CHECKPOINT_CONFIG` names) and finds the
+/// rules. Reports every problem of the settings.
+pub fn load(vars: &std::collections::HashMap<String, String>) -> Result<Loaded, ConfigErrors> {
+    if let Some(path) = vars
+        .get(env::CHECKPOINT_CONFIG)
+        .map(|v| v.trim())
+        .filter(|v| !v.is_empty())
+    {
+        let loaded = file::load(std::path::Path::new(path), vars)?;
+        // A variable the file refers to (`${CHECKPOINT_GRPC_ADDR}`) is used, not ignored.
+        let ignored = env::ALL
+            .iter()
+            .chain(grpc::ALL)
+            .copied()
+            .filter(|name| {
+                *name != env::CHECKPOINT_CONFIG
+                    && vars.contains_key(*name)
+                    && !loaded.referenced.iter().any(|r| r == name)
+            })
+            .collect();
+        return Ok(Loaded {
+            settings: loaded.settings,
+            rules: loaded.rules,
+            origin: format!("{path} ({})", env::CHECKPOINT_CONFIG),
+            ignored,
+        });
+    }
+    match env::settings_from(vars) {
+        Ok(settings) => Ok(Loaded {
+            rules: RulesSource::File(settings.rules_file.clone()),
+            settings,
+            origin: "environment variables".to_owned(),
+            ignored: Vec::new(),
+        }),
+        Err(errors) => Err(ConfigErrors {
+            problems: errors.iter().map(ToString::to_string).collect(),
+            rules: env::rules_file(vars).map(RulesSource::File),
+        }),
     }
 }
 

@@ -11,8 +11,9 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use super::keys::{JsonKeys, Position, Segment};
+use crate::config::keys::{JsonKeys, Position, Segment};
 
+use crate::config::{ConfigErrors, RulesSource};
 use crate::policy::{Expression, Policy};
 use crate::request::path;
 use crate::route::{MethodKey, RouteTable};
@@ -102,6 +103,52 @@ impl RuleSet {
             file: PathBuf::from(label),
             table: compile(label, text)?,
         })
+    }
+
+    /// Compiles the rules wherever the configuration found them.
+    pub fn from_source(source: &RulesSource) -> Result<RuleSet, Vec<RuleError>> {
+        match source {
+            RulesSource::File(path) => RuleSet::load(path),
+            RulesSource::Inline { label, text } => RuleSet::parse(label, text),
+        }
+    }
+}
+
+/// The whole configuration: the settings and the compiled rules.
+#[derive(Debug)]
+pub struct Config {
+    pub settings: crate::config::Settings,
+    pub rules: RuleSet,
+    /// Where the configuration came from, for `check-config` and the start-up log.
+    pub origin: String,
+    /// Mia variables that were set but ignored because the native file wins.
+    pub ignored: Vec<&'static str>,
+}
+
+impl Config {
+    /// Reads the settings from `vars` ([`crate::config::load`]), then compiles the rules they
+    /// name. Reports every problem: those of the settings and those of the rules together,
+    /// whenever the rules can be found.
+    pub fn load(vars: &HashMap<String, String>) -> Result<Config, ConfigErrors> {
+        match crate::config::load(vars) {
+            Ok(loaded) => match RuleSet::from_source(&loaded.rules) {
+                Ok(rules) => Ok(Config {
+                    settings: loaded.settings,
+                    rules,
+                    origin: loaded.origin,
+                    ignored: loaded.ignored,
+                }),
+                Err(errors) => Err(ConfigErrors::new(
+                    errors.iter().map(ToString::to_string).collect(),
+                )),
+            },
+            Err(mut errors) => {
+                if let Some(Err(more)) = errors.rules.as_ref().map(RuleSet::from_source) {
+                    errors.problems.extend(more.iter().map(ToString::to_string));
+                }
+                Err(errors)
+            }
+        }
     }
 }
 
