@@ -12,8 +12,8 @@ use checkpoint::config::ConfigErrors;
 use checkpoint::{App, GrpcListener, Listeners, run, telemetry};
 
 /// mimalloc instead of the system allocator: a Check allocates and frees a few dozen small
-/// blocks (h2 frames, tonic's buffers, the request view, the answer), and glibc's malloc spent
-/// 12% of checkpoint's instructions on them (bench/RESULTS.md, third round).
+/// blocks (h2 frames, tonic's buffers, the request view, the answer), which glibc's malloc
+/// serves measurably slower (bench/RESULTS.md, third round).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
