@@ -26,9 +26,11 @@
 //! - [`transport`]: the connections tonic serves: limits, idle timeout, TLS.
 //! - [`status`]: the HTTP status routes `/-/healthz`, `/-/ready`, `/-/check-up`.
 //! - [`telemetry`]: structured logs and the decision line.
+//! - [`cli`]: the command line's words (help, `check-config`'s summary).
 //! - [`run`]: starts everything on already-bound listeners and shuts down gracefully.
 
 pub mod check;
+pub mod cli;
 pub mod config;
 pub mod envoy;
 pub mod identity;

@@ -9,58 +9,13 @@ use std::process::ExitCode;
 use anyhow::Context;
 use checkpoint::Config;
 use checkpoint::config::ConfigErrors;
-use checkpoint::{App, GrpcListener, Listeners, run, telemetry};
+use checkpoint::{App, GrpcListener, Listeners, cli, run, telemetry};
 
 /// mimalloc instead of the system allocator: a Check allocates and frees a few dozen small
 /// blocks (h2 frames, tonic's buffers, the request view, the answer), which glibc's malloc
 /// serves measurably slower (bench/RESULTS.md, third round).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-const USAGE: &str =
-    "usage: checkpoint [serve | check-config | allowed-headers | schema | --help | --version]
-
-  serve            serve Envoy's Authorization/Check (the default)
-  check-config     load and validate the configuration and the rules, print a summary
-  allowed-headers  print, for Envoy's ext_authz `allowed_headers`, the request headers this
-                   configuration reads (Envoy then sends no others on the Check call)
-  schema           print the JSON Schema of the native configuration file (CHECKPOINT_CONFIG)
-
-`checkpoint COMMAND --help` describes one command. Configuration comes from CHECKPOINT_CONFIG
-(a YAML or JSON file) or from Mia-Platform's environment variables; see README.md for the
-reference.
-";
-
-const CONFIGURATION: &str =
-    "Configuration comes from CHECKPOINT_CONFIG (a YAML or JSON file) or from Mia-Platform's
-environment variables (see README.md).";
-
-/// Each command and its `--help`.
-const COMMANDS: &[(&str, &str)] = &[
-    (
-        "serve",
-        "Loads and validates the configuration and the rules, then serves Envoy's
-Authorization/Check (gRPC, with health and reflection) and the status routes. SIGTERM or SIGINT:
-report not ready, keep serving DELAY_SHUTDOWN_SECONDS, drain, exit 0. SIGHUP is ignored. An
-invalid configuration lists every problem and exits 1. The default command.",
-    ),
-    (
-        "check-config",
-        "Loads and validates the configuration and the rules without binding a port or contacting
-anyone, then prints a summary (rules, identity sources, addresses, the request headers read).
-An invalid configuration lists every problem, with where it is, and exits 1.",
-    ),
-    (
-        "allowed-headers",
-        "Prints, as one line of YAML, the value of Envoy's ext_authz `allowed_headers` for this
-configuration: the request headers checkpoint reads (Envoy then sends no others on the Check
-call). An invalid configuration is reported as by check-config.",
-    ),
-    (
-        "schema",
-        "Prints the JSON Schema of the native configuration file (CHECKPOINT_CONFIG).",
-    ),
-];
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -70,17 +25,18 @@ fn main() -> ExitCode {
         ["check-config"] => check_config(),
         ["allowed-headers"] => allowed_headers(),
         ["schema"] => emit(&checkpoint::config::file::schema()),
-        ["-h" | "--help" | "help"] => emit(USAGE),
+        ["-h" | "--help" | "help"] => emit(cli::USAGE),
         ["-V" | "--version"] => emit(&format!("checkpoint {}\n", env!("CARGO_PKG_VERSION"))),
         ["help", command] | [command, "-h" | "--help"] => {
-            match COMMANDS.iter().find(|(name, _)| name == command) {
+            match cli::COMMANDS.iter().find(|(name, _)| name == command) {
                 Some((name, text)) => emit(&format!(
-                    "usage: checkpoint {name}\n\n{text}\n\n{CONFIGURATION}\n"
+                    "usage: checkpoint {name}\n\n{text}\n\n{}\n",
+                    cli::CONFIGURATION
                 )),
                 None => usage_error(&format!("unknown command \"{command}\"")),
             }
         }
-        [command, extra, ..] if COMMANDS.iter().any(|(name, _)| name == command) => {
+        [command, extra, ..] if cli::COMMANDS.iter().any(|(name, _)| name == command) => {
             usage_error(&format!("unexpected argument \"{extra}\" after {command}"))
         }
         [other, ..] => usage_error(&format!("unknown command \"{other}\"")),
@@ -88,7 +44,7 @@ fn main() -> ExitCode {
 }
 
 fn usage_error(message: &str) -> ExitCode {
-    eprintln!("checkpoint: {message}\n\n{USAGE}");
+    eprintln!("checkpoint: {message}\n\n{}", cli::USAGE);
     ExitCode::from(2)
 }
 
@@ -206,14 +162,7 @@ fn allowed_headers() -> ExitCode {
     match prepare(&env, Purpose::Inspect) {
         Ok(Prepared { runtime, app, .. }) => {
             let _guard = runtime.enter();
-            let patterns: Vec<String> = app
-                .checker
-                .headers_read()
-                .iter()
-                // A JSON string is a YAML double-quoted scalar: any name stays one value.
-                .map(|name| format!("{{ exact: {} }}", serde_json::Value::from(name.as_str())))
-                .collect();
-            emit(&format!("{{ patterns: [{}] }}\n", patterns.join(", ")))
+            emit(&checkpoint::cli::allowed_headers(&app))
         }
         Err(code) => code,
     }
@@ -230,62 +179,7 @@ fn check_config() -> ExitCode {
             ignored,
         }) => {
             let _guard = runtime.enter();
-            let s = &app.settings;
-            let rules = &app.checker.rules;
-            let mut out = String::new();
-            let mut line = |text: String| {
-                out.push_str(&text);
-                out.push('\n');
-            };
-            line("configuration is valid".to_owned());
-            line(format!("  from:            {origin}"));
-            if !ignored.is_empty() {
-                line(format!(
-                    "  ignored:         {} (CHECKPOINT_CONFIG wins over environment variables)",
-                    ignored.join(", ")
-                ));
-            }
-            line(format!("  rule file:       {}", rules.file.display()));
-            line(format!("  rules:           {}", rules.table.len()));
-            for (path, method, rule) in rules.table.iter() {
-                let backoffice = if rule.backoffice.is_some() {
-                    " (+backoffice)"
-                } else {
-                    ""
-                };
-                let sources = rule
-                    .identity
-                    .as_ref()
-                    .map(|names| format!(" (identity: {})", names.join(", ")))
-                    .unwrap_or_default();
-                line(format!(
-                    "    {method} {path}: {}{}{backoffice}{sources}",
-                    rule.authorization.expression.source(),
-                    if rule.authorization.public {
-                        " [public]"
-                    } else {
-                        ""
-                    },
-                ));
-            }
-            let names: Vec<&str> = app.checker.identity.names().collect();
-            line(format!("  identity source: {}", names.join(", ")));
-            line(format!("  strict mode:     {}", s.strict_mode));
-            line(format!("  grpc address:    {}", s.grpc_addr));
-            line(format!("  status address:  {}", s.http_addr));
-            line(format!(
-                "  workers:         {workers} ({})",
-                if workers == 1 {
-                    "single-threaded scheduler"
-                } else {
-                    "multi-threaded scheduler"
-                }
-            ));
-            line(format!("  dynamic metadata: {}", s.dynamic_metadata));
-            let headers = app.checker.headers_read();
-            let names: Vec<&str> = headers.iter().map(String::as_str).collect();
-            line(format!("  request headers: {}", names.join(", ")));
-            emit(&out)
+            emit(&checkpoint::cli::summary(&app, &origin, &ignored, workers))
         }
         Err(code) => code,
     }
