@@ -255,6 +255,7 @@ pub async fn run(
         .layer(transport::ActivityLayer)
         .layer(transport::RequestBudgetLayer::new(
             grpc.max_request_bytes_in_flight,
+            grpc.max_message_size,
         ))
         .add_service(health_service)
         .add_service(reflection_v1)

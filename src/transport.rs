@@ -424,22 +424,30 @@ impl http_body::Body for GuardedBody {
     }
 }
 
-/// A tower layer that bounds the request bytes held at once over every connection: each call's
-/// request body takes its bytes from one budget as they arrive and gives them back when the body
-/// is dropped (for a unary call, once its message is decoded). A call that finds the budget spent
-/// fails with RESOURCE_EXHAUSTED. With `max_concurrent_streams` and the message size limit this
-/// is what bounds the memory a client can make the server hold by sending slowly.
+/// A tower layer that bounds the request bytes held at once over every connection.
+///
+/// tonic reserves a message's whole buffer as soon as its 5-byte length prefix arrives, and
+/// keeps a call's buffer (reused for each next message) until the call's request body is
+/// dropped. So a call takes from one budget, before tonic sees the bytes, the most its buffer
+/// will hold: the largest message it has announced (prefix included), or what it sent of an
+/// unfinished one; and it gives that back when its body is dropped (for a unary call, once its
+/// message is decoded). A message longer than `max_message_size`, or one the budget cannot hold,
+/// fails the call with RESOURCE_EXHAUSTED before tonic reserves anything. With
+/// `max_concurrent_streams` this is what bounds the memory a client can make the server hold by
+/// announcing large messages or sending them slowly.
 #[derive(Debug, Clone)]
 pub struct RequestBudgetLayer {
     budget: Arc<Budget>,
+    max_message_size: usize,
 }
 
 impl RequestBudgetLayer {
-    pub fn new(bytes: usize) -> RequestBudgetLayer {
+    pub fn new(bytes: usize, max_message_size: usize) -> RequestBudgetLayer {
         RequestBudgetLayer {
             budget: Arc::new(Budget {
                 left: AtomicUsize::new(bytes),
             }),
+            max_message_size,
         }
     }
 }
@@ -470,6 +478,7 @@ impl<S> tower::Layer<S> for RequestBudgetLayer {
         RequestBudget {
             inner,
             budget: self.budget.clone(),
+            max_message_size: self.max_message_size,
         }
     }
 }
@@ -478,6 +487,7 @@ impl<S> tower::Layer<S> for RequestBudgetLayer {
 pub struct RequestBudget<S> {
     inner: S,
     budget: Arc<Budget>,
+    max_message_size: usize,
 }
 
 impl<S> tower::Service<HttpRequest> for RequestBudget<S>
@@ -494,11 +504,14 @@ where
 
     fn call(&mut self, request: HttpRequest) -> S::Future {
         let budget = self.budget.clone();
+        let max_message_size = self.max_message_size;
         self.inner.call(request.map(|body| {
             tonic::body::Body::new(BudgetedBody {
                 inner: body,
                 budget,
                 held: 0,
+                framing: Framing::default(),
+                max_message_size,
             })
         }))
     }
@@ -508,7 +521,10 @@ where
 struct BudgetedBody {
     inner: tonic::body::Body,
     budget: Arc<Budget>,
+    /// Taken from the budget: the most this call's buffer in tonic holds.
     held: usize,
+    framing: Framing,
+    max_message_size: usize,
 }
 
 impl http_body::Body for BudgetedBody {
@@ -524,13 +540,25 @@ impl http_body::Body for BudgetedBody {
         if let Poll::Ready(Some(Ok(frame))) = &frame
             && let Some(data) = frame.data_ref()
         {
-            let n = data.len();
-            if !this.budget.take(n) {
-                return Poll::Ready(Some(Err(tonic::Status::resource_exhausted(
-                    "the server is holding too many request bytes; try again",
-                ))));
+            // Security: counted before tonic sees the bytes, so before it reserves a buffer of
+            // the announced length.
+            match this.framing.need(data, this.max_message_size) {
+                Err(len) => {
+                    return Poll::Ready(Some(Err(tonic::Status::resource_exhausted(format!(
+                        "a request message of {len} bytes is more than the limit of {}",
+                        this.max_message_size
+                    )))));
+                }
+                Ok(need) if need > this.held => {
+                    if !this.budget.take(need - this.held) {
+                        return Poll::Ready(Some(Err(tonic::Status::resource_exhausted(
+                            "the server is holding too many request bytes; try again",
+                        ))));
+                    }
+                    this.held = need;
+                }
+                Ok(_) => {}
             }
-            this.held += n;
         }
         frame
     }
@@ -547,6 +575,59 @@ impl http_body::Body for BudgetedBody {
 impl Drop for BudgetedBody {
     fn drop(&mut self) {
         self.budget.give_back(self.held);
+    }
+}
+
+/// Where a request body is in gRPC's framing: each message is a 5-byte prefix (compression flag,
+/// big-endian length) and that many bytes.
+#[derive(Debug, Default)]
+struct Framing {
+    /// The current message's prefix, as far as it has arrived.
+    prefix: [u8; 5],
+    prefix_len: usize,
+    /// Bytes of the current message, prefix included, received so far.
+    received: usize,
+    /// Bytes of the current message's body still to come.
+    body_left: usize,
+}
+
+impl Framing {
+    /// Walks `data` through the framing. `Ok`: the buffer tonic needs once `data` is added to it
+    /// (what it holds of the current message plus `data`, or a whole message a prefix in `data`
+    /// announces, whichever is larger); `Err`: the length a prefix announces over `max_message`.
+    fn need(&mut self, mut data: &[u8], max_message: usize) -> Result<usize, usize> {
+        let mut need = self.received + data.len();
+        while !data.is_empty() {
+            if self.body_left > 0 {
+                let n = self.body_left.min(data.len());
+                self.body_left -= n;
+                self.received += n;
+                data = &data[n..];
+                if self.body_left == 0 {
+                    self.received = 0;
+                }
+                continue;
+            }
+            let n = (self.prefix.len() - self.prefix_len).min(data.len());
+            self.prefix[self.prefix_len..self.prefix_len + n].copy_from_slice(&data[..n]);
+            self.prefix_len += n;
+            self.received += n;
+            data = &data[n..];
+            if self.prefix_len == self.prefix.len() {
+                let [_, a, b, c, d] = self.prefix;
+                let len = u32::from_be_bytes([a, b, c, d]) as usize;
+                if len > max_message {
+                    return Err(len);
+                }
+                need = need.max(self.prefix.len() + len);
+                self.prefix_len = 0;
+                self.body_left = len;
+                if len == 0 {
+                    self.received = 0;
+                }
+            }
+        }
+        Ok(need)
     }
 }
 
@@ -656,5 +737,56 @@ impl http_body::Body for OneChunk {
 
     fn is_end_stream(&self) -> bool {
         self.0.is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(len: usize) -> Vec<u8> {
+        let mut framed = vec![0];
+        framed.extend_from_slice(&(len as u32).to_be_bytes());
+        framed.resize(5 + len, 7);
+        framed
+    }
+
+    #[test]
+    fn a_prefix_takes_its_whole_message_at_once() {
+        let mut framing = Framing::default();
+        let framed = message(1000);
+        assert_eq!(framing.need(&framed[..5], 4096), Ok(1005));
+        assert_eq!(framing.need(&framed[5..600], 4096), Ok(600));
+        assert_eq!(framing.need(&framed[600..], 4096), Ok(1005));
+    }
+
+    #[test]
+    fn a_prefix_split_over_chunks_is_read_whole() {
+        let mut framing = Framing::default();
+        let framed = message(3000);
+        assert_eq!(framing.need(&framed[..2], 4096), Ok(2));
+        assert_eq!(framing.need(&framed[2..4], 4096), Ok(4));
+        assert_eq!(framing.need(&framed[4..6], 4096), Ok(3005));
+    }
+
+    #[test]
+    fn messages_one_after_another_need_the_largest_not_the_sum() {
+        let mut framing = Framing::default();
+        for len in [100, 2000, 0, 50] {
+            assert_eq!(framing.need(&message(len), 4096), Ok(5 + len));
+        }
+        let mut two = message(10);
+        two.extend(message(20));
+        assert_eq!(framing.need(&two, 4096), Ok(40));
+    }
+
+    #[test]
+    fn a_message_over_the_limit_is_refused_by_its_prefix() {
+        let mut framing = Framing::default();
+        assert_eq!(framing.need(&message(4097)[..5], 4096), Err(4097));
+        let mut framing = Framing::default();
+        let mut two = message(10);
+        two.extend(&message(5000)[..5]);
+        assert_eq!(framing.need(&two, 4096), Err(5000));
     }
 }

@@ -107,6 +107,167 @@ async fn idle_connections_are_closed_and_their_slots_reused() {
     eprintln!("slots reused: served after {after:?}");
 }
 
+/// 3. Slow senders are held to `CHECKPOINT_GRPC_MAX_REQUEST_BYTES_IN_FLIGHT` (8 MiB here): a
+/// call takes the message it announces from the budget as its length prefix arrives, so two
+/// 3 MiB messages stalled after 1 MiB hold 6 MiB and every other large one is refused with
+/// RESOURCE_EXHAUSTED at once, as are 256 calls that send nothing but a prefix announcing 4 MiB.
+/// Memory stays within the budget plus a margin; a small Check still fits and is served. Once
+/// the budget is spent, every call is refused promptly (the budget is global), and served again
+/// as soon as the slow senders go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_senders_are_held_to_the_request_budget() {
+    let mut server =
+        Checkpoint::start(&[("CHECKPOINT_GRPC_MAX_REQUEST_BYTES_IN_FLIGHT", "8388608")]).await;
+    let baseline = server.baseline().await;
+
+    let (mut send, _slow) = h2_connect(server.grpc, &h2::client::Builder::new()).await;
+    let mut slow: Vec<_> = (0..16)
+        .map(|_| stalled_sender(&mut send, 3 * MIB, MIB))
+        .collect();
+    let mut stalled = 0;
+    for (response, _) in &mut slow {
+        match refused_with(response, Duration::from_millis(500)).await {
+            None => stalled += 1,
+            Some(status) => assert_eq!(status, "8", "RESOURCE_EXHAUSTED"),
+        }
+    }
+    eprintln!(
+        "16 slow 3 MiB messages: {stalled} held, {} refused",
+        16 - stalled
+    );
+    assert_eq!(
+        stalled, 2,
+        "two 3 MiB messages fit in 8 MiB, a third does not"
+    );
+
+    let (mut announce, _announcers) = h2_connect(server.grpc, &h2::client::Builder::new()).await;
+    let mut announced = Vec::new();
+    for _ in 0..256 {
+        let ready = tokio::time::timeout(PATIENCE, announce.clone().ready()).await;
+        announce = ready.expect("a stream slot").expect("ready");
+        announced.push(stalled_sender(&mut announce, 4 * MIB, 5));
+    }
+    let mut refused = 0;
+    for (response, _) in &mut announced {
+        if refused_with(response, Duration::from_millis(500))
+            .await
+            .as_deref()
+            == Some("8")
+        {
+            refused += 1;
+        }
+    }
+    eprintln!("256 prefixes announcing 4 MiB: {refused} refused");
+    assert_eq!(refused, 256, "2 MiB left: no 4 MiB message fits");
+    server.assert_memory_bounded(baseline, 32, "slow senders holding 6 of 8 MiB");
+    server.assert_served().await;
+
+    // What is left, 2 MiB less the two prefixes held (10 bytes), taken by one more slow sender
+    // (a message of that size less its own prefix): now nobody's call fits.
+    let (mut last, _last) = h2_connect(server.grpc, &h2::client::Builder::new()).await;
+    let mut rest = stalled_sender(&mut last, 2 * MIB - 15, 5);
+    assert_eq!(
+        refused_with(&mut rest.0, Duration::from_millis(300)).await,
+        None
+    );
+    let started = Instant::now();
+    let refused = good_client(server.grpc).await;
+    eprintln!(
+        "budget spent: the good client {refused:?} after {:?}",
+        started.elapsed()
+    );
+    assert!(
+        refused.is_err_and(|why| why.contains("too many request bytes")),
+        "a spent budget refuses with RESOURCE_EXHAUSTED"
+    );
+    assert!(started.elapsed() < Duration::from_secs(1));
+
+    drop((slow, send, announced, announce, rest, last));
+    let after = server.served_within(Duration::from_secs(2)).await;
+    eprintln!("slow senders gone: served again after {after:?}");
+    server.assert_memory_bounded(baseline, 32, "slow senders");
+}
+
+/// 3. A CheckRequest over `CHECKPOINT_GRPC_MAX_MESSAGE_SIZE` is RESOURCE_EXHAUSTED, refused by
+/// its length prefix before any of it is held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_over_the_size_limit_is_resource_exhausted() {
+    let mut server = Checkpoint::start(&[("CHECKPOINT_GRPC_MAX_MESSAGE_SIZE", "65536")]).await;
+    let (mut send, _connection) = h2_connect(server.grpc, &h2::client::Builder::new()).await;
+    let (response, mut body) = send
+        .send_request(grpc_head(CHECK_PATH), false)
+        .expect("send");
+    let mut prefix = vec![0];
+    prefix.extend_from_slice(&65537u32.to_be_bytes());
+    body.send_data(prefix.into(), false).expect("data");
+    let status = grpc_status(response).await;
+    eprintln!("a 65537-byte CheckRequest: grpc-status {status:?}");
+    assert_eq!(status.as_deref(), Ok("8"));
+    server.assert_served().await;
+}
+
+/// 3. A long reflection stream holds one message's worth of the budget, not the sum of all it
+/// ever sent: twelve 1 MiB requests on one stream under an 8 MiB budget are all answered, and
+/// Checks are served while it stays open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_stream_holds_its_largest_message_not_all_it_sent() {
+    let mut server =
+        Checkpoint::start(&[("CHECKPOINT_GRPC_MAX_REQUEST_BYTES_IN_FLIGHT", "8388608")]).await;
+    let (mut send, _connection) = h2_connect(server.grpc, &h2::client::Builder::new()).await;
+    let (response, mut requests) = send
+        .send_request(grpc_head(REFLECTION_PATH), false)
+        .expect("send");
+    let mut response = Some(response);
+    let mut answers: Option<h2::RecvStream> = None;
+    let mut received = 0;
+    for i in 0..12 {
+        // file_by_filename, padded to 1 MiB with an unknown field (15, bytes) that prost skips.
+        let file = b"validate/validate.proto";
+        let mut message = vec![0x1a, file.len() as u8];
+        message.extend_from_slice(file);
+        let pad = MIB - 5 - message.len() - 4;
+        message.extend_from_slice(&[
+            0x7a,
+            (pad as u8) | 0x80,
+            ((pad >> 7) as u8) | 0x80,
+            (pad >> 14) as u8,
+        ]);
+        message.resize(MIB - 5, 0);
+        requests
+            .send_data(grpc_message(&message), false)
+            .expect("data");
+        if let Some(response) = response.take() {
+            let head = tokio::time::timeout(PATIENCE, response)
+                .await
+                .expect("an answer")
+                .expect("an answer, not a reset");
+            assert!(
+                head.headers().get("grpc-status").is_none(),
+                "refused: {head:?}"
+            );
+            answers = Some(head.into_body());
+        }
+        let answers = answers.as_mut().expect("the answer stream");
+        // Each answer is the same 43543 bytes (validate.proto, framed).
+        while received < (i + 1) * 43_543 {
+            match tokio::time::timeout(PATIENCE, answers.data()).await {
+                Ok(Some(Ok(chunk))) => {
+                    received += chunk.len();
+                    let _ = answers.flow_control().release_capacity(chunk.len());
+                }
+                Ok(None) => {
+                    let trailers = answers.trailers().await;
+                    server.fail(&format!("the stream ended after {i} MiB: {trailers:?}"));
+                }
+                other => server.fail(&format!("request {i}: no answer: {other:?}")),
+            }
+        }
+    }
+    eprintln!("12 requests of 1 MiB on one stream: {received} bytes answered");
+    server.assert_served().await;
+    drop(requests);
+}
+
 /// 4. Streams opened and reset at once, thousands of them: the server answers GOAWAY
 /// ENHANCE_YOUR_CALM and closes the connection within a second (h2's rapid-reset protection,
 /// `http2_max_pending_accept_reset_streams`), whether the frames come in one burst written by
