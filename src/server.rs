@@ -225,6 +225,9 @@ pub async fn run(
         transport::Limits {
             max_connections: grpc.max_connections,
             idle_timeout: grpc.idle_timeout,
+            max_lifetime: grpc
+                .max_connection_age
+                .map(|age| age.saturating_add(grpc.max_connection_age_grace)),
             tcp_nodelay: grpc.tcp_nodelay,
             tcp_keepalive: grpc.tcp_keepalive,
             handshake_timeout: grpc.tls_handshake_timeout,
@@ -243,8 +246,11 @@ pub async fn run(
         .http2_keepalive_interval(grpc.keepalive_interval)
         .http2_keepalive_timeout(Some(grpc.keepalive_timeout))
         // A client that resets streams faster than it opens them (rapid reset) is closed.
-        .http2_max_pending_accept_reset_streams(Some(grpc.max_concurrent_streams as usize))
-        .max_connection_age_grace(grpc.max_connection_age_grace);
+        .http2_max_pending_accept_reset_streams(Some(grpc.max_concurrent_streams as usize));
+    // tonic sends GOAWAY at max_connection_age; the transport closes what is still open after
+    // the grace (`Limits::max_lifetime`). Not tonic's own max_connection_age_grace: with it,
+    // tonic 0.14 sends no GOAWAY at all and only closes the connection, calls in flight or not,
+    // at age + grace.
     if let Some(age) = grpc.max_connection_age {
         builder = builder.max_connection_age(age);
     }

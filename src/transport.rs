@@ -6,6 +6,8 @@
 //!   retries elsewhere rather than waiting in the backlog), counted and logged;
 //! - an idle timeout: a connection with no call in flight for that long is closed (hyper's
 //!   HTTP/2 server has none, and keepalive pings keep idle peers alive forever);
+//! - the end of `max_connection_age`'s grace: a connection tonic sent GOAWAY on that is still
+//!   open then is closed;
 //! - TLS with rustls, with a bounded handshake and certificates reloaded from their files
 //!   ([`tls`]);
 //! - `TCP_NODELAY` and TCP keepalive on accepted sockets (tonic applies its own only to sockets
@@ -34,6 +36,9 @@ pub struct Limits {
     pub max_connections: usize,
     /// `None`: connections are never closed for being idle.
     pub idle_timeout: Option<Duration>,
+    /// A connection still open this long after it was accepted is closed, calls in flight or
+    /// not: `max_connection_age` (when tonic sends GOAWAY) plus its grace. `None`: never.
+    pub max_lifetime: Option<Duration>,
     pub tcp_nodelay: bool,
     pub tcp_keepalive: Option<Duration>,
     /// Bound of a TLS handshake, from accept to the first byte of HTTP/2.
@@ -54,6 +59,8 @@ pub struct Counters {
     pub refused: AtomicU64,
     /// Closed after `idle_timeout` without a call.
     pub idle_closed: AtomicU64,
+    /// Closed at the end of their `max_lifetime`.
+    pub lifetime_closed: AtomicU64,
     /// TLS handshakes that failed or timed out.
     pub handshake_failed: AtomicU64,
     pub open: AtomicUsize,
@@ -200,6 +207,9 @@ pub struct Conn {
     io: Io,
     state: Arc<ConnState>,
     idle: Option<(Duration, Pin<Box<Sleep>>)>,
+    /// The end of `max_lifetime`, and whether it has come.
+    deadline: Option<Pin<Box<Sleep>>>,
+    expired: bool,
     counters: Arc<Counters>,
     _slot: OwnedSemaphorePermit,
 }
@@ -219,6 +229,8 @@ impl Conn {
             idle: limits
                 .idle_timeout
                 .map(|t| (t, Box::pin(tokio::time::sleep(t)))),
+            deadline: limits.max_lifetime.map(|t| Box::pin(tokio::time::sleep(t))),
+            expired: false,
             counters,
             _slot: slot,
         }
@@ -238,6 +250,24 @@ impl Conn {
             }
         }
         false
+    }
+
+    /// Whether `max_lifetime` is over (and, if not, the task is woken when it will be).
+    fn past_lifetime(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.expired {
+            return true;
+        }
+        let Some(deadline) = &mut self.deadline else {
+            return false;
+        };
+        if deadline.as_mut().poll(cx).is_pending() {
+            return false;
+        }
+        self.expired = true;
+        self.counters
+            .lifetime_closed
+            .fetch_add(1, Ordering::Relaxed);
+        true
     }
 }
 
@@ -267,6 +297,10 @@ impl AsyncRead for Conn {
             // End of stream: hyper closes the connection; it had no call in flight.
             return Poll::Ready(Ok(()));
         }
+        if this.past_lifetime(cx) {
+            // End of stream: hyper closes the connection and drops the calls still in it.
+            return Poll::Ready(Ok(()));
+        }
         match &mut this.io {
             Io::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             Io::Unix(s) => Pin::new(s).poll_read(cx, buf),
@@ -281,7 +315,12 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match &mut self.get_mut().io {
+        let this = self.get_mut();
+        // Also here: a peer that does not read keeps hyper writing, not reading.
+        if this.past_lifetime(cx) {
+            return Poll::Ready(Err(lifetime_over()));
+        }
+        match &mut this.io {
             Io::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             Io::Unix(s) => Pin::new(s).poll_write(cx, buf),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
@@ -293,7 +332,11 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match &mut self.get_mut().io {
+        let this = self.get_mut();
+        if this.past_lifetime(cx) {
+            return Poll::Ready(Err(lifetime_over()));
+        }
+        match &mut this.io {
             Io::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Io::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
@@ -323,6 +366,13 @@ impl AsyncWrite for Conn {
             Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
+}
+
+fn lifetime_over() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        "the connection outlived max_connection_age and its grace",
+    )
 }
 
 /// A tower layer that tells each connection's idle timer when calls start and end (a call ends

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use abuse_support::*;
 
+use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
@@ -575,4 +576,106 @@ async fn a_thousand_health_watches_stay_open_and_cheap() {
     );
     server.assert_served().await;
     server.assert_memory_bounded(baseline, 48, "1000 Watch streams");
+}
+
+/// 9. With `CHECKPOINT_GRPC_MAX_CONNECTION_AGE=1s` and `_GRACE=1s`: a connection gets GOAWAY
+/// after about a second (new streams refused), a Check in flight then is still answered and the
+/// connection closes when it is done; a call still in flight when the grace ends is cut off with
+/// its connection; a tonic channel reconnects on its own and keeps working throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aged_connections_go_away_gracefully() {
+    let server = Checkpoint::start(&[
+        ("CHECKPOINT_GRPC_MAX_CONNECTION_AGE", "1s"),
+        ("CHECKPOINT_GRPC_MAX_CONNECTION_AGE_GRACE", "1s"),
+    ])
+    .await;
+    let started = Instant::now();
+    let (send, connection) = h2_connect(server.grpc, &h2::client::Builder::new()).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut ready = send.clone().ready().await.expect("ready");
+    let (in_flight, mut body) = ready
+        .send_request(grpc_head(CHECK_PATH), false)
+        .expect("send");
+    // The whole message but not the end of the stream: the call stays in flight.
+    body.send_data(public_check_message(), false).expect("data");
+    let goaway = loop {
+        match probe(&send).await {
+            Ok(status) if status == "0" && started.elapsed() < Duration::from_secs(2) => {}
+            other => break (started.elapsed(), other),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    eprintln!("new streams refused after {:?}: {:?}", goaway.0, goaway.1);
+    assert!(goaway.1.is_err(), "refused, not answered: {goaway:?}");
+    assert!(
+        goaway.0 > Duration::from_millis(900) && goaway.0 < Duration::from_millis(1500),
+        "GOAWAY at the connection's age: {goaway:?}"
+    );
+    body.send_data(Bytes::new(), true).expect("end of stream");
+    let status = grpc_status(in_flight).await;
+    eprintln!(
+        "the Check in flight at GOAWAY: {status:?} at {:?}",
+        started.elapsed()
+    );
+    assert_eq!(status.as_deref(), Ok("0"), "answered within the grace");
+    let ended = tokio::time::timeout(Duration::from_secs(1), connection)
+        .await
+        .expect("the connection closes once its last call is done")
+        .expect("connection task");
+    let closed = started.elapsed();
+    eprintln!("connection closed at {closed:?}: {ended:?}");
+    assert!(
+        closed < Duration::from_secs(2),
+        "before the grace ends: {closed:?}"
+    );
+
+    // A call never finished is cut off with its connection when the grace ends, while a tonic
+    // channel goes on through several connection ages.
+    let cut_off = async {
+        let started = Instant::now();
+        let (mut send, connection) = h2_connect(server.grpc, &h2::client::Builder::new()).await;
+        let (response, _body) = stalled_sender(&mut send, 100, 50);
+        let ended = tokio::time::timeout(Duration::from_secs(4), connection).await;
+        let status = grpc_status(response).await;
+        (started.elapsed(), ended, status)
+    };
+    let channel = server.channel().await;
+    // tonic's client can lose a call it hands to a connection that has just received GOAWAY
+    // (CANCELLED, "connection closed"; it does not retry it on the new connection): allowed, at
+    // most once per connection age, as long as the very next call is served.
+    let keeps_working = async {
+        let started = Instant::now();
+        let (mut rounds, mut lost, mut just_lost) = (0, Vec::new(), false);
+        while started.elapsed() < Duration::from_millis(3500) {
+            match good_checks(channel.clone()).await {
+                Ok(()) => just_lost = false,
+                Err(why) if why.contains("connection closed") && !just_lost => {
+                    lost.push(started.elapsed());
+                    just_lost = true;
+                }
+                Err(why) => {
+                    return Err(format!("round {rounds} at {:?}: {why}", started.elapsed()));
+                }
+            }
+            rounds += 1;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok((rounds, lost))
+    };
+    let ((after, ended, status), rounds) = tokio::join!(cut_off, keeps_working);
+    eprintln!(
+        "a call never finished: connection ended {ended:?} after {after:?}, the call: {status:?}"
+    );
+    assert!(ended.is_ok(), "the connection ends");
+    assert!(status.is_err(), "the call is cut off: {status:?}");
+    assert!(
+        after > Duration::from_millis(1800) && after < Duration::from_millis(2600),
+        "at age + grace: {after:?}"
+    );
+    let (rounds, lost) = rounds.unwrap_or_else(|why| server.fail(&why));
+    eprintln!("one tonic channel over 3.5s: {rounds} rounds of Checks, lost at GOAWAY: {lost:?}");
+    assert!(
+        lost.len() <= 4,
+        "at most one lost call per connection age: {lost:?}"
+    );
 }
