@@ -119,6 +119,11 @@ pub enum RunError {
 /// How often the identity cache's counters are logged.
 const CACHE_STATS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// Reflection calls in flight at most, over every connection: reflection serves tools (grpcurl,
+/// a client's first look at the API), never the Check path, and each call can hold two answers of
+/// up to 43 KB for as long as its client does not read them.
+const MAX_REFLECTION_CALLS: usize = 32;
+
 /// The gRPC service name whose health is reported, besides the overall `""`.
 const AUTHORIZATION_SERVICE: &str = envoy::SERVICE_NAME;
 
@@ -190,8 +195,12 @@ pub async fn run(
             .register_encoded_file_descriptor_set(envoy::DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
-    let reflection_v1 = reflection().build_v1()?;
-    let reflection_v1alpha = reflection().build_v1alpha()?;
+    // Security: a reflection answer is up to 43 KB, and one a client does not read stays in
+    // memory for as long as it keeps the stream open; bounded over every connection.
+    let reflection_slots = Arc::new(tokio::sync::Semaphore::new(MAX_REFLECTION_CALLS));
+    let reflection_v1 = transport::Capped::new(reflection().build_v1()?, reflection_slots.clone());
+    let reflection_v1alpha =
+        transport::Capped::new(reflection().build_v1alpha()?, reflection_slots);
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {

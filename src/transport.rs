@@ -448,13 +448,14 @@ impl Drop for CallGuard {
     }
 }
 
-/// A response body that holds its call's [`CallGuard`] until it is done or dropped.
-struct GuardedBody {
+/// A response body that holds something of its call's (a [`CallGuard`], a [`Capped`] slot)
+/// until it is dropped.
+struct GuardedBody<G> {
     inner: tonic::body::Body,
-    _guard: CallGuard,
+    _guard: G,
 }
 
-impl http_body::Body for GuardedBody {
+impl<G: Unpin> http_body::Body for GuardedBody<G> {
     type Data = bytes::Bytes;
     type Error = tonic::Status;
 
@@ -471,6 +472,60 @@ impl http_body::Body for GuardedBody {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// A gRPC service with a bound on its calls in flight, over every connection and every service
+/// that shares its [`Semaphore`]: past it a call gets RESOURCE_EXHAUSTED at once. A call holds its
+/// slot until its response body is dropped (a stream whose answers a client does not read holds
+/// it for as long as the client keeps the stream open).
+#[derive(Debug, Clone)]
+pub struct Capped<S> {
+    inner: S,
+    slots: Arc<Semaphore>,
+}
+
+impl<S> Capped<S> {
+    pub fn new(inner: S, slots: Arc<Semaphore>) -> Capped<S> {
+        Capped { inner, slots }
+    }
+}
+
+impl<S: tonic::server::NamedService> tonic::server::NamedService for Capped<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S> tower::Service<HttpRequest> for Capped<S>
+where
+    S: tower::Service<HttpRequest, Response = HttpResponse>,
+    S::Future: Send + 'static,
+{
+    type Response = HttpResponse;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<HttpResponse, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: HttpRequest) -> Self::Future {
+        let Ok(slot) = self.slots.clone().try_acquire_owned() else {
+            let status = tonic::Status::resource_exhausted(format!(
+                "{} has too many calls in flight; try again",
+                request.uri().path()
+            ));
+            return Box::pin(async move { Ok(status.into_http()) });
+        };
+        let future = self.inner.call(request);
+        Box::pin(async move {
+            let response = future.await?;
+            Ok(response.map(|body| {
+                tonic::body::Body::new(GuardedBody {
+                    inner: body,
+                    _guard: slot,
+                })
+            }))
+        })
     }
 }
 

@@ -108,6 +108,48 @@ async fn idle_connections_are_closed_and_their_slots_reused() {
     eprintln!("slots reused: served after {after:?}");
 }
 
+/// 2. Clients with a zero receive window that never read: one connection's 256 Checks stay stuck
+/// (a 257th call waits for a stream slot), memory grows by a few MiB; seven more connections of
+/// 256 calls, three in four of them reflection calls asking twice for the largest answer, keep
+/// the server under 64 MiB over its baseline, because reflection calls in flight are bounded
+/// (32) over every connection and the rest are refused at once. Others are served throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_that_never_read_hold_bounded_memory() {
+    let mut server = Checkpoint::start(&[]).await;
+    let baseline = server.baseline().await;
+
+    let checks = never_reading(&server, 256, 1).await;
+    assert_eq!(checks.stuck, (256, 0));
+    assert_eq!(
+        checks.send.current_max_send_streams(),
+        256,
+        "the server's stream limit"
+    );
+    let (mut more, _body) = checks
+        .send
+        .clone()
+        .send_request(grpc_head(CHECK_PATH), true)
+        .expect("queued");
+    let answered = refused_with(&mut more, Duration::from_millis(500)).await;
+    assert_eq!(answered, None, "256 streams open: a 257th waits for a slot");
+    server.assert_memory_bounded(baseline, 24, "1 never-reading connection, 256 Checks");
+    server.assert_served().await;
+
+    let mut held = vec![checks];
+    for _ in 0..7 {
+        held.push(never_reading(&server, 256, 4).await);
+    }
+    let stuck_reflection: usize = held.iter().map(|c| c.stuck.1).sum();
+    let stuck_checks: usize = held.iter().map(|c| c.stuck.0).sum();
+    let refused: usize = held.iter().map(|c| c.refused).sum();
+    eprintln!(
+        "8 never-reading connections: {stuck_checks} Checks and {stuck_reflection} reflection calls stuck, {refused} reflection calls refused"
+    );
+    assert!(stuck_reflection <= 32, "{stuck_reflection}");
+    server.assert_memory_bounded(baseline, 64, "8 never-reading connections of 256 calls");
+    server.assert_served().await;
+}
+
 /// 3. Slow senders are held to `CHECKPOINT_GRPC_MAX_REQUEST_BYTES_IN_FLIGHT` (8 MiB here): a
 /// call takes the message it announces from the budget as its length prefix arrives, so two
 /// 3 MiB messages stalled after 1 MiB hold 6 MiB and every other large one is refused with
