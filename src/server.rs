@@ -118,6 +118,11 @@ pub enum RunError {
 /// How often the identity cache's counters are logged.
 const CACHE_STATS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// Reflection calls in flight at most, over every connection: reflection serves tools (grpcurl,
+/// a client's first look at the API), never the Check path, and each call can hold two answers of
+/// up to 43 KB for as long as its client does not read them.
+const MAX_REFLECTION_CALLS: usize = 32;
+
 /// The gRPC service name whose health is reported, besides the overall `""`.
 const AUTHORIZATION_SERVICE: &str = envoy::SERVICE_NAME;
 
@@ -212,8 +217,12 @@ pub async fn run(
             .register_encoded_file_descriptor_set(envoy::DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
-    let reflection_v1 = reflection().build_v1()?;
-    let reflection_v1alpha = reflection().build_v1alpha()?;
+    // Security: a reflection answer is up to 43 KB, and one a client does not read stays in
+    // memory for as long as it keeps the stream open; bounded over every connection.
+    let reflection_slots = Arc::new(tokio::sync::Semaphore::new(MAX_REFLECTION_CALLS));
+    let reflection_v1 = transport::Capped::new(reflection().build_v1()?, reflection_slots.clone());
+    let reflection_v1alpha =
+        transport::Capped::new(reflection().build_v1alpha()?, reflection_slots);
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -237,6 +246,9 @@ pub async fn run(
         transport::Limits {
             max_connections: grpc.max_connections,
             idle_timeout: grpc.idle_timeout,
+            max_lifetime: grpc
+                .max_connection_age
+                .map(|age| age.saturating_add(grpc.max_connection_age_grace)),
             tcp_nodelay: grpc.tcp_nodelay,
             tcp_keepalive: grpc.tcp_keepalive,
             handshake_timeout: grpc.tls_handshake_timeout,
@@ -255,8 +267,11 @@ pub async fn run(
         .http2_keepalive_interval(grpc.keepalive_interval)
         .http2_keepalive_timeout(Some(grpc.keepalive_timeout))
         // A client that resets streams faster than it opens them (rapid reset) is closed.
-        .http2_max_pending_accept_reset_streams(Some(grpc.max_concurrent_streams as usize))
-        .max_connection_age_grace(grpc.max_connection_age_grace);
+        .http2_max_pending_accept_reset_streams(Some(grpc.max_concurrent_streams as usize));
+    // tonic sends GOAWAY at max_connection_age; the transport closes what is still open after
+    // the grace (`Limits::max_lifetime`). Not tonic's own max_connection_age_grace: with it,
+    // tonic 0.14 sends no GOAWAY at all and only closes the connection, calls in flight or not,
+    // at age + grace.
     if let Some(age) = grpc.max_connection_age {
         builder = builder.max_connection_age(age);
     }
@@ -267,6 +282,7 @@ pub async fn run(
         .layer(transport::ActivityLayer)
         .layer(transport::RequestBudgetLayer::new(
             grpc.max_request_bytes_in_flight,
+            grpc.max_message_size,
         ))
         .add_service(health_service)
         .add_service(reflection_v1)

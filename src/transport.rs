@@ -6,6 +6,8 @@
 //!   retries elsewhere rather than waiting in the backlog), counted and logged;
 //! - an idle timeout: a connection with no call in flight for that long is closed (hyper's
 //!   HTTP/2 server has none, and keepalive pings keep idle peers alive forever);
+//! - the end of `max_connection_age`'s grace: a connection tonic sent GOAWAY on that is still
+//!   open then is closed;
 //! - TLS with rustls, with a bounded handshake and certificates reloaded from their files
 //!   ([`tls`]);
 //! - `TCP_NODELAY` and TCP keepalive on accepted sockets (tonic applies its own only to sockets
@@ -34,6 +36,9 @@ pub struct Limits {
     pub max_connections: usize,
     /// `None`: connections are never closed for being idle.
     pub idle_timeout: Option<Duration>,
+    /// A connection still open this long after it was accepted is closed, calls in flight or
+    /// not: `max_connection_age` (when tonic sends GOAWAY) plus its grace. `None`: never.
+    pub max_lifetime: Option<Duration>,
     pub tcp_nodelay: bool,
     pub tcp_keepalive: Option<Duration>,
     /// Bound of a TLS handshake, from accept to the first byte of HTTP/2.
@@ -54,6 +59,8 @@ pub struct Counters {
     pub refused: AtomicU64,
     /// Closed after `idle_timeout` without a call.
     pub idle_closed: AtomicU64,
+    /// Closed at the end of their `max_lifetime`.
+    pub lifetime_closed: AtomicU64,
     /// TLS handshakes that failed or timed out.
     pub handshake_failed: AtomicU64,
     pub open: AtomicUsize,
@@ -205,6 +212,9 @@ pub struct Conn {
     io: Io,
     state: Arc<ConnState>,
     idle: Option<(Duration, Pin<Box<Sleep>>)>,
+    /// The end of `max_lifetime`, and whether it has come.
+    deadline: Option<Pin<Box<Sleep>>>,
+    expired: bool,
     counters: Arc<Counters>,
     _slot: OwnedSemaphorePermit,
 }
@@ -224,6 +234,8 @@ impl Conn {
             idle: limits
                 .idle_timeout
                 .map(|t| (t, Box::pin(tokio::time::sleep(t)))),
+            deadline: limits.max_lifetime.map(|t| Box::pin(tokio::time::sleep(t))),
+            expired: false,
             counters,
             _slot: slot,
         }
@@ -243,6 +255,24 @@ impl Conn {
             }
         }
         false
+    }
+
+    /// Whether `max_lifetime` is over (and, if not, the task is woken when it will be).
+    fn past_lifetime(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.expired {
+            return true;
+        }
+        let Some(deadline) = &mut self.deadline else {
+            return false;
+        };
+        if deadline.as_mut().poll(cx).is_pending() {
+            return false;
+        }
+        self.expired = true;
+        self.counters
+            .lifetime_closed
+            .fetch_add(1, Ordering::Relaxed);
+        true
     }
 }
 
@@ -272,6 +302,10 @@ impl AsyncRead for Conn {
             // End of stream: hyper closes the connection; it had no call in flight.
             return Poll::Ready(Ok(()));
         }
+        if this.past_lifetime(cx) {
+            // End of stream: hyper closes the connection and drops the calls still in it.
+            return Poll::Ready(Ok(()));
+        }
         match &mut this.io {
             Io::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             Io::Unix(s) => Pin::new(s).poll_read(cx, buf),
@@ -286,7 +320,12 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match &mut self.get_mut().io {
+        let this = self.get_mut();
+        // Also here: a peer that does not read keeps hyper writing, not reading.
+        if this.past_lifetime(cx) {
+            return Poll::Ready(Err(lifetime_over()));
+        }
+        match &mut this.io {
             Io::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             Io::Unix(s) => Pin::new(s).poll_write(cx, buf),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
@@ -298,7 +337,11 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match &mut self.get_mut().io {
+        let this = self.get_mut();
+        if this.past_lifetime(cx) {
+            return Poll::Ready(Err(lifetime_over()));
+        }
+        match &mut this.io {
             Io::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Io::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
@@ -328,6 +371,13 @@ impl AsyncWrite for Conn {
             Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
+}
+
+fn lifetime_over() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        "the connection outlived max_connection_age and its grace",
+    )
 }
 
 /// A tower layer that tells each connection's idle timer when calls start and end (a call ends
@@ -403,13 +453,14 @@ impl Drop for CallGuard {
     }
 }
 
-/// A response body that holds its call's [`CallGuard`] until it is done or dropped.
-struct GuardedBody {
+/// A response body that holds something of its call's (a [`CallGuard`], a [`Capped`] slot)
+/// until it is dropped.
+struct GuardedBody<G> {
     inner: tonic::body::Body,
-    _guard: CallGuard,
+    _guard: G,
 }
 
-impl http_body::Body for GuardedBody {
+impl<G: Unpin> http_body::Body for GuardedBody<G> {
     type Data = bytes::Bytes;
     type Error = tonic::Status;
 
@@ -429,22 +480,84 @@ impl http_body::Body for GuardedBody {
     }
 }
 
-/// A tower layer that bounds the request bytes held at once over every connection: each call's
-/// request body takes its bytes from one budget as they arrive and gives them back when the body
-/// is dropped (for a unary call, once its message is decoded). A call that finds the budget spent
-/// fails with RESOURCE_EXHAUSTED. With `max_concurrent_streams` and the message size limit this
-/// is what bounds the memory a client can make the server hold by sending slowly.
+/// A gRPC service with a bound on its calls in flight, over every connection and every service
+/// that shares its [`Semaphore`]: past it a call gets RESOURCE_EXHAUSTED at once. A call holds its
+/// slot until its response body is dropped (a stream whose answers a client does not read holds
+/// it for as long as the client keeps the stream open).
+#[derive(Debug, Clone)]
+pub struct Capped<S> {
+    inner: S,
+    slots: Arc<Semaphore>,
+}
+
+impl<S> Capped<S> {
+    pub fn new(inner: S, slots: Arc<Semaphore>) -> Capped<S> {
+        Capped { inner, slots }
+    }
+}
+
+impl<S: tonic::server::NamedService> tonic::server::NamedService for Capped<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S> tower::Service<HttpRequest> for Capped<S>
+where
+    S: tower::Service<HttpRequest, Response = HttpResponse>,
+    S::Future: Send + 'static,
+{
+    type Response = HttpResponse;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<HttpResponse, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: HttpRequest) -> Self::Future {
+        let Ok(slot) = self.slots.clone().try_acquire_owned() else {
+            let status = tonic::Status::resource_exhausted(format!(
+                "{} has too many calls in flight; try again",
+                request.uri().path()
+            ));
+            return Box::pin(async move { Ok(status.into_http()) });
+        };
+        let future = self.inner.call(request);
+        Box::pin(async move {
+            let response = future.await?;
+            Ok(response.map(|body| {
+                tonic::body::Body::new(GuardedBody {
+                    inner: body,
+                    _guard: slot,
+                })
+            }))
+        })
+    }
+}
+
+/// A tower layer that bounds the request bytes held at once over every connection.
+///
+/// tonic reserves a message's whole buffer as soon as its 5-byte length prefix arrives, and
+/// keeps a call's buffer (reused for each next message) until the call's request body is
+/// dropped. So a call takes from one budget, before tonic sees the bytes, the most its buffer
+/// will hold: the largest message it has announced (prefix included), or what it sent of an
+/// unfinished one; and it gives that back when its body is dropped (for a unary call, once its
+/// message is decoded). A message longer than `max_message_size`, or one the budget cannot hold,
+/// fails the call with RESOURCE_EXHAUSTED before tonic reserves anything. With
+/// `max_concurrent_streams` this is what bounds the memory a client can make the server hold by
+/// announcing large messages or sending them slowly.
 #[derive(Debug, Clone)]
 pub struct RequestBudgetLayer {
     budget: Arc<Budget>,
+    max_message_size: usize,
 }
 
 impl RequestBudgetLayer {
-    pub fn new(bytes: usize) -> RequestBudgetLayer {
+    pub fn new(bytes: usize, max_message_size: usize) -> RequestBudgetLayer {
         RequestBudgetLayer {
             budget: Arc::new(Budget {
                 left: AtomicUsize::new(bytes),
             }),
+            max_message_size,
         }
     }
 }
@@ -475,6 +588,7 @@ impl<S> tower::Layer<S> for RequestBudgetLayer {
         RequestBudget {
             inner,
             budget: self.budget.clone(),
+            max_message_size: self.max_message_size,
         }
     }
 }
@@ -483,6 +597,7 @@ impl<S> tower::Layer<S> for RequestBudgetLayer {
 pub struct RequestBudget<S> {
     inner: S,
     budget: Arc<Budget>,
+    max_message_size: usize,
 }
 
 impl<S> tower::Service<HttpRequest> for RequestBudget<S>
@@ -499,11 +614,14 @@ where
 
     fn call(&mut self, request: HttpRequest) -> S::Future {
         let budget = self.budget.clone();
+        let max_message_size = self.max_message_size;
         self.inner.call(request.map(|body| {
             tonic::body::Body::new(BudgetedBody {
                 inner: body,
                 budget,
                 held: 0,
+                framing: Framing::default(),
+                max_message_size,
             })
         }))
     }
@@ -513,7 +631,10 @@ where
 struct BudgetedBody {
     inner: tonic::body::Body,
     budget: Arc<Budget>,
+    /// Taken from the budget: the most this call's buffer in tonic holds.
     held: usize,
+    framing: Framing,
+    max_message_size: usize,
 }
 
 impl http_body::Body for BudgetedBody {
@@ -529,13 +650,25 @@ impl http_body::Body for BudgetedBody {
         if let Poll::Ready(Some(Ok(frame))) = &frame
             && let Some(data) = frame.data_ref()
         {
-            let n = data.len();
-            if !this.budget.take(n) {
-                return Poll::Ready(Some(Err(tonic::Status::resource_exhausted(
-                    "the server is holding too many request bytes; try again",
-                ))));
+            // Security: counted before tonic sees the bytes, so before it reserves a buffer of
+            // the announced length.
+            match this.framing.need(data, this.max_message_size) {
+                Err(len) => {
+                    return Poll::Ready(Some(Err(tonic::Status::resource_exhausted(format!(
+                        "a request message of {len} bytes is more than the limit of {}",
+                        this.max_message_size
+                    )))));
+                }
+                Ok(need) if need > this.held => {
+                    if !this.budget.take(need - this.held) {
+                        return Poll::Ready(Some(Err(tonic::Status::resource_exhausted(
+                            "the server is holding too many request bytes; try again",
+                        ))));
+                    }
+                    this.held = need;
+                }
+                Ok(_) => {}
             }
-            this.held += n;
         }
         frame
     }
@@ -552,6 +685,59 @@ impl http_body::Body for BudgetedBody {
 impl Drop for BudgetedBody {
     fn drop(&mut self) {
         self.budget.give_back(self.held);
+    }
+}
+
+/// Where a request body is in gRPC's framing: each message is a 5-byte prefix (compression flag,
+/// big-endian length) and that many bytes.
+#[derive(Debug, Default)]
+struct Framing {
+    /// The current message's prefix, as far as it has arrived.
+    prefix: [u8; 5],
+    prefix_len: usize,
+    /// Bytes of the current message, prefix included, received so far.
+    received: usize,
+    /// Bytes of the current message's body still to come.
+    body_left: usize,
+}
+
+impl Framing {
+    /// Walks `data` through the framing. `Ok`: the buffer tonic needs once `data` is added to it
+    /// (what it holds of the current message plus `data`, or a whole message a prefix in `data`
+    /// announces, whichever is larger); `Err`: the length a prefix announces over `max_message`.
+    fn need(&mut self, mut data: &[u8], max_message: usize) -> Result<usize, usize> {
+        let mut need = self.received + data.len();
+        while !data.is_empty() {
+            if self.body_left > 0 {
+                let n = self.body_left.min(data.len());
+                self.body_left -= n;
+                self.received += n;
+                data = &data[n..];
+                if self.body_left == 0 {
+                    self.received = 0;
+                }
+                continue;
+            }
+            let n = (self.prefix.len() - self.prefix_len).min(data.len());
+            self.prefix[self.prefix_len..self.prefix_len + n].copy_from_slice(&data[..n]);
+            self.prefix_len += n;
+            self.received += n;
+            data = &data[n..];
+            if self.prefix_len == self.prefix.len() {
+                let [_, a, b, c, d] = self.prefix;
+                let len = u32::from_be_bytes([a, b, c, d]) as usize;
+                if len > max_message {
+                    return Err(len);
+                }
+                need = need.max(self.prefix.len() + len);
+                self.prefix_len = 0;
+                self.body_left = len;
+                if len == 0 {
+                    self.received = 0;
+                }
+            }
+        }
+        Ok(need)
     }
 }
 
@@ -661,5 +847,56 @@ impl http_body::Body for OneChunk {
 
     fn is_end_stream(&self) -> bool {
         self.0.is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(len: usize) -> Vec<u8> {
+        let mut framed = vec![0];
+        framed.extend_from_slice(&(len as u32).to_be_bytes());
+        framed.resize(5 + len, 7);
+        framed
+    }
+
+    #[test]
+    fn a_prefix_takes_its_whole_message_at_once() {
+        let mut framing = Framing::default();
+        let framed = message(1000);
+        assert_eq!(framing.need(&framed[..5], 4096), Ok(1005));
+        assert_eq!(framing.need(&framed[5..600], 4096), Ok(600));
+        assert_eq!(framing.need(&framed[600..], 4096), Ok(1005));
+    }
+
+    #[test]
+    fn a_prefix_split_over_chunks_is_read_whole() {
+        let mut framing = Framing::default();
+        let framed = message(3000);
+        assert_eq!(framing.need(&framed[..2], 4096), Ok(2));
+        assert_eq!(framing.need(&framed[2..4], 4096), Ok(4));
+        assert_eq!(framing.need(&framed[4..6], 4096), Ok(3005));
+    }
+
+    #[test]
+    fn messages_one_after_another_need_the_largest_not_the_sum() {
+        let mut framing = Framing::default();
+        for len in [100, 2000, 0, 50] {
+            assert_eq!(framing.need(&message(len), 4096), Ok(5 + len));
+        }
+        let mut two = message(10);
+        two.extend(message(20));
+        assert_eq!(framing.need(&two, 4096), Ok(40));
+    }
+
+    #[test]
+    fn a_message_over_the_limit_is_refused_by_its_prefix() {
+        let mut framing = Framing::default();
+        assert_eq!(framing.need(&message(4097)[..5], 4096), Err(4097));
+        let mut framing = Framing::default();
+        let mut two = message(10);
+        two.extend(&message(5000)[..5]);
+        assert_eq!(framing.need(&two, 4096), Err(5000));
     }
 }
