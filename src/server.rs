@@ -280,6 +280,7 @@ pub async fn run(
             grpc.max_header_list_size as usize,
         ))
         .layer(transport::ActivityLayer)
+        .layer(transport::CapLayer::new(grpc.max_calls_in_flight))
         .layer(transport::RequestBudgetLayer::new(
             grpc.max_request_bytes_in_flight,
             grpc.max_message_size,

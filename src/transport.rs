@@ -496,6 +496,28 @@ impl<S> Capped<S> {
     }
 }
 
+/// [`Capped`] as a tower layer, for a bound over every service of the port.
+#[derive(Debug, Clone)]
+pub struct CapLayer {
+    slots: Arc<Semaphore>,
+}
+
+impl CapLayer {
+    pub fn new(calls: usize) -> CapLayer {
+        CapLayer {
+            slots: Arc::new(Semaphore::new(calls)),
+        }
+    }
+}
+
+impl<S> tower::Layer<S> for CapLayer {
+    type Service = Capped<S>;
+
+    fn layer(&self, inner: S) -> Capped<S> {
+        Capped::new(inner, self.slots.clone())
+    }
+}
+
 impl<S: tonic::server::NamedService> tonic::server::NamedService for Capped<S> {
     const NAME: &'static str = S::NAME;
 }

@@ -721,3 +721,57 @@ async fn aged_connections_go_away_gracefully() {
         "at most one lost call per connection age: {lost:?}"
     );
 }
+
+/// 10. `CHECKPOINT_GRPC_MAX_CALLS_IN_FLIGHT` bounds calls over every connection: with 64, a
+/// never-reading client's first 64 Checks are held (their answers cannot be sent), every further
+/// call on any connection gets RESOURCE_EXHAUSTED at once instead of piling up, and once that
+/// client goes, its slots are free and the good client is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_in_flight_are_bounded_over_every_connection() {
+    let mut server = Checkpoint::start(&[("CHECKPOINT_GRPC_MAX_CALLS_IN_FLIGHT", "64")]).await;
+    let baseline = server.baseline().await;
+    let mut builder = h2::client::Builder::new();
+    builder.initial_window_size(0);
+    let (send, connection) = h2_connect(server.grpc, &builder).await;
+    let mut held = Vec::new();
+    let (mut stuck, mut refused) = (0, 0);
+    for _ in 0..100 {
+        let mut ready = tokio::time::timeout(PATIENCE, send.clone().ready())
+            .await
+            .expect("a stream slot")
+            .expect("ready");
+        let (mut response, mut body) = ready
+            .send_request(grpc_head(CHECK_PATH), false)
+            .expect("send");
+        let _ = body.send_data(public_check_message(), true);
+        match refused_with(&mut response, Duration::from_millis(500))
+            .await
+            .as_deref()
+        {
+            None | Some("none") => stuck += 1,
+            Some("8") => refused += 1,
+            other => panic!("unexpected answer {other:?}"),
+        }
+        held.push((response, body));
+    }
+    assert_eq!((stuck, refused), (64, 36), "64 held, the rest refused");
+    // Another connection is refused too: the bound is the server's, not the connection's.
+    let (other, _other_connection) = h2_connect(server.grpc, &h2::client::Builder::new()).await;
+    assert_eq!(probe(&other).await.as_deref(), Ok("8"));
+    server.assert_memory_bounded(baseline, 16, "64 calls held by a never-reading client");
+
+    drop(held);
+    drop(send);
+    connection.abort();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        match probe(&other).await.as_deref() {
+            Ok("0") => break,
+            answer if tokio::time::Instant::now() > deadline => {
+                panic!("slots never freed: {answer:?}")
+            }
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    server.assert_served().await;
+}

@@ -17,6 +17,8 @@ use super::sources::Span;
 
 pub const CHECKPOINT_GRPC_MAX_CONNECTIONS: &str = "CHECKPOINT_GRPC_MAX_CONNECTIONS";
 pub const DEFAULT_MAX_CONNECTIONS: u64 = 1024;
+pub const CHECKPOINT_GRPC_MAX_CALLS_IN_FLIGHT: &str = "CHECKPOINT_GRPC_MAX_CALLS_IN_FLIGHT";
+pub const DEFAULT_MAX_CALLS_IN_FLIGHT: u64 = 2048;
 pub const CHECKPOINT_GRPC_MAX_CONCURRENT_STREAMS: &str = "CHECKPOINT_GRPC_MAX_CONCURRENT_STREAMS";
 pub const DEFAULT_MAX_CONCURRENT_STREAMS: u64 = 256;
 pub const CHECKPOINT_GRPC_MAX_HEADER_LIST_SIZE: &str = "CHECKPOINT_GRPC_MAX_HEADER_LIST_SIZE";
@@ -49,6 +51,7 @@ pub const CHECKPOINT_GRPC_TLS_CLIENT_CA: &str = "CHECKPOINT_GRPC_TLS_CLIENT_CA";
 /// Every variable this module reads.
 pub const ALL: &[&str] = &[
     CHECKPOINT_GRPC_MAX_CONNECTIONS,
+    CHECKPOINT_GRPC_MAX_CALLS_IN_FLIGHT,
     CHECKPOINT_GRPC_MAX_CONCURRENT_STREAMS,
     CHECKPOINT_GRPC_MAX_HEADER_LIST_SIZE,
     CHECKPOINT_GRPC_MAX_MESSAGE_SIZE,
@@ -71,6 +74,9 @@ pub const ALL: &[&str] = &[
 pub struct GrpcSettings {
     /// Past this many open connections a new one is closed at once.
     pub max_connections: usize,
+    /// Calls in flight over every connection (a call holds its slot until its response is
+    /// sent or dropped); past it a call gets RESOURCE_EXHAUSTED at once.
+    pub max_calls_in_flight: usize,
     /// HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS per connection.
     pub max_concurrent_streams: u32,
     /// HTTP/2 SETTINGS_MAX_HEADER_LIST_SIZE: the gRPC call's own headers (the request's HTTP
@@ -110,6 +116,7 @@ impl Default for GrpcSettings {
             // The defaults are valid (a test holds them so); this arm is never taken.
             Err(_) => GrpcSettings {
                 max_connections: DEFAULT_MAX_CONNECTIONS as usize,
+                max_calls_in_flight: DEFAULT_MAX_CALLS_IN_FLIGHT as usize,
                 max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS as u32,
                 max_header_list_size: DEFAULT_MAX_HEADER_LIST_SIZE as u32,
                 max_message_size: DEFAULT_MAX_MESSAGE_SIZE as usize,
@@ -142,6 +149,8 @@ pub struct TlsSettings {
 pub struct ConnectionsSection {
     /// Open connections at most; past it a new connection is closed at once. Default 1024.
     pub max_connections: u64,
+    /// Calls in flight over every connection; past it RESOURCE_EXHAUSTED. Default 2048.
+    pub max_calls_in_flight: u64,
     /// HTTP/2 concurrent streams per connection. Default 256.
     pub max_concurrent_streams: u64,
     /// HTTP/2 header list size of a call, in bytes. Default 16384.
@@ -174,6 +183,7 @@ impl Default for ConnectionsSection {
     fn default() -> ConnectionsSection {
         ConnectionsSection {
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_calls_in_flight: DEFAULT_MAX_CALLS_IN_FLIGHT,
             max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
             max_header_list_size: DEFAULT_MAX_HEADER_LIST_SIZE,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
@@ -235,6 +245,12 @@ pub fn validate(
         value.clamp(min, max)
     };
     let max_connections = range("max_connections", connections.max_connections, 1, 1 << 20);
+    let max_calls_in_flight = range(
+        "max_calls_in_flight",
+        connections.max_calls_in_flight,
+        1,
+        1 << 20,
+    );
     let max_concurrent_streams = range(
         "max_concurrent_streams",
         connections.max_concurrent_streams,
@@ -307,6 +323,7 @@ pub fn validate(
     }
     Ok(GrpcSettings {
         max_connections: max_connections as usize,
+        max_calls_in_flight: max_calls_in_flight as usize,
         max_concurrent_streams: max_concurrent_streams as u32,
         max_header_list_size: max_header_list_size as u32,
         max_message_size: max_message_size as usize,
@@ -327,6 +344,7 @@ pub fn validate(
 fn variable(field: &str) -> &'static str {
     match field {
         "max_connections" => CHECKPOINT_GRPC_MAX_CONNECTIONS,
+        "max_calls_in_flight" => CHECKPOINT_GRPC_MAX_CALLS_IN_FLIGHT,
         "max_concurrent_streams" => CHECKPOINT_GRPC_MAX_CONCURRENT_STREAMS,
         "max_header_list_size" => CHECKPOINT_GRPC_MAX_HEADER_LIST_SIZE,
         "max_message_size" => CHECKPOINT_GRPC_MAX_MESSAGE_SIZE,
@@ -369,6 +387,10 @@ pub fn from_env(
     number(
         CHECKPOINT_GRPC_MAX_CONNECTIONS,
         &mut connections.max_connections,
+    );
+    number(
+        CHECKPOINT_GRPC_MAX_CALLS_IN_FLIGHT,
+        &mut connections.max_calls_in_flight,
     );
     number(
         CHECKPOINT_GRPC_MAX_CONCURRENT_STREAMS,
