@@ -77,9 +77,21 @@ start() { # name command...   (stdout -> .demo/logs/name.out, stderr -> .demo/lo
   say "started $name (pid $!)"
 }
 
-fail_with_log() { # name message
-  say "$2; last lines of $logs/$1.err:" >&2
-  tail -n 40 "$logs/$1.err" >&2 || true
+fail_with_log() { # name message   (prints the cause: checkpoint logs JSON lines, its fatal error included, on stdout)
+  local name="$1" file shown=0
+  say "$2" >&2
+  if grep -q '"level":"ERROR"' "$logs/$name.out" 2>/dev/null; then
+    say "errors $name logged:" >&2
+    grep '"level":"ERROR"' "$logs/$name.out" | tail -n 5 >&2
+  fi
+  for file in "$logs/$name.err" "$logs/$name.out"; do
+    if [ -s "$file" ]; then
+      say "last lines of $file:" >&2
+      tail -n 20 "$file" >&2
+      shown=1
+    fi
+  done
+  [ "$shown" -eq 1 ] || say "$name wrote nothing (to $logs/$name.out or $logs/$name.err)" >&2
   exit 1
 }
 

@@ -7,14 +7,26 @@
 #                                    serverAuth, 90 days (the platform's renewal period)
 #   DIR/client.crt, DIR/client.key   client certificate, SAN URI spiffe://checkpoint.test/ns/default/sa/client,
 #                                    clientAuth (Envoy passes it to checkpoint as source.principal/certificate)
+#   DIR/checkpoint.crt, .key         checkpoint's own server certificate for TLS on its gRPC port
+#                                    (CHECKPOINT_GRPC_TLS_CERT/KEY), SAN DNS:checkpoint, DNS:localhost, IP:127.0.0.1,
+#                                    serverAuth
+#   DIR/gateway.crt, .key            the client certificate Envoy presents to checkpoint (mutual TLS on the ext_authz
+#                                    cluster, envoy/checkpoint-cluster-mtls.yaml), SAN URI
+#                                    spiffe://checkpoint.test/ns/default/sa/gateway, clientAuth
 #   DIR/certs/<generation>/          the files of each issue; the SDS files point at the current generation
 #   DIR/sds/server_cert.yaml         SDS Secret "server_cert" (tls_certificate)       } the directory Envoy
 #   DIR/sds/validation_context.yaml  SDS Secret "validation_context" (client CA)      } watches (watched_directory)
+#   DIR/sds/checkpoint_client_cert.yaml  SDS Secret "checkpoint_client_cert" (gateway.crt/key) } read by
+#   DIR/sds/checkpoint_server_ca.yaml    SDS Secret "checkpoint_server_ca" (the CA of       } envoy/checkpoint-
+#                                        checkpoint.crt)                                    } cluster-mtls.yaml
 #
 # Running it again on the same DIR rotates: the CA stays, a new server and client certificate are issued into a
 # new generation folder, and each SDS file is replaced by an atomic rename (mv) into DIR/sds. That rename is the
 # event Envoy's watched_directory waits for, so a running Envoy serves the new certificate without a restart, and
 # it never sees a certificate without its key. Generations older than the previous one are deleted.
+# checkpoint reads DIR/checkpoint.crt and DIR/checkpoint.key, each replaced by its own rename: between the two it may
+# read a certificate with the other's key, which it refuses (logged), keeping the last good pair until its next
+# look 5 s later. A Kubernetes Secret volume swaps both files at once.
 # DIR must be an absolute or relative path; it is made absolute in the SDS files. Prints the files it wrote.
 set -euo pipefail
 
@@ -27,6 +39,7 @@ command -v openssl >/dev/null 2>&1 || { echo "make-certs: openssl not found (run
 mkdir -p "$1"
 dir="$(cd "$1" && pwd)"
 spiffe_id="spiffe://checkpoint.test/ns/default/sa/client"
+gateway_id="spiffe://checkpoint.test/ns/default/sa/gateway"
 umask 077 # keys are born private; certificates, SDS files and folders are opened up explicitly below
 
 tmp="$(mktemp -d "$dir/.tmp.XXXXXX")"
@@ -68,11 +81,15 @@ issue server "/O=checkpoint test/CN=localhost" \
   "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=DNS:localhost,IP:127.0.0.1\nauthorityKeyIdentifier=keyid\n"
 issue client "/O=checkpoint test/CN=client" \
   "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\nsubjectAltName=URI:$spiffe_id\nauthorityKeyIdentifier=keyid\n"
+issue checkpoint "/O=checkpoint test/CN=checkpoint" \
+  "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=DNS:checkpoint,DNS:localhost,IP:127.0.0.1\nauthorityKeyIdentifier=keyid\n"
+issue gateway "/O=checkpoint test/CN=gateway" \
+  "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\nsubjectAltName=URI:$gateway_id\nauthorityKeyIdentifier=keyid\n"
 cp "$dir/ca.crt" "$gdir/ca.crt"
 chmod 644 "$gdir/ca.crt"
 
 # Stable names for clients (curl --cacert/--cert, the tests): each replaced by one rename.
-for f in server.crt server.key client.crt client.key; do
+for f in server.crt server.key client.crt client.key checkpoint.crt checkpoint.key gateway.crt gateway.key; do
   cp -p "$gdir/$f" "$tmp/$f"
   mv -f "$tmp/$f" "$dir/$f"
 done
@@ -101,9 +118,33 @@ resources:
     trusted_ca:
       filename: "$gdir/ca.crt"
 YAML
-chmod 644 "$tmp/server_cert.yaml" "$tmp/validation_context.yaml"
-mv -f "$tmp/server_cert.yaml" "$dir/sds/server_cert.yaml"
-mv -f "$tmp/validation_context.yaml" "$dir/sds/validation_context.yaml"
+cat >"$tmp/checkpoint_client_cert.yaml" <<YAML
+# File-based SDS resource read by envoy/checkpoint-cluster-mtls.yaml (made by scripts/make-certs.sh; generation $gen).
+# The client certificate Envoy presents to checkpoint on the ext_authz cluster.
+resources:
+- "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret
+  name: checkpoint_client_cert
+  tls_certificate:
+    certificate_chain:
+      filename: "$gdir/gateway.crt"
+    private_key:
+      filename: "$gdir/gateway.key"
+YAML
+cat >"$tmp/checkpoint_server_ca.yaml" <<YAML
+# File-based SDS resource read by envoy/checkpoint-cluster-mtls.yaml (made by scripts/make-certs.sh; generation $gen).
+# The CA that checkpoint's server certificate must chain to.
+resources:
+- "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret
+  name: checkpoint_server_ca
+  validation_context:
+    trusted_ca:
+      filename: "$gdir/ca.crt"
+YAML
+chmod 644 "$tmp/server_cert.yaml" "$tmp/validation_context.yaml" "$tmp/checkpoint_client_cert.yaml" \
+  "$tmp/checkpoint_server_ca.yaml"
+for f in server_cert.yaml validation_context.yaml checkpoint_client_cert.yaml checkpoint_server_ca.yaml; do
+  mv -f "$tmp/$f" "$dir/sds/$f"
+done
 
 # ---- keep the current and the previous generation -----------------------------------------------
 mapfile -t gens < <(find "$dir/certs" -mindepth 1 -maxdepth 1 -type d -printf '%f\n' | sort)
@@ -115,4 +156,5 @@ fi
 
 echo "make-certs: generation $gen in $dir"
 echo "  ca.crt server.crt server.key client.crt client.key (client SAN $spiffe_id)"
-echo "  sds/server_cert.yaml sds/validation_context.yaml"
+echo "  checkpoint.crt checkpoint.key gateway.crt gateway.key (gateway SAN $gateway_id)"
+echo "  sds/server_cert.yaml sds/validation_context.yaml sds/checkpoint_client_cert.yaml sds/checkpoint_server_ca.yaml"

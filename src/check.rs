@@ -3,19 +3,21 @@
 //! Called by `service` for every `Authorization/Check`; `response` turns the outcome into Envoy's
 //! answer. Works on the project's own types only, so it is tested without protobufs.
 //!
-//! The one decision MIA.md leaves to us, an identity outage, is made here: when identity is
-//! unavailable, the request goes on as anonymous only if the rule would let an anonymous caller
-//! through anyway; otherwise the answer is "unavailable" (503), never an allow and never a 401.
+//! What to do in an identity outage, which Mia-Platform's documentation leaves open
+//! (docs/mia-compatibility.md), is decided here: when identity is unavailable, the request goes
+//! on as anonymous only if the rule would let an anonymous caller through anyway; otherwise the
+//! answer is "unavailable" (503), never an allow and never a 401.
 
 use std::sync::Arc;
 
 use tokio::time::Instant;
 
-use crate::config::{RequestHeaders, RuleSet};
+use crate::config::RequestHeaders;
 use crate::identity::{Context, Failure, Lookup, Resolution, Resolver, User};
 use crate::policy::{self, Facts, Verdict};
 use crate::request::{Request, is_truthy_flag};
 use crate::route::MethodKey;
+use crate::rules::RuleSet;
 
 /// How a Check ended.
 #[derive(Debug, Clone, PartialEq, Eq)]

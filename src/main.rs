@@ -7,53 +7,58 @@ use std::collections::HashMap;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use checkpoint::config::{Config, ConfigErrors};
-use checkpoint::{App, GrpcListener, Listeners, run, telemetry};
+use checkpoint::Config;
+use checkpoint::config::ConfigErrors;
+use checkpoint::{App, GrpcListener, Listeners, cli, run, telemetry};
 
 /// mimalloc instead of the system allocator: a Check allocates and frees a few dozen small
-/// blocks (h2 frames, tonic's buffers, the request view, the answer), and glibc's malloc spent
-/// 12% of checkpoint's instructions on them (bench/RESULTS.md, third round).
+/// blocks (h2 frames, tonic's buffers, the request view, the answer), which glibc's malloc
+/// serves measurably slower (bench/RESULTS.md, third round).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const USAGE: &str =
-    "usage: checkpoint [serve | check-config | allowed-headers | schema | --help | --version]
-
-  serve            serve Envoy's Authorization/Check (the default)
-  check-config     load and validate the configuration and the rules, print a summary
-  allowed-headers  print, for Envoy's ext_authz `allowed_headers`, the request headers this
-                   configuration reads (Envoy then sends no others on the Check call)
-  schema           print the JSON Schema of the native configuration file (CHECKPOINT_CONFIG)
-
-Configuration comes from CHECKPOINT_CONFIG (a YAML or JSON file) or from Mia-Platform's
-environment variables; see README.md for the reference.";
-
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let command = args.first().map(String::as_str).unwrap_or("serve");
-    if args.len() > 1 {
-        eprintln!("{USAGE}");
-        return ExitCode::from(2);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    match args.as_slice() {
+        [] | ["serve"] => serve(),
+        ["check-config"] => check_config(),
+        ["allowed-headers"] => allowed_headers(),
+        ["schema"] => emit(&checkpoint::config::file::schema()),
+        ["-h" | "--help" | "help"] => emit(cli::USAGE),
+        ["-V" | "--version"] => emit(&format!("checkpoint {}\n", env!("CARGO_PKG_VERSION"))),
+        ["help", command] | [command, "-h" | "--help"] => {
+            match cli::COMMANDS.iter().find(|(name, _)| name == command) {
+                Some((name, text)) => emit(&format!(
+                    "usage: checkpoint {name}\n\n{text}\n\n{}\n",
+                    cli::CONFIGURATION
+                )),
+                None => usage_error(&format!("unknown command \"{command}\"")),
+            }
+        }
+        [command, extra, ..] if cli::COMMANDS.iter().any(|(name, _)| name == command) => {
+            usage_error(&format!("unexpected argument \"{extra}\" after {command}"))
+        }
+        [other, ..] => usage_error(&format!("unknown command \"{other}\"")),
     }
-    match command {
-        "serve" => serve(),
-        "check-config" => check_config(),
-        "allowed-headers" => allowed_headers(),
-        "schema" => {
-            print!("{}", checkpoint::config::file::schema());
-            ExitCode::SUCCESS
-        }
-        "-h" | "--help" | "help" => {
-            println!("{USAGE}");
-            ExitCode::SUCCESS
-        }
-        "-V" | "--version" => {
-            println!("checkpoint {}", env!("CARGO_PKG_VERSION"));
-            ExitCode::SUCCESS
-        }
-        other => {
-            eprintln!("checkpoint: unknown command \"{other}\"\n\n{USAGE}");
-            ExitCode::from(2)
+}
+
+fn usage_error(message: &str) -> ExitCode {
+    eprintln!("checkpoint: {message}\n\n{}", cli::USAGE);
+    ExitCode::from(2)
+}
+
+/// Writes `text` to stdout. A reader that stopped early (`checkpoint schema | head -1`) is not
+/// an error: the rest of the output is simply not wanted.
+fn emit(text: &str) -> ExitCode {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("checkpoint: cannot write the output: {e}");
+            ExitCode::FAILURE
         }
     }
 }
@@ -63,14 +68,6 @@ fn environment() -> HashMap<String, String> {
     std::env::vars_os()
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
         .collect()
-}
-
-fn load_from(env: &HashMap<String, String>) -> Result<Config, ConfigErrors> {
-    let config = Config::load(env)?;
-    telemetry::filter(&config.settings.log_level).map_err(|e| ConfigErrors {
-        problems: vec![format!("LOG_LEVEL: {e}")],
-    })?;
-    Ok(config)
 }
 
 fn report(errors: &ConfigErrors) {
@@ -118,7 +115,7 @@ fn runtime(
 /// sources (they may start background refreshes): everything that can be wrong before a port
 /// is bound.
 fn prepare(env: &HashMap<String, String>, purpose: Purpose) -> Result<Prepared, ExitCode> {
-    let config = load_from(env).map_err(|errors| {
+    let config = Config::load(env).map_err(|errors| {
         report(&errors);
         ExitCode::FAILURE
     })?;
@@ -165,15 +162,7 @@ fn allowed_headers() -> ExitCode {
     match prepare(&env, Purpose::Inspect) {
         Ok(Prepared { runtime, app, .. }) => {
             let _guard = runtime.enter();
-            let patterns: Vec<String> = app
-                .checker
-                .headers_read()
-                .iter()
-                // A JSON string is a YAML double-quoted scalar: any name stays one value.
-                .map(|name| format!("{{ exact: {} }}", serde_json::Value::from(name.as_str())))
-                .collect();
-            println!("{{ patterns: [{}] }}", patterns.join(", "));
-            ExitCode::SUCCESS
+            emit(&checkpoint::cli::allowed_headers(&app))
         }
         Err(code) => code,
     }
@@ -190,57 +179,7 @@ fn check_config() -> ExitCode {
             ignored,
         }) => {
             let _guard = runtime.enter();
-            let s = &app.settings;
-            let rules = &app.checker.rules;
-            println!("configuration is valid");
-            println!("  from:            {origin}");
-            if !ignored.is_empty() {
-                println!(
-                    "  ignored:         {} (CHECKPOINT_CONFIG wins over environment variables)",
-                    ignored.join(", ")
-                );
-            }
-            println!("  rule file:       {}", rules.file.display());
-            println!("  rules:           {}", rules.table.len());
-            for (path, method, rule) in rules.table.iter() {
-                let backoffice = if rule.backoffice.is_some() {
-                    " (+backoffice)"
-                } else {
-                    ""
-                };
-                let sources = rule
-                    .identity
-                    .as_ref()
-                    .map(|names| format!(" (identity: {})", names.join(", ")))
-                    .unwrap_or_default();
-                println!(
-                    "    {method} {path}: {}{}{backoffice}{sources}",
-                    rule.authorization.expression.source(),
-                    if rule.authorization.public {
-                        " [public]"
-                    } else {
-                        ""
-                    },
-                );
-            }
-            let names: Vec<&str> = app.checker.identity.names().collect();
-            println!("  identity source: {}", names.join(", "));
-            println!("  strict mode:     {}", s.strict_mode);
-            println!("  grpc address:    {}", s.grpc_addr);
-            println!("  status address:  {}", s.http_addr);
-            println!(
-                "  workers:         {workers} ({})",
-                if workers == 1 {
-                    "single-threaded scheduler"
-                } else {
-                    "multi-threaded scheduler"
-                }
-            );
-            println!("  dynamic metadata: {}", s.dynamic_metadata);
-            let headers = app.checker.headers_read();
-            let names: Vec<&str> = headers.iter().map(String::as_str).collect();
-            println!("  request headers: {}", names.join(", "));
-            ExitCode::SUCCESS
+            emit(&checkpoint::cli::summary(&app, &origin, &ignored, workers))
         }
         Err(code) => code,
     }
@@ -284,6 +223,7 @@ fn serve() -> ExitCode {
 }
 
 async fn serve_async(app: App) -> anyhow::Result<()> {
+    let shutdown = termination();
     let grpc_addr = app.settings.grpc_addr.clone();
     let http_addr = app.settings.http_addr;
     let listeners = Listeners {
@@ -295,27 +235,42 @@ async fn serve_async(app: App) -> anyhow::Result<()> {
             .with_context(|| format!("binding the status address {http_addr}"))?,
     };
     tracing::info!(grpc = %grpc_addr, http = %http_addr, "listening");
-    run(app, listeners, termination()).await?;
+    run(app, listeners, shutdown).await?;
     telemetry::flush();
     Ok(())
 }
 
-/// Completes on SIGTERM or SIGINT.
-async fn termination() {
+/// Completes on SIGTERM or SIGINT. SIGHUP, which would otherwise end the process at once (no
+/// readiness flip, no drain), is ignored with a log line until reloading exists. The handlers
+/// are installed when this is called, not when the future is first polled.
+fn termination() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    match (
+    let handlers = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => tracing::info!(signal = "SIGTERM", "signal received"),
-                _ = int.recv() => tracing::info!(signal = "SIGINT", "signal received"),
-            }
-        }
-        _ => {
+        signal(SignalKind::hangup()),
+    );
+    async move {
+        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = handlers else {
             tracing::warn!("cannot install signal handlers; falling back to Ctrl-C");
             let _ = tokio::signal::ctrl_c().await;
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = term.recv() => {
+                    tracing::info!(signal = "SIGTERM", "signal received");
+                    return;
+                }
+                _ = int.recv() => {
+                    tracing::info!(signal = "SIGINT", "signal received");
+                    return;
+                }
+                _ = hup.recv() => tracing::warn!(
+                    signal = "SIGHUP",
+                    "signal received, ignored: reloading is not supported yet"
+                ),
+            }
         }
     }
 }

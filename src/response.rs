@@ -178,9 +178,8 @@ impl Responder {
     }
 
     /// Answers also carry `decision`, `reason` and `user_id` as dynamic metadata, which Envoy
-    /// stores under `envoy.filters.http.ext_authz`. Off by default: merging that Struct costs
-    /// Envoy about 14,000 instructions per request (callgrind, Envoy 1.40), about 6% of what
-    /// Envoy spends on a request with ext_authz.
+    /// stores under `envoy.filters.http.ext_authz`. Off by default: merging that Struct is the
+    /// most expensive part of Envoy's applying an answer (bench/RESULTS.md).
     pub fn with_dynamic_metadata(mut self, on: bool) -> Responder {
         self.dynamic_metadata = on;
         self

@@ -19,10 +19,11 @@ use tonic_health::ServingStatus;
 use std::collections::HashMap;
 
 use crate::check::Checker;
-use crate::config::{Config, ConfigErrors, ListenAddr, Settings};
+use crate::config::{ConfigErrors, ListenAddr, Settings};
 use crate::envoy::{self, CheckService};
 use crate::identity::Resolver;
 use crate::response::Responder;
+use crate::rules::Config;
 use crate::status::{self, Readiness};
 use crate::telemetry::Metrics;
 use crate::transport::{self, tls};
@@ -106,8 +107,6 @@ impl Drop for SocketFile {
 pub enum RunError {
     #[error("cannot build the reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
-    #[error("gRPC TLS: {0}")]
-    Tls(#[from] tls::TlsError),
     #[error("the gRPC server failed: {0}")]
     Grpc(#[from] tonic::transport::Error),
     #[error("the {0} server stopped on its own")]
@@ -123,6 +122,11 @@ pub enum RunError {
 /// How often the identity cache's counters are logged.
 const CACHE_STATS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// Reflection calls in flight at most, over every connection: reflection serves tools (grpcurl,
+/// a client's first look at the API), never the Check path, and each call can hold two answers of
+/// up to 43 KB for as long as its client does not read them.
+const MAX_REFLECTION_CALLS: usize = 32;
+
 /// The gRPC service name whose health is reported, besides the overall `""`.
 const AUTHORIZATION_SERVICE: &str = envoy::SERVICE_NAME;
 
@@ -130,16 +134,38 @@ const AUTHORIZATION_SERVICE: &str = envoy::SERVICE_NAME;
 pub struct App {
     pub settings: Settings,
     pub checker: Checker,
+    /// The gRPC port's TLS, its files already read and checked.
+    tls: Option<Arc<tls::Acceptor>>,
 }
 
 impl App {
-    /// Builds the identity sources and checks that every rule names only sources that exist.
-    /// Must run inside a tokio runtime. `env` provides secrets that sources read by name.
+    /// Builds the identity sources, checks that every rule names only sources that exist, and
+    /// reads the gRPC port's TLS files. Must run inside a tokio runtime. `env` provides secrets
+    /// that sources read by name.
     pub fn new(config: Config, env: &HashMap<String, String>) -> Result<App, ConfigErrors> {
-        let identity =
-            Resolver::build(&config.settings, env).map_err(|problems| ConfigErrors { problems })?;
-        let names: Vec<&str> = identity.names().collect();
         let mut problems = Vec::new();
+        let tls = match &config.settings.grpc.tls {
+            Some(files) => match tls::Acceptor::load(tls::TlsFiles {
+                cert: files.cert.clone(),
+                key: files.key.clone(),
+                client_ca: files.client_ca.clone(),
+            }) {
+                Ok(acceptor) => Some(Arc::new(acceptor)),
+                Err(e) => {
+                    problems.push(format!("gRPC TLS: {e}"));
+                    None
+                }
+            },
+            None => None,
+        };
+        let identity = match Resolver::build(&config.settings, env) {
+            Ok(identity) => identity,
+            Err(found) => {
+                problems.extend(found);
+                return Err(ConfigErrors::new(problems));
+            }
+        };
+        let names: Vec<&str> = identity.names().collect();
         for (path, method, rule) in config.rules.table.iter() {
             for wanted in rule.identity.iter().flatten() {
                 if !names.contains(&wanted.as_str()) {
@@ -152,7 +178,7 @@ impl App {
             }
         }
         if !problems.is_empty() {
-            return Err(ConfigErrors { problems });
+            return Err(ConfigErrors::new(problems));
         }
         Ok(App {
             checker: Checker {
@@ -161,6 +187,7 @@ impl App {
                 request_headers: config.settings.request_headers.clone(),
             },
             settings: config.settings,
+            tls,
         })
     }
 }
@@ -196,8 +223,12 @@ pub async fn run(
             .register_encoded_file_descriptor_set(envoy::DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
-    let reflection_v1 = reflection().build_v1()?;
-    let reflection_v1alpha = reflection().build_v1alpha()?;
+    // Security: a reflection answer is up to 43 KB, and one a client does not read stays in
+    // memory for as long as it keeps the stream open; bounded over every connection.
+    let reflection_slots = Arc::new(tokio::sync::Semaphore::new(MAX_REFLECTION_CALLS));
+    let reflection_v1 = transport::Capped::new(reflection().build_v1()?, reflection_slots.clone());
+    let reflection_v1alpha =
+        transport::Capped::new(reflection().build_v1alpha()?, reflection_slots);
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -205,17 +236,7 @@ pub async fn run(
     };
 
     let grpc = &settings.grpc;
-    let tls = match &grpc.tls {
-        Some(files) => {
-            let acceptor = Arc::new(tls::Acceptor::load(tls::TlsFiles {
-                cert: files.cert.clone(),
-                key: files.key.clone(),
-                client_ca: files.client_ca.clone(),
-            })?);
-            Some(acceptor)
-        }
-        None => None,
-    };
+    let tls = app.tls;
     let tls_watch = tls
         .as_ref()
         .map(|acceptor| acceptor.clone().watch(tls::RELOAD_INTERVAL));
@@ -231,6 +252,9 @@ pub async fn run(
         transport::Limits {
             max_connections: grpc.max_connections,
             idle_timeout: grpc.idle_timeout,
+            max_lifetime: grpc
+                .max_connection_age
+                .map(|age| age.saturating_add(grpc.max_connection_age_grace)),
             tcp_nodelay: grpc.tcp_nodelay,
             tcp_keepalive: grpc.tcp_keepalive,
             handshake_timeout: grpc.tls_handshake_timeout,
@@ -249,8 +273,11 @@ pub async fn run(
         .http2_keepalive_interval(grpc.keepalive_interval)
         .http2_keepalive_timeout(Some(grpc.keepalive_timeout))
         // A client that resets streams faster than it opens them (rapid reset) is closed.
-        .http2_max_pending_accept_reset_streams(Some(grpc.max_concurrent_streams as usize))
-        .max_connection_age_grace(grpc.max_connection_age_grace);
+        .http2_max_pending_accept_reset_streams(Some(grpc.max_concurrent_streams as usize));
+    // tonic sends GOAWAY at max_connection_age; the transport closes what is still open after
+    // the grace (`Limits::max_lifetime`). Not tonic's own max_connection_age_grace: with it,
+    // tonic 0.14 sends no GOAWAY at all and only closes the connection, calls in flight or not,
+    // at age + grace.
     if let Some(age) = grpc.max_connection_age {
         builder = builder.max_connection_age(age);
     }
@@ -259,8 +286,10 @@ pub async fn run(
             grpc.max_header_list_size as usize,
         ))
         .layer(transport::ActivityLayer)
+        .layer(transport::CapLayer::new(grpc.max_calls_in_flight))
         .layer(transport::RequestBudgetLayer::new(
             grpc.max_request_bytes_in_flight,
+            grpc.max_message_size,
         ))
         .add_service(health_service)
         .add_service(reflection_v1)

@@ -6,6 +6,8 @@
 //!   retries elsewhere rather than waiting in the backlog), counted and logged;
 //! - an idle timeout: a connection with no call in flight for that long is closed (hyper's
 //!   HTTP/2 server has none, and keepalive pings keep idle peers alive forever);
+//! - the end of `max_connection_age`'s grace: a connection tonic sent GOAWAY on that is still
+//!   open then is closed;
 //! - TLS with rustls, with a bounded handshake and certificates reloaded from their files
 //!   ([`tls`]);
 //! - `TCP_NODELAY` and TCP keepalive on accepted sockets (tonic applies its own only to sockets
@@ -13,7 +15,10 @@
 //!
 //! Called by `server::run`, which hands [`incoming`] to tonic's `serve_with_incoming_shutdown`.
 
+pub mod layers;
 pub mod tls;
+
+pub use layers::{ActivityLayer, CapLayer, Capped, GrpcOnlyLayer, RequestBudgetLayer};
 
 use std::io;
 use std::pin::Pin;
@@ -34,6 +39,9 @@ pub struct Limits {
     pub max_connections: usize,
     /// `None`: connections are never closed for being idle.
     pub idle_timeout: Option<Duration>,
+    /// A connection still open this long after it was accepted is closed, calls in flight or
+    /// not: `max_connection_age` (when tonic sends GOAWAY) plus its grace. `None`: never.
+    pub max_lifetime: Option<Duration>,
     pub tcp_nodelay: bool,
     pub tcp_keepalive: Option<Duration>,
     /// Bound of a TLS handshake, from accept to the first byte of HTTP/2.
@@ -54,6 +62,8 @@ pub struct Counters {
     pub refused: AtomicU64,
     /// Closed after `idle_timeout` without a call.
     pub idle_closed: AtomicU64,
+    /// Closed at the end of their `max_lifetime`.
+    pub lifetime_closed: AtomicU64,
     /// TLS handshakes that failed or timed out.
     pub handshake_failed: AtomicU64,
     pub open: AtomicUsize,
@@ -120,14 +130,8 @@ pub fn incoming(
                                 let conn = Conn::new(io, state, &limits, permit, counters);
                                 let _ = tx.send(Ok(conn)).await;
                             }
-                            Ok(Err(e)) => {
-                                counters.handshake_failed.fetch_add(1, Ordering::Relaxed);
-                                tracing::debug!(error = %e, "TLS handshake failed");
-                            }
-                            Err(_) => {
-                                counters.handshake_failed.fetch_add(1, Ordering::Relaxed);
-                                tracing::debug!("TLS handshake timed out");
-                            }
+                            Ok(Err(e)) => handshake_failed(&counters, &e.to_string()),
+                            Err(_) => handshake_failed(&counters, "timed out"),
                         }
                     });
                 }
@@ -141,6 +145,17 @@ pub fn incoming(
         }
     });
     ReceiverStream::new(rx)
+}
+
+/// Counts a failed TLS handshake and logs it, at warn for the first and then once per power of
+/// two: an Envoy with the wrong client certificate shows in the log, a scan does not flood it.
+fn handshake_failed(counters: &Counters, error: &str) {
+    let failed = counters.handshake_failed.fetch_add(1, Ordering::Relaxed) + 1;
+    if failed.is_power_of_two() {
+        tracing::warn!(error, failed_total = failed, "gRPC TLS handshake failed");
+    } else {
+        tracing::debug!(error, "gRPC TLS handshake failed");
+    }
 }
 
 async fn accept(listener: &Listener) -> io::Result<Io> {
@@ -200,6 +215,9 @@ pub struct Conn {
     io: Io,
     state: Arc<ConnState>,
     idle: Option<(Duration, Pin<Box<Sleep>>)>,
+    /// The end of `max_lifetime`, and whether it has come.
+    deadline: Option<Pin<Box<Sleep>>>,
+    expired: bool,
     counters: Arc<Counters>,
     _slot: OwnedSemaphorePermit,
 }
@@ -219,6 +237,8 @@ impl Conn {
             idle: limits
                 .idle_timeout
                 .map(|t| (t, Box::pin(tokio::time::sleep(t)))),
+            deadline: limits.max_lifetime.map(|t| Box::pin(tokio::time::sleep(t))),
+            expired: false,
             counters,
             _slot: slot,
         }
@@ -238,6 +258,24 @@ impl Conn {
             }
         }
         false
+    }
+
+    /// Whether `max_lifetime` is over (and, if not, the task is woken when it will be).
+    fn past_lifetime(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.expired {
+            return true;
+        }
+        let Some(deadline) = &mut self.deadline else {
+            return false;
+        };
+        if deadline.as_mut().poll(cx).is_pending() {
+            return false;
+        }
+        self.expired = true;
+        self.counters
+            .lifetime_closed
+            .fetch_add(1, Ordering::Relaxed);
+        true
     }
 }
 
@@ -267,6 +305,10 @@ impl AsyncRead for Conn {
             // End of stream: hyper closes the connection; it had no call in flight.
             return Poll::Ready(Ok(()));
         }
+        if this.past_lifetime(cx) {
+            // End of stream: hyper closes the connection and drops the calls still in it.
+            return Poll::Ready(Ok(()));
+        }
         match &mut this.io {
             Io::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             Io::Unix(s) => Pin::new(s).poll_read(cx, buf),
@@ -281,7 +323,12 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match &mut self.get_mut().io {
+        let this = self.get_mut();
+        // Also here: a peer that does not read keeps hyper writing, not reading.
+        if this.past_lifetime(cx) {
+            return Poll::Ready(Err(lifetime_over()));
+        }
+        match &mut this.io {
             Io::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             Io::Unix(s) => Pin::new(s).poll_write(cx, buf),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
@@ -293,7 +340,11 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match &mut self.get_mut().io {
+        let this = self.get_mut();
+        if this.past_lifetime(cx) {
+            return Poll::Ready(Err(lifetime_over()));
+        }
+        match &mut this.io {
             Io::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Io::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
@@ -325,336 +376,9 @@ impl AsyncWrite for Conn {
     }
 }
 
-/// A tower layer that tells each connection's idle timer when calls start and end (a call ends
-/// when its response body is done or dropped: a health `Watch` stream keeps its connection busy).
-#[derive(Debug, Clone, Default)]
-pub struct ActivityLayer;
-
-impl<S> tower::Layer<S> for ActivityLayer {
-    type Service = Activity<S>;
-
-    fn layer(&self, inner: S) -> Activity<S> {
-        Activity { inner }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct Activity<S> {
-    inner: S,
-}
-
-type HttpRequest = http::Request<tonic::body::Body>;
-type HttpResponse = http::Response<tonic::body::Body>;
-
-impl<S> tower::Service<HttpRequest> for Activity<S>
-where
-    S: tower::Service<HttpRequest, Response = HttpResponse>,
-    S::Future: Send + 'static,
-{
-    type Response = HttpResponse;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<HttpResponse, S::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: HttpRequest) -> Self::Future {
-        let guard = request
-            .extensions()
-            .get::<ConnInfo>()
-            .map(|info| CallGuard::new(info.0.clone()));
-        let future = self.inner.call(request);
-        Box::pin(async move {
-            let response = future.await?;
-            Ok(match guard {
-                Some(guard) => response.map(|body| {
-                    tonic::body::Body::new(GuardedBody {
-                        inner: body,
-                        _guard: guard,
-                    })
-                }),
-                None => response,
-            })
-        })
-    }
-}
-
-/// Counts one call in flight on its connection until dropped.
-struct CallGuard(Arc<ConnState>);
-
-impl CallGuard {
-    fn new(state: Arc<ConnState>) -> CallGuard {
-        state.in_flight.fetch_add(1, Ordering::Relaxed);
-        state.touch();
-        CallGuard(state)
-    }
-}
-
-impl Drop for CallGuard {
-    fn drop(&mut self) {
-        self.0.touch();
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// A response body that holds its call's [`CallGuard`] until it is done or dropped.
-struct GuardedBody {
-    inner: tonic::body::Body,
-    _guard: CallGuard,
-}
-
-impl http_body::Body for GuardedBody {
-    type Data = bytes::Bytes;
-    type Error = tonic::Status;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, tonic::Status>>> {
-        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-/// A tower layer that bounds the request bytes held at once over every connection: each call's
-/// request body takes its bytes from one budget as they arrive and gives them back when the body
-/// is dropped (for a unary call, once its message is decoded). A call that finds the budget spent
-/// fails with RESOURCE_EXHAUSTED. With `max_concurrent_streams` and the message size limit this
-/// is what bounds the memory a client can make the server hold by sending slowly.
-#[derive(Debug, Clone)]
-pub struct RequestBudgetLayer {
-    budget: Arc<Budget>,
-}
-
-impl RequestBudgetLayer {
-    pub fn new(bytes: usize) -> RequestBudgetLayer {
-        RequestBudgetLayer {
-            budget: Arc::new(Budget {
-                left: AtomicUsize::new(bytes),
-            }),
-        }
-    }
-}
-
-#[derive(Debug)]
-struct Budget {
-    left: AtomicUsize,
-}
-
-impl Budget {
-    fn take(&self, n: usize) -> bool {
-        self.left
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| {
-                left.checked_sub(n)
-            })
-            .is_ok()
-    }
-
-    fn give_back(&self, n: usize) {
-        self.left.fetch_add(n, Ordering::AcqRel);
-    }
-}
-
-impl<S> tower::Layer<S> for RequestBudgetLayer {
-    type Service = RequestBudget<S>;
-
-    fn layer(&self, inner: S) -> RequestBudget<S> {
-        RequestBudget {
-            inner,
-            budget: self.budget.clone(),
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct RequestBudget<S> {
-    inner: S,
-    budget: Arc<Budget>,
-}
-
-impl<S> tower::Service<HttpRequest> for RequestBudget<S>
-where
-    S: tower::Service<HttpRequest>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: HttpRequest) -> S::Future {
-        let budget = self.budget.clone();
-        self.inner.call(request.map(|body| {
-            tonic::body::Body::new(BudgetedBody {
-                inner: body,
-                budget,
-                held: 0,
-            })
-        }))
-    }
-}
-
-/// A request body whose bytes count against the [`Budget`] while it lives.
-struct BudgetedBody {
-    inner: tonic::body::Body,
-    budget: Arc<Budget>,
-    held: usize,
-}
-
-impl http_body::Body for BudgetedBody {
-    type Data = bytes::Bytes;
-    type Error = tonic::Status;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, tonic::Status>>> {
-        let this = self.get_mut();
-        let frame = Pin::new(&mut this.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &frame
-            && let Some(data) = frame.data_ref()
-        {
-            let n = data.len();
-            if !this.budget.take(n) {
-                return Poll::Ready(Some(Err(tonic::Status::resource_exhausted(
-                    "the server is holding too many request bytes; try again",
-                ))));
-            }
-            this.held += n;
-        }
-        frame
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for BudgetedBody {
-    fn drop(&mut self) {
-        self.budget.give_back(self.held);
-    }
-}
-
-/// A tower layer for what hyper lets through but a gRPC client must hear about as gRPC, or at
-/// least in words:
-/// - a request that is not HTTP/2 (HTTP/1.1 on the port: a misconfigured cluster or a curl)
-///   gets `505 HTTP Version Not Supported` with a one-line explanation;
-/// - a call whose header list is larger than `max_header_list_size` gets RESOURCE_EXHAUSTED
-///   (h2's own limit, set higher as a backstop, would answer a bare HTTP 431).
-#[derive(Debug, Clone)]
-pub struct GrpcOnlyLayer {
-    max_header_list_size: usize,
-}
-
-impl GrpcOnlyLayer {
-    pub fn new(max_header_list_size: usize) -> GrpcOnlyLayer {
-        GrpcOnlyLayer {
-            max_header_list_size,
-        }
-    }
-}
-
-impl<S> tower::Layer<S> for GrpcOnlyLayer {
-    type Service = GrpcOnly<S>;
-
-    fn layer(&self, inner: S) -> GrpcOnly<S> {
-        GrpcOnly {
-            inner,
-            max_header_list_size: self.max_header_list_size,
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct GrpcOnly<S> {
-    inner: S,
-    max_header_list_size: usize,
-}
-
-/// What a client that is not speaking gRPC over HTTP/2 reads.
-const NOT_HTTP2: &str = "this port serves gRPC over HTTP/2 only (Envoy: an ext_authz grpc_service cluster with http2_protocol_options)\n";
-
-impl<S> tower::Service<HttpRequest> for GrpcOnly<S>
-where
-    S: tower::Service<HttpRequest, Response = HttpResponse>,
-    S::Future: Send + 'static,
-{
-    type Response = HttpResponse;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<HttpResponse, S::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: HttpRequest) -> Self::Future {
-        if request.version() != http::Version::HTTP_2 {
-            let mut response = http::Response::new(tonic::body::Body::new(one_chunk(NOT_HTTP2)));
-            *response.status_mut() = http::StatusCode::HTTP_VERSION_NOT_SUPPORTED;
-            response.headers_mut().insert(
-                http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static("text/plain"),
-            );
-            return Box::pin(async move { Ok(response) });
-        }
-        // RFC 9113 section 6.5.2: each field counts its name, its value and 32 octets.
-        let size: usize = request
-            .headers()
-            .iter()
-            .map(|(name, value)| name.as_str().len() + value.len() + 32)
-            .sum();
-        if size > self.max_header_list_size {
-            let status = tonic::Status::resource_exhausted(format!(
-                "the call's header list is {size} bytes, more than {}",
-                self.max_header_list_size
-            ));
-            return Box::pin(async move { Ok(status.into_http()) });
-        }
-        Box::pin(self.inner.call(request))
-    }
-}
-
-/// A body of one static chunk.
-fn one_chunk(
-    text: &'static str,
-) -> impl http_body::Body<Data = bytes::Bytes, Error = std::convert::Infallible> + Send + 'static {
-    OneChunk(Some(bytes::Bytes::from_static(text.as_bytes())))
-}
-
-struct OneChunk(Option<bytes::Bytes>);
-
-impl http_body::Body for OneChunk {
-    type Data = bytes::Bytes;
-    type Error = std::convert::Infallible;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, std::convert::Infallible>>> {
-        Poll::Ready(
-            self.get_mut()
-                .0
-                .take()
-                .map(|b| Ok(http_body::Frame::data(b))),
-        )
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.0.is_none()
-    }
+fn lifetime_over() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        "the connection outlived max_connection_age and its grace",
+    )
 }

@@ -1,4 +1,4 @@
-//! The response table of MIA.md, row by row, against the real server: each case in
+//! The response table (README.md, "Responses"; docs/mia-compatibility.md), row by row, against the real server: each case in
 //! `tests/cases/decisions.json` is one Check sent over gRPC to checkpoint, which asks the test
 //! user-info server who the caller is.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // Tests: a failed step should stop the test loudly.

@@ -326,7 +326,7 @@ async fn idp_outage_is_503() {
         "Service Unavailable",
         "alice GET /api/hello, IdP down",
     );
-    // MIA.md: where the outcome does not depend on the user, the request goes on as anonymous.
+    // docs/mia-compatibility.md: where the outcome does not depend on the user, the request goes on as anonymous.
     let reply = get(&stack, "/public", &[("authorization", &auth)]).await;
     assert_anonymous_upstream(&reply, "/public", "alice GET /public, IdP down");
     assert_eq!(reply.upstream_header("authorization"), Some(auth.as_str()));

@@ -1,20 +1,23 @@
 //! The deployment files under `envoy/` and the Dockerfile, checked as data: every YAML file
 //! parses, every Kubernetes object is well formed, the rule files inside ConfigMaps load through
-//! checkpoint's own loader, the security settings the README promises are there, and both Envoy
-//! configurations pass `envoy --mode validate` (needs `scripts/setup.sh`).
+//! checkpoint's own loader, the security settings the README promises are there, and the Envoy
+//! configurations (the template, the sidecar's, the template with the mutual-TLS checkpoint
+//! cluster) pass `envoy --mode validate` (needs `scripts/setup.sh`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // Tests: a failure should stop loudly.
 
 mod e2e_support;
+mod tls_support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use checkpoint::config::RuleSet;
+use checkpoint::rules::RuleSet;
 use e2e_support::{allowed_headers, envoy_bin, make_certs, placeholders, render, repo};
 use serde_yaml_ng::Value;
 
 /// The YAML files that must exist; a file added later is checked too, a file removed fails.
 const EXPECTED_FILES: &[&str] = &[
+    "envoy/checkpoint-cluster-mtls.yaml",
     "envoy/envoy.yaml",
     "envoy/istio/authorization-policy.yaml",
     "envoy/istio/checkpoint.yaml",
@@ -92,11 +95,17 @@ fn documents() -> Vec<Doc> {
     docs
 }
 
+/// Envoy configuration that is not a whole bootstrap: pieces of envoy/envoy.yaml's.
+const ENVOY_FRAGMENTS: &[&str] = &["envoy/checkpoint-cluster-mtls.yaml"];
+
 fn kubernetes_documents() -> Vec<Doc> {
-    // An Envoy bootstrap (envoy/envoy.yaml) is the one kind of document that is not a Kubernetes object.
+    // Envoy's files (the bootstrap envoy/envoy.yaml and its fragments) are the documents that are
+    // not Kubernetes objects.
     documents()
         .into_iter()
-        .filter(|d| d.value.get("static_resources").is_none())
+        .filter(|d| {
+            d.value.get("static_resources").is_none() && !ENVOY_FRAGMENTS.contains(&d.file.as_str())
+        })
         .collect()
 }
 
@@ -434,6 +443,135 @@ fn envoy_template_validates_when_rendered() {
     assert_eq!(names, documented, "the template's placeholders");
     let config = dir.path().join("envoy.yaml");
     std::fs::write(&config, render(&template, &values)).expect("write rendered config");
+    envoy_validate(&config);
+}
+
+/// envoy/checkpoint-cluster-mtls.yaml is envoy/envoy.yaml's `checkpoint` cluster plus a
+/// `transport_socket` with the TLS settings the README promises, and the template with it in
+/// place of its cluster passes `envoy --mode validate` (tests/tls.rs runs it for real).
+#[test]
+fn mtls_cluster_is_the_template_cluster_with_tls_and_validates() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let tls = dir.path().join("tls");
+    make_certs(&tls);
+    let variant = std::fs::read_to_string(repo().join("envoy/checkpoint-cluster-mtls.yaml"))
+        .expect("read envoy/checkpoint-cluster-mtls.yaml");
+    let mut names = placeholders(&variant);
+    names.sort();
+    names.dedup();
+    assert_eq!(
+        names,
+        [
+            "CHECKPOINT_ADDRESS",
+            "CHECKPOINT_PORT",
+            "CHECKPOINT_TLS_NAME",
+            "TLS_DIR"
+        ],
+        "the variant's placeholders"
+    );
+    let values: Vec<(&str, String)> = vec![
+        ("LISTEN_ADDRESS", "127.0.0.1".into()),
+        ("HTTPS_PORT", "18443".into()),
+        ("HTTP_PORT", "18080".into()),
+        ("ADMIN_PORT", "19901".into()),
+        (
+            "CHECKPOINT_ADDRESS",
+            "checkpoint.auth.svc.cluster.local".into(),
+        ),
+        ("CHECKPOINT_PORT", "50051".into()),
+        ("CHECKPOINT_TLS_NAME", "checkpoint.auth.svc".into()),
+        ("UPSTREAM_ADDRESS", "127.0.0.1".into()),
+        ("UPSTREAM_PORT", "3001".into()),
+        ("TLS_DIR", tls.display().to_string()),
+        ("ALLOWED_HEADERS", demo_allowed_headers()),
+    ];
+    let template =
+        std::fs::read_to_string(repo().join("envoy/envoy.yaml")).expect("read envoy/envoy.yaml");
+    let template_values: Vec<(&str, String)> = values
+        .iter()
+        .filter(|(k, _)| *k != "CHECKPOINT_TLS_NAME")
+        .cloned()
+        .collect();
+    let envoy = render(&template, &template_values);
+    let cluster = render(&variant, &values);
+
+    // The same cluster as the template's, plus transport_socket: a change to one (a timeout, the
+    // HTTP/2 options) cannot miss the other.
+    let mut plain: Value = serde_yaml_ng::from_str(&cluster).expect("rendered variant");
+    let socket = plain
+        .as_mapping_mut()
+        .expect("a mapping")
+        .remove("transport_socket")
+        .expect("transport_socket");
+    let mut rendered: Value = serde_yaml_ng::from_str(&envoy).expect("rendered template");
+    let original = at(
+        &mut rendered,
+        &["static_resources", "clusters", "name=checkpoint"],
+    );
+    let mut diffs = Vec::new();
+    differences(original, &plain, String::new(), &mut diffs);
+    assert!(
+        diffs.is_empty(),
+        "envoy/checkpoint-cluster-mtls.yaml drifted from envoy/envoy.yaml's cluster:\n{}",
+        diffs.join("\n")
+    );
+
+    // What the README promises of it.
+    assert_eq!(socket["name"].as_str(), Some("envoy.transport_sockets.tls"));
+    let context = &socket["typed_config"];
+    assert_eq!(
+        context["@type"].as_str(),
+        Some("type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext")
+    );
+    assert_eq!(context["sni"].as_str(), Some("checkpoint.auth.svc"));
+    let common = &context["common_tls_context"];
+    let params = &common["tls_params"];
+    assert_eq!(
+        params["tls_minimum_protocol_version"].as_str(),
+        Some("TLSv1_2")
+    );
+    assert_eq!(
+        params["tls_maximum_protocol_version"].as_str(),
+        Some("TLSv1_3")
+    );
+    let suites = seq(&params["cipher_suites"]);
+    assert!(!suites.is_empty(), "TLS 1.2 suites are listed");
+    for suite in suites {
+        let suite = suite.as_str().expect("suite name");
+        assert!(
+            suite.starts_with("ECDHE-")
+                && (suite.contains("-GCM-") || suite.ends_with("-CHACHA20-POLY1305")),
+            "{suite} is not an ECDHE AEAD suite"
+        );
+    }
+    assert_eq!(
+        seq(&common["alpn_protocols"]),
+        [Value::from("h2")],
+        "ALPN h2 only"
+    );
+    assert_eq!(
+        seq(&common["tls_certificate_sds_secret_configs"]).len(),
+        1,
+        "Envoy presents a client certificate"
+    );
+    let validation = &common["combined_validation_context"];
+    let sans = seq(&validation["default_validation_context"]["match_typed_subject_alt_names"]);
+    assert_eq!(sans.len(), 1, "{sans:?}");
+    assert_eq!(sans[0]["san_type"].as_str(), Some("DNS"));
+    assert_eq!(
+        sans[0]["matcher"]["exact"].as_str(),
+        Some("checkpoint.auth.svc")
+    );
+    assert!(
+        validation["validation_context_sds_secret_config"]["name"]
+            .as_str()
+            .is_some(),
+        "a CA to verify checkpoint's certificate against"
+    );
+
+    let config = dir.path().join("envoy-mtls.yaml");
+    std::fs::write(&config, tls_support::with_mtls_cluster(&envoy, &cluster))
+        .expect("write config");
     envoy_validate(&config);
 }
 

@@ -235,7 +235,8 @@ pub fn settings_from(vars: &HashMap<String, String>) -> Result<Settings, Vec<Set
             format!("{worker_threads} is more than {MAX_WORKER_THREADS}"),
         );
     }
-    let grpc = super::grpc::from_env(vars).unwrap_or_else(|problems| {
+    let on_unix_socket = matches!(grpc_addr, ListenAddr::Unix(_));
+    let grpc = super::grpc::from_env(vars, on_unix_socket).unwrap_or_else(|problems| {
         for (variable, message) in problems {
             r.error(variable, message);
         }
@@ -259,9 +260,7 @@ pub fn settings_from(vars: &HashMap<String, String>) -> Result<Settings, Vec<Set
         service_version: r
             .string(SERVICE_VERSION)
             .unwrap_or_else(|| DEFAULT_SERVICE_VERSION.to_owned()),
-        log_level: r
-            .string(LOG_LEVEL)
-            .unwrap_or_else(|| DEFAULT_LOG_LEVEL.to_owned()),
+        log_level: r.log_level(LOG_LEVEL, DEFAULT_LOG_LEVEL),
         shutdown_delay: r.duration(DELAY_SHUTDOWN_SECONDS, DEFAULT_DELAY_SHUTDOWN_SECONDS),
         drain_timeout: r.duration(CHECKPOINT_DRAIN_TIMEOUT, DEFAULT_CHECKPOINT_DRAIN_TIMEOUT),
         strict_mode: r.boolean(
@@ -287,16 +286,8 @@ pub fn settings_from(vars: &HashMap<String, String>) -> Result<Settings, Vec<Set
         user_headers,
         request_headers,
     };
-    let names = [
-        &settings.user_headers.user_id,
-        &settings.user_headers.groups,
-        &settings.user_headers.properties,
-    ];
-    if names[0] == names[1] || names[0] == names[2] || names[1] == names[2] {
-        r.error(
-            USERID_HEADER_KEY,
-            "the user id, groups and properties headers must have three different names".to_owned(),
-        );
+    for problem in super::cross_check(&settings) {
+        r.error(problem.variable, problem.message);
     }
     if r.errors.is_empty() {
         Ok(settings)
@@ -333,18 +324,21 @@ impl Reader<'_> {
     }
 
     fn boolean(&mut self, name: &'static str, default: bool) -> bool {
-        match self.string(name).map(|v| v.to_ascii_lowercase()).as_deref() {
+        match self.string(name) {
             None => default,
-            Some("true" | "1" | "yes") => true,
-            Some("false" | "0" | "no") => false,
-            Some(other) => {
-                self.error(
-                    name,
-                    format!("\"{other}\" is not a boolean (true or false)"),
-                );
+            Some(text) => super::boolean::parse(&text).unwrap_or_else(|message| {
+                self.error(name, message);
                 default
-            }
+            }),
         }
+    }
+
+    fn log_level(&mut self, name: &'static str, default: &str) -> String {
+        let level = self.string(name).unwrap_or_else(|| default.to_owned());
+        if let Err(message) = super::log_level(&level) {
+            self.error(name, message);
+        }
+        level
     }
 
     fn duration(&mut self, name: &'static str, default: Duration) -> Duration {

@@ -7,6 +7,7 @@
 //! `config::rules`, which lists every problem. The JSON Schema of this format is generated from
 //! these types (`checkpoint schema`) and shipped as `schema/checkpoint.schema.json`.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -14,8 +15,9 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::CacheSettings;
+use super::keys::{Duplicate, Position};
 use super::sources::{SourceSettings, Span};
-use super::{ListenAddr, RequestHeaders, RuleSet, Settings, UserHeaders, env};
+use super::{ConfigErrors, ListenAddr, RequestHeaders, RulesSource, Settings, UserHeaders, env};
 
 /// The only version this build reads.
 pub const VERSION: u32 = 1;
@@ -161,10 +163,14 @@ impl Default for RequestHeadersSection {
 #[serde(deny_unknown_fields, default)]
 pub struct ResponsesSection {
     /// Strict mode denies; off, 401/403/404 become OK with `mia-allowed: 0`.
+    #[serde(deserialize_with = "super::boolean::deserialize")]
+    #[schemars(schema_with = "super::boolean::schema")]
     pub strict_mode: bool,
     /// Add `decision`, `reason` and `user_id` to every answer as dynamic metadata under
     /// `envoy.filters.http.ext_authz` (for access logs and later filters). Default false: Envoy
-    /// spends about 14,000 instructions per request merging it.
+    /// spends measurably on every Struct it merges (bench/RESULTS.md).
+    #[serde(deserialize_with = "super::boolean::deserialize")]
+    #[schemars(schema_with = "super::boolean::schema")]
     pub dynamic_metadata: bool,
     /// Send the decision id upstream on allowed requests as `x-checkpoint-decision-id`
     /// (overwriting). Default false; denies always give it to the client.
@@ -187,34 +193,91 @@ pub fn schema() -> String {
     serde_json::to_string_pretty(&schema).unwrap_or_default() + "\n"
 }
 
-/// Reads the file at `path` into settings and rules; every problem names the file and, for
-/// structure errors, the line and column.
-pub fn load(path: &Path) -> Result<(Settings, RuleSet), Vec<String>> {
+/// A loaded native file.
+#[derive(Debug)]
+pub struct Loaded {
+    pub settings: Settings,
+    pub rules: RulesSource,
+    /// The environment variables its `${...}` references named.
+    pub referenced: Vec<String>,
+}
+
+/// Reads the file at `path` into settings and rules, after expanding its `${VAR}` references
+/// from `vars` (see `config::expand`); every problem names the file and, for references,
+/// structure errors and duplicate keys, the line and column in the file as written.
+pub fn load(path: &Path, vars: &HashMap<String, String>) -> Result<Loaded, ConfigErrors> {
     let label = path.display().to_string();
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| vec![format!("{label}: cannot read the configuration file: {e}")])?;
-    let parsed: FileConfig = if label.ends_with(".json") {
-        serde_json::from_str(&text).map_err(|e| {
-            vec![format!(
-                "{label}:{}:{}: {}",
-                e.line(),
-                e.column(),
-                strip_position(&e.to_string())
-            )]
-        })?
-    } else {
-        serde_yaml_ng::from_str(&text).map_err(|e| {
-            let position = e
-                .location()
-                .map(|l| format!(":{}:{}", l.line(), l.column()))
-                .unwrap_or_default();
-            vec![format!(
-                "{label}{position}: {}",
-                strip_position(&e.to_string())
-            )]
-        })?
+    let written = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors::new(vec![format!(
+            "{label}: cannot read the configuration file: {e}"
+        )])
+    })?;
+    let json = label.ends_with(".json");
+    let expanded =
+        super::expand::expand(&written, vars, &label, !json).map_err(ConfigErrors::new)?;
+    let text = &expanded.text;
+    let place = |(line, column): Position| {
+        let (line, column) = expanded.original((line, column));
+        format!("{label}:{line}:{column}")
     };
-    from_file(parsed, &label, path.parent().unwrap_or(Path::new(".")))
+    let mut problems = duplicates(text, json)
+        .iter()
+        .map(|d| {
+            format!(
+                "{}: {}",
+                place(d.second),
+                d.describe(&place(d.first), &d.path)
+            )
+        })
+        .collect::<Vec<_>>();
+    let parsed: Result<FileConfig, (String, Option<Position>)> = if json {
+        serde_json::from_str(text).map_err(|e| (e.to_string(), Some((e.line(), e.column()))))
+    } else {
+        serde_yaml_ng::from_str(text)
+            .map_err(|e| (e.to_string(), e.location().map(|l| (l.line(), l.column()))))
+    };
+    match parsed {
+        Ok(file) => match from_file(file, &label, path.parent().unwrap_or(Path::new("."))) {
+            Ok((settings, rules)) if problems.is_empty() => Ok(Loaded {
+                settings,
+                rules,
+                referenced: expanded.referenced,
+            }),
+            Ok((_, rules)) => Err(ConfigErrors {
+                problems,
+                rules: Some(rules),
+            }),
+            Err((more, rules)) => {
+                problems.extend(more);
+                Err(ConfigErrors { problems, rules })
+            }
+        },
+        Err((message, position)) => {
+            // serde's own "duplicate field" (no first position) is already listed, with both.
+            if problems.is_empty() || !message.contains("duplicate field `") {
+                let place = position.map_or_else(|| label.clone(), place);
+                problems.push(format!("{place}: {}", strip_position(&message)));
+            }
+            Err(ConfigErrors::new(problems))
+        }
+    }
+}
+
+/// Every duplicate key of the file, in file order. serde keeps the last of two equal keys in a
+/// map (inline rules, claims), so these must be found apart.
+fn duplicates(text: &str, json: bool) -> Vec<Duplicate> {
+    let found = if json {
+        // The scanner reads only what serde_json accepts; a syntax error is reported by the load.
+        match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+            Ok(_) => super::keys::JsonKeys::scan(text).duplicates,
+            Err(_) => Vec::new(),
+        }
+    } else {
+        super::keys::yaml_duplicates(text)
+    };
+    let mut found = found;
+    found.sort_by_key(|d| d.second);
+    found
 }
 
 fn strip_position(message: &str) -> String {
@@ -225,12 +288,13 @@ fn strip_position(message: &str) -> String {
         .to_owned()
 }
 
-/// Validates a parsed file; `dir` is where relative paths start.
+/// Validates a parsed file; `dir` is where relative paths start. On failure, where the rules
+/// are when that could be told, so that their problems are listed too.
 pub fn from_file(
     file: FileConfig,
     label: &str,
     dir: &Path,
-) -> Result<(Settings, RuleSet), Vec<String>> {
+) -> Result<(Settings, RulesSource), (Vec<String>, Option<RulesSource>)> {
     let mut problems = Vec::new();
     if file.version != VERSION {
         problems.push(format!(
@@ -260,8 +324,8 @@ pub fn from_file(
         ));
     }
     let http_addr = addr("http_addr", &file.server.http_addr, &mut problems);
-    if let Err(e) = crate::telemetry::filter(&file.server.log_level) {
-        problems.push(format!("{label}: server.log_level: {e}"));
+    if let Err(message) = super::log_level(&file.server.log_level) {
+        problems.push(format!("{label}: server.log_level: {message}"));
     }
     for (field, name) in [
         ("user_headers.user_id", &file.user_headers.user_id),
@@ -282,50 +346,43 @@ pub fn from_file(
             ));
         }
     }
-    let (rules_file, rules) = match (&file.rules.file, &file.rules.inline) {
-        (Some(name), None) => {
-            let path = dir.join(name);
-            (path.clone(), RuleSet::load(&path))
-        }
-        (None, Some(map)) => {
-            let inline_label = format!("{label}#rules.inline");
-            let text = serde_json::Value::Object(map.clone()).to_string();
-            (
-                PathBuf::from(&inline_label),
-                RuleSet::parse(&inline_label, &text),
-            )
-        }
+    let rules = match (&file.rules.file, &file.rules.inline) {
+        (Some(name), None) => Some(RulesSource::File(dir.join(name))),
+        (None, Some(map)) => Some(RulesSource::Inline {
+            label: format!("{label}#rules.inline"),
+            text: serde_json::Value::Object(map.clone()).to_string(),
+        }),
         _ => {
             problems.push(format!(
                 "{label}: rules: give exactly one of `file` and `inline`"
             ));
-            (PathBuf::new(), Err(Vec::new()))
-        }
-    };
-    let rules = match rules {
-        Ok(rules) => Some(rules),
-        Err(errors) => {
-            problems.extend(errors.iter().map(ToString::to_string));
             None
         }
     };
-    let grpc = super::grpc::validate(&file.server.connections, &file.server.tls).map_err(|found| {
-        for (field, message) in found {
-            let section = if field.starts_with("tls.") {
-                ""
-            } else {
-                "connections."
-            };
-            problems.push(format!("{label}: server.{section}{field}: {message}"));
-        }
-    });
+    let rules_file = match &rules {
+        Some(RulesSource::File(path)) => path.clone(),
+        Some(RulesSource::Inline { label, .. }) => PathBuf::from(label),
+        None => PathBuf::new(),
+    };
+    let on_unix_socket = matches!(grpc_addr, Ok(ListenAddr::Unix(_)));
+    let grpc = super::grpc::validate(&file.server.connections, &file.server.tls, on_unix_socket)
+        .map_err(|found| {
+            for (field, message) in found {
+                let section = if field.starts_with("tls.") {
+                    ""
+                } else {
+                    "connections."
+                };
+                problems.push(format!("{label}: server.{section}{field}: {message}"));
+            }
+        });
     let (Ok(grpc_addr), Ok(grpc_socket_mode), Ok(http_addr), Some(rules), Ok(grpc)) =
-        (grpc_addr, grpc_socket_mode, http_addr, rules, grpc)
+        (grpc_addr, grpc_socket_mode, http_addr, rules.clone(), grpc)
     else {
-        return Err(problems);
+        return Err((problems, rules));
     };
     if !problems.is_empty() {
-        return Err(problems);
+        return Err((problems, Some(rules)));
     }
     let lower = |s: &str| s.to_ascii_lowercase();
     let mut grpc = grpc;
@@ -370,6 +427,14 @@ pub fn from_file(
             client_type: lower(&file.request_headers.client_type),
         },
     };
+    let crossed = super::cross_check(&settings);
+    if !crossed.is_empty() {
+        let problems = crossed
+            .into_iter()
+            .map(|p| format!("{label}: {}: {}", p.field, p.message))
+            .collect();
+        return Err((problems, Some(rules)));
+    }
     Ok((settings, rules))
 }
 
@@ -377,10 +442,23 @@ pub fn from_file(
 mod tests {
     use super::*;
 
+    use crate::rules::RuleSet;
+
+    /// The settings and, as `Config::load` does, the compiled rules, every problem together.
     fn parse(yaml: &str) -> Result<(Settings, RuleSet), Vec<String>> {
-        match serde_yaml_ng::from_str::<FileConfig>(yaml) {
-            Ok(file) => from_file(file, "checkpoint.yaml", Path::new(".")),
-            Err(e) => Err(vec![e.to_string()]),
+        let file = serde_yaml_ng::from_str::<FileConfig>(yaml).map_err(|e| vec![e.to_string()])?;
+        let strings =
+            |e: Vec<crate::rules::RuleError>| e.iter().map(ToString::to_string).collect::<Vec<_>>();
+        match from_file(file, "checkpoint.yaml", Path::new(".")) {
+            Ok((settings, source)) => {
+                Ok((settings, RuleSet::from_source(&source).map_err(strings)?))
+            }
+            Err((mut problems, source)) => {
+                if let Some(Err(more)) = source.as_ref().map(RuleSet::from_source) {
+                    problems.extend(strings(more));
+                }
+                Err(problems)
+            }
         }
     }
 
@@ -459,13 +537,56 @@ responses: { strict_mode: false }
 
     #[test]
     fn the_shipped_example_is_valid() {
-        let file: FileConfig =
-            serde_yaml_ng::from_str(include_str!("../../schema/checkpoint.example.yaml"))
-                .expect("the example parses");
-        let (settings, rules) =
-            from_file(file, "checkpoint.example.yaml", Path::new(".")).expect("valid");
-        assert_eq!(settings.sources.len(), 6);
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("schema/checkpoint.example.yaml");
+        let loaded = load(&example, &HashMap::new()).expect("valid");
+        assert_eq!(loaded.settings.sources.len(), 6);
+        let rules = RuleSet::from_source(&loaded.rules).expect("rules compile");
         assert_eq!(rules.table.len(), 5);
+    }
+
+    /// The cross-field rules are one validator: the native file refuses what the environment
+    /// refuses.
+    #[test]
+    fn the_native_file_refuses_what_the_environment_refuses() {
+        let errors = parse(
+            "version: 1\nrules: { inline: {} }\nidentity: { sources: [ { type: anonymous } ] }\nuser_headers: { user_id: x-user, groups: X-User }\nrequest_headers: { client_type: miauserproperties }\n",
+        )
+        .expect_err("refused");
+        assert!(
+            errors.iter().any(|e| e.contains("user_headers: the user id, groups and properties headers must have three different names")),
+            "{errors:?}"
+        );
+        assert!(
+            errors.iter().any(|e| e.contains(
+                "request_headers.client_type: \"miauserproperties\" is also one of the user headers"
+            )),
+            "{errors:?}"
+        );
+        let vars: std::collections::HashMap<String, String> = [
+            ("CONFIGURATION_FILE_NAME", "auth"),
+            ("TRUST_MIA_USER_HEADERS", "true"),
+            ("USERID_HEADER_KEY", "x-user"),
+            ("GROUPS_HEADER_KEY", "X-User"),
+            ("CLIENT_TYPE_HEADER_KEY", "miauserproperties"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let errors = env::settings_from(&vars).expect_err("refused");
+        let text: Vec<String> = errors
+            .iter()
+            .map(|e| format!("{}: {}", e.variable, e.message))
+            .collect();
+        assert!(
+            text.iter().any(|e| e.contains("USERID_HEADER_KEY: the user id, groups and properties headers must have three different names")),
+            "{text:?}"
+        );
+        assert!(
+            text.iter().any(|e| e.contains(
+                "CLIENT_TYPE_HEADER_KEY: \"miauserproperties\" is also one of the user headers"
+            )),
+            "{text:?}"
+        );
     }
 
     #[test]

@@ -17,6 +17,8 @@ use super::sources::Span;
 
 pub const CHECKPOINT_GRPC_MAX_CONNECTIONS: &str = "CHECKPOINT_GRPC_MAX_CONNECTIONS";
 pub const DEFAULT_MAX_CONNECTIONS: u64 = 1024;
+pub const CHECKPOINT_GRPC_MAX_CALLS_IN_FLIGHT: &str = "CHECKPOINT_GRPC_MAX_CALLS_IN_FLIGHT";
+pub const DEFAULT_MAX_CALLS_IN_FLIGHT: u64 = 2048;
 pub const CHECKPOINT_GRPC_MAX_CONCURRENT_STREAMS: &str = "CHECKPOINT_GRPC_MAX_CONCURRENT_STREAMS";
 pub const DEFAULT_MAX_CONCURRENT_STREAMS: u64 = 256;
 pub const CHECKPOINT_GRPC_MAX_HEADER_LIST_SIZE: &str = "CHECKPOINT_GRPC_MAX_HEADER_LIST_SIZE";
@@ -49,6 +51,7 @@ pub const CHECKPOINT_GRPC_TLS_CLIENT_CA: &str = "CHECKPOINT_GRPC_TLS_CLIENT_CA";
 /// Every variable this module reads.
 pub const ALL: &[&str] = &[
     CHECKPOINT_GRPC_MAX_CONNECTIONS,
+    CHECKPOINT_GRPC_MAX_CALLS_IN_FLIGHT,
     CHECKPOINT_GRPC_MAX_CONCURRENT_STREAMS,
     CHECKPOINT_GRPC_MAX_HEADER_LIST_SIZE,
     CHECKPOINT_GRPC_MAX_MESSAGE_SIZE,
@@ -71,6 +74,9 @@ pub const ALL: &[&str] = &[
 pub struct GrpcSettings {
     /// Past this many open connections a new one is closed at once.
     pub max_connections: usize,
+    /// Calls in flight over every connection (a call holds its slot until its response is
+    /// sent or dropped); past it a call gets RESOURCE_EXHAUSTED at once.
+    pub max_calls_in_flight: usize,
     /// HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS per connection.
     pub max_concurrent_streams: u32,
     /// HTTP/2 SETTINGS_MAX_HEADER_LIST_SIZE: the gRPC call's own headers (the request's HTTP
@@ -101,11 +107,16 @@ pub struct GrpcSettings {
 
 impl Default for GrpcSettings {
     fn default() -> GrpcSettings {
-        match validate(&ConnectionsSection::default(), &TlsSection::default()) {
+        match validate(
+            &ConnectionsSection::default(),
+            &TlsSection::default(),
+            false,
+        ) {
             Ok(settings) => settings,
             // The defaults are valid (a test holds them so); this arm is never taken.
             Err(_) => GrpcSettings {
                 max_connections: DEFAULT_MAX_CONNECTIONS as usize,
+                max_calls_in_flight: DEFAULT_MAX_CALLS_IN_FLIGHT as usize,
                 max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS as u32,
                 max_header_list_size: DEFAULT_MAX_HEADER_LIST_SIZE as u32,
                 max_message_size: DEFAULT_MAX_MESSAGE_SIZE as usize,
@@ -138,6 +149,8 @@ pub struct TlsSettings {
 pub struct ConnectionsSection {
     /// Open connections at most; past it a new connection is closed at once. Default 1024.
     pub max_connections: u64,
+    /// Calls in flight over every connection; past it RESOURCE_EXHAUSTED. Default 2048.
+    pub max_calls_in_flight: u64,
     /// HTTP/2 concurrent streams per connection. Default 256.
     pub max_concurrent_streams: u64,
     /// HTTP/2 header list size of a call, in bytes. Default 16384.
@@ -153,6 +166,8 @@ pub struct ConnectionsSection {
     /// TCP keepalive; 0 disables. Default 60s.
     pub tcp_keepalive: Span,
     /// TCP_NODELAY on accepted connections. Default true.
+    #[serde(deserialize_with = "super::boolean::deserialize")]
+    #[schemars(schema_with = "super::boolean::schema")]
     pub tcp_nodelay: bool,
     /// Close a connection without a call for this long; 0: never. Default 10m.
     pub idle_timeout: Span,
@@ -168,6 +183,7 @@ impl Default for ConnectionsSection {
     fn default() -> ConnectionsSection {
         ConnectionsSection {
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_calls_in_flight: DEFAULT_MAX_CALLS_IN_FLIGHT,
             max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
             max_header_list_size: DEFAULT_MAX_HEADER_LIST_SIZE,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
@@ -198,11 +214,30 @@ pub struct TlsSection {
 
 /// The one validator of both front ends. Field names in problems are the native file's; the
 /// environment path names its variables instead (see [`from_env`]).
+///
+/// `on_unix_socket`: the gRPC address is a Unix socket, where TLS does not apply (the socket's
+/// file permissions are its access control); TLS settings there are refused rather than
+/// silently ignored.
 pub fn validate(
     connections: &ConnectionsSection,
     tls: &TlsSection,
+    on_unix_socket: bool,
 ) -> Result<GrpcSettings, Vec<(&'static str, String)>> {
     let mut problems = Vec::new();
+    if on_unix_socket {
+        for (field, set) in [
+            ("tls.cert", tls.cert.is_some()),
+            ("tls.key", tls.key.is_some()),
+            ("tls.client_ca", tls.client_ca.is_some()),
+        ] {
+            if set {
+                problems.push((
+                    field,
+                    "TLS does not apply to a Unix socket gRPC address (its file mode is the access control): remove it or serve on TCP".to_owned(),
+                ));
+            }
+        }
+    }
     let mut range = |field: &'static str, value: u64, min: u64, max: u64| -> u64 {
         if value < min || value > max {
             problems.push((field, format!("{value} is not between {min} and {max}")));
@@ -210,6 +245,12 @@ pub fn validate(
         value.clamp(min, max)
     };
     let max_connections = range("max_connections", connections.max_connections, 1, 1 << 20);
+    let max_calls_in_flight = range(
+        "max_calls_in_flight",
+        connections.max_calls_in_flight,
+        1,
+        1 << 20,
+    );
     let max_concurrent_streams = range(
         "max_concurrent_streams",
         connections.max_concurrent_streams,
@@ -282,6 +323,7 @@ pub fn validate(
     }
     Ok(GrpcSettings {
         max_connections: max_connections as usize,
+        max_calls_in_flight: max_calls_in_flight as usize,
         max_concurrent_streams: max_concurrent_streams as u32,
         max_header_list_size: max_header_list_size as u32,
         max_message_size: max_message_size as usize,
@@ -302,6 +344,7 @@ pub fn validate(
 fn variable(field: &str) -> &'static str {
     match field {
         "max_connections" => CHECKPOINT_GRPC_MAX_CONNECTIONS,
+        "max_calls_in_flight" => CHECKPOINT_GRPC_MAX_CALLS_IN_FLIGHT,
         "max_concurrent_streams" => CHECKPOINT_GRPC_MAX_CONCURRENT_STREAMS,
         "max_header_list_size" => CHECKPOINT_GRPC_MAX_HEADER_LIST_SIZE,
         "max_message_size" => CHECKPOINT_GRPC_MAX_MESSAGE_SIZE,
@@ -324,6 +367,7 @@ fn variable(field: &str) -> &'static str {
 /// `(variable, message)`.
 pub fn from_env(
     vars: &HashMap<String, String>,
+    on_unix_socket: bool,
 ) -> Result<GrpcSettings, Vec<(&'static str, String)>> {
     let mut problems = Vec::new();
     let get = |name: &str| {
@@ -343,6 +387,10 @@ pub fn from_env(
     number(
         CHECKPOINT_GRPC_MAX_CONNECTIONS,
         &mut connections.max_connections,
+    );
+    number(
+        CHECKPOINT_GRPC_MAX_CALLS_IN_FLIGHT,
+        &mut connections.max_calls_in_flight,
     );
     number(
         CHECKPOINT_GRPC_MAX_CONCURRENT_STREAMS,
@@ -394,12 +442,9 @@ pub fn from_env(
         &mut connections.tls_handshake_timeout,
     );
     if let Some(text) = get(CHECKPOINT_GRPC_TCP_NODELAY) {
-        match super::parse_bool(&text) {
-            Some(value) => connections.tcp_nodelay = value,
-            None => problems.push((
-                CHECKPOINT_GRPC_TCP_NODELAY,
-                format!("\"{text}\" is not a boolean (true/false, 1/0, yes/no, on/off)"),
-            )),
+        match super::boolean::parse(&text) {
+            Ok(value) => connections.tcp_nodelay = value,
+            Err(message) => problems.push((CHECKPOINT_GRPC_TCP_NODELAY, message)),
         }
     }
     let tls = TlsSection {
@@ -407,7 +452,7 @@ pub fn from_env(
         key: get(CHECKPOINT_GRPC_TLS_KEY).map(PathBuf::from),
         client_ca: get(CHECKPOINT_GRPC_TLS_CLIENT_CA).map(PathBuf::from),
     };
-    match validate(&connections, &tls) {
+    match validate(&connections, &tls, on_unix_socket) {
         Ok(settings) if problems.is_empty() => Ok(settings),
         Ok(_) => Err(problems),
         Err(found) => {
@@ -423,12 +468,16 @@ mod tests {
 
     #[test]
     fn the_defaults_are_valid() {
-        let settings = validate(&ConnectionsSection::default(), &TlsSection::default())
-            .expect("valid defaults");
+        let settings = validate(
+            &ConnectionsSection::default(),
+            &TlsSection::default(),
+            false,
+        )
+        .expect("valid defaults");
         assert_eq!(settings, GrpcSettings::default());
         assert_eq!(settings.max_concurrent_streams, 256);
         assert_eq!(settings.max_connection_age, None);
-        assert_eq!(from_env(&HashMap::new()), Ok(settings));
+        assert_eq!(from_env(&HashMap::new(), false), Ok(settings));
     }
 
     #[test]
@@ -443,7 +492,7 @@ mod tests {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
-        let from_env = from_env(&env).expect_err("invalid");
+        let from_env = from_env(&env, false).expect_err("invalid");
         let connections = ConnectionsSection {
             max_concurrent_streams: 0,
             max_message_size: 2048,
@@ -455,7 +504,7 @@ mod tests {
             client_ca: Some("ca.pem".into()),
             ..TlsSection::default()
         };
-        let from_file = validate(&connections, &tls).expect_err("invalid");
+        let from_file = validate(&connections, &tls, false).expect_err("invalid");
         let fields: Vec<&str> = from_file.iter().map(|(f, _)| *f).collect();
         assert_eq!(
             fields,
@@ -486,7 +535,30 @@ mod tests {
             cert: Some("cert.pem".into()),
             ..TlsSection::default()
         };
-        let problems = validate(&ConnectionsSection::default(), &tls).expect_err("invalid");
+        let problems = validate(&ConnectionsSection::default(), &tls, false).expect_err("invalid");
         assert_eq!(problems[0].0, "tls.key");
+    }
+
+    #[test]
+    fn tls_on_a_unix_socket_is_refused_not_ignored() {
+        let tls = TlsSection {
+            cert: Some("cert.pem".into()),
+            key: Some("key.pem".into()),
+            client_ca: Some("ca.pem".into()),
+        };
+        assert!(validate(&ConnectionsSection::default(), &tls, false).is_ok());
+        let problems = validate(&ConnectionsSection::default(), &tls, true).expect_err("refused");
+        let fields: Vec<&str> = problems.iter().map(|(f, _)| *f).collect();
+        assert_eq!(fields, ["tls.cert", "tls.key", "tls.client_ca"]);
+        let env: HashMap<String, String> = [(CHECKPOINT_GRPC_TLS_CLIENT_CA, "ca.pem")]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        let problems = from_env(&env, true).expect_err("refused");
+        assert!(
+            problems
+                .iter()
+                .any(|(v, m)| *v == CHECKPOINT_GRPC_TLS_CLIENT_CA && m.contains("Unix socket"))
+        );
     }
 }

@@ -1,25 +1,28 @@
-//! Configuration: the process settings and the rule file.
+//! Configuration: the process settings, and where the rules are.
 //!
-//! Mia-Platform's environment variables (see README) are read by [`env`] and mapped onto the one
-//! native model below, [`Settings`]; nothing else in the crate reads the environment. The rule
-//! file (`auth.json`) is loaded by [`rules`]. Both collect every problem before failing, so that
-//! an operator fixes a bad deployment in one round.
+//! Mia-Platform's environment variables (see README) are read by [`env`], and the native file by
+//! [`file`]; both map onto the one native model below, [`Settings`], and then go through the
+//! same cross-field validator ([`cross_check`]). Nothing else in the crate reads the
+//! environment. Every problem is collected before failing, so that an operator fixes a bad
+//! deployment in one round. The rules themselves are compiled by `crate::rules`, from the
+//! [`RulesSource`] found here.
 //!
-//! Called by `main` (and by tests) before any port is bound. Must never read the process
-//! environment itself: callers pass the variables in as a map.
+//! Called by `crate::Config::load` (and so by `main` and the tests) before any port is bound.
+//! Must never read the process environment itself: callers pass the variables in as a map.
+//! Imports no stage of the road (route, identity, policy): the stages import it.
 
+pub mod boolean;
 pub mod duration;
 pub mod env;
+pub mod expand;
 pub mod file;
 pub mod grpc;
-pub mod rules;
+pub mod keys;
 pub mod sources;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
-
-pub use rules::{Rule, RuleError, RuleSet};
 
 /// Everything checkpoint needs to start, validated.
 #[derive(Debug, Clone)]
@@ -138,6 +141,60 @@ impl UserInfoSettings {
     }
 }
 
+/// A problem that involves several settings, with the name each front end gives the setting
+/// it is reported on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrossProblem {
+    /// The environment variable.
+    pub variable: &'static str,
+    /// The native file's field.
+    pub field: &'static str,
+    pub message: String,
+}
+
+/// Every rule that relates several settings, checked once for both front ends (the environment
+/// and the native file build the same `Settings` first).
+pub fn cross_check(settings: &Settings) -> Vec<CrossProblem> {
+    let mut problems = Vec::new();
+    let h = &settings.user_headers;
+    let r = &settings.request_headers;
+    // Security: one header holding two identity fields would let a value written for one be
+    // read as the other upstream.
+    if h.user_id == h.groups || h.user_id == h.properties || h.groups == h.properties {
+        problems.push(CrossProblem {
+            variable: env::USERID_HEADER_KEY,
+            field: "user_headers",
+            message: format!(
+                "the user id, groups and properties headers must have three different names (got {}, {}, {})",
+                h.user_id, h.groups, h.properties
+            ),
+        });
+    }
+    // A request header that marks backoffice or carries the client type cannot also be an
+    // identity header checkpoint writes upstream.
+    for (variable, field, name) in [
+        (
+            env::BACKOFFICE_HEADER_KEY,
+            "request_headers.backoffice",
+            &r.backoffice,
+        ),
+        (
+            env::CLIENT_TYPE_HEADER_KEY,
+            "request_headers.client_type",
+            &r.client_type,
+        ),
+    ] {
+        if [&h.user_id, &h.groups, &h.properties].contains(&name) {
+            problems.push(CrossProblem {
+                variable,
+                field,
+                message: format!("\"{name}\" is also one of the user headers checkpoint writes"),
+            });
+        }
+    }
+    problems
+}
+
 /// How long identity answers are kept (the identity cache's settings).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CacheSettings {
@@ -189,15 +246,6 @@ impl std::fmt::Display for ListenAddr {
     }
 }
 
-/// A boolean as users write it: `true/false`, `1/0`, `yes/no`, `on/off`, in any case.
-pub fn parse_bool(text: &str) -> Option<bool> {
-    match text.trim().to_ascii_lowercase().as_str() {
-        "true" | "1" | "yes" | "on" => Some(true),
-        "false" | "0" | "no" | "off" => Some(false),
-        _ => None,
-    }
-}
-
 /// Parses a Unix file mode written in octal (`660`, `0660`, `0o660`); at most `0o777`.
 pub fn parse_mode(text: &str) -> Result<u32, String> {
     let digits = text.strip_prefix("0o").unwrap_or(text);
@@ -205,6 +253,59 @@ pub fn parse_mode(text: &str) -> Result<u32, String> {
         Ok(mode) if mode <= 0o777 && !digits.is_empty() => Ok(mode),
         _ => Err(format!("\"{text}\" is not an octal file mode such as 0660")),
     }
+}
+
+/// The levels a log filter may name.
+pub const LOG_LEVELS: &[&str] = &["error", "warn", "info", "debug", "trace", "off"];
+
+/// Checks a log filter (`LOG_LEVEL`, `server.log_level`): a level, or comma-separated `tracing`
+/// directives (`checkpoint=debug,info`) whose level parts are all known levels. `tracing` itself
+/// reads a bare unknown word such as `warning` as a target name, which turns every other log
+/// line off: here it is a configuration error.
+pub fn log_level(text: &str) -> Result<(), String> {
+    let known = |level: &str| LOG_LEVELS.iter().any(|l| l.eq_ignore_ascii_case(level));
+    let usage =
+        "use error, warn, info, debug, trace or off, or directives such as checkpoint=debug,info";
+    if text.trim().is_empty() {
+        return Err(format!("\"{text}\" is empty: {usage}"));
+    }
+    for directive in split_outside_brackets(text, ',') {
+        let directive = directive.trim();
+        let parts = split_outside_brackets(directive, '=');
+        let level = parts.last().copied().unwrap_or(directive);
+        if !known(level.trim()) {
+            let what = if level.len() == directive.len() {
+                format!("\"{text}\" is not a log level")
+            } else {
+                format!(
+                    "\"{text}\": \"{}\" is not a log level in \"{directive}\"",
+                    level.trim()
+                )
+            };
+            return Err(format!("{what}: {usage}"));
+        }
+    }
+    crate::telemetry::filter(text).map(drop)
+}
+
+/// Splits at `separator` where it is outside `[...]` and `{...}` (a directive's span filter may
+/// hold commas and equals signs).
+fn split_outside_brackets(text: &str, separator: char) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let (mut depth, mut start) = (0usize, 0usize);
+    for (i, c) in text.char_indices() {
+        match c {
+            '[' | '{' => depth += 1,
+            ']' | '}' => depth = depth.saturating_sub(1),
+            c if c == separator && depth == 0 => {
+                parts.push(&text[start..i]);
+                start = i + c.len_utf8();
+            }
+            _ => {}
+        }
+    }
+    parts.push(&text[start..]);
+    parts
 }
 
 /// The headers checkpoint writes upstream for an allowed request.
@@ -233,11 +334,19 @@ pub struct SettingError {
     pub message: String,
 }
 
-/// Settings plus the loaded rule file: everything `run` needs.
+/// Where the rules come from: the rule file, or the native file's inline rules (as JSON text,
+/// with the label their problems are reported under).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RulesSource {
+    File(PathBuf),
+    Inline { label: String, text: String },
+}
+
+/// What [`load`] found: the settings, where the rules are, and how it was configured.
 #[derive(Debug)]
-pub struct Config {
+pub struct Loaded {
     pub settings: Settings,
-    pub rules: RuleSet,
+    pub rules: RulesSource,
     /// Where the configuration came from, for `check-config` and the start-up log.
     pub origin: String,
     /// Mia variables that were set but ignored because the native file wins.
@@ -249,56 +358,58 @@ pub struct Config {
 #[error("{} configuration problem(s)", .problems.len())]
 pub struct ConfigErrors {
     pub problems: Vec<String>,
+    /// Where the rules are, when that could be told despite the problems, so that the rules'
+    /// own problems are listed in the same run.
+    pub rules: Option<RulesSource>,
 }
 
-impl Config {
-    /// Reads settings from `vars`, then the rule file they name. Reports every problem: those
-    /// of the settings and those of the rule file together, whenever the file can be named.
-    pub fn load(vars: &std::collections::HashMap<String, String>) -> Result<Config, ConfigErrors> {
-        if let Some(path) = vars
-            .get(env::CHECKPOINT_CONFIG)
-            .map(|v| v.trim())
-            .filter(|v| !v.is_empty())
-        {
-            let (settings, rules) = file::load(std::path::Path::new(path))
-                .map_err(|problems| ConfigErrors { problems })?;
-            let ignored = env::ALL
-                .iter()
-                .chain(grpc::ALL)
-                .copied()
-                .filter(|name| *name != env::CHECKPOINT_CONFIG && vars.contains_key(*name))
-                .collect();
-            return Ok(Config {
-                settings,
-                rules,
-                origin: format!("{path} ({})", env::CHECKPOINT_CONFIG),
-                ignored,
-            });
+impl ConfigErrors {
+    pub fn new(problems: Vec<String>) -> ConfigErrors {
+        ConfigErrors {
+            problems,
+            rules: None,
         }
-        let settings = env::settings_from(vars);
-        let rules_file = match &settings {
-            Ok(s) => Some(s.rules_file.clone()),
-            Err(_) => env::rules_file(vars),
-        };
-        let rules = rules_file.map(|file| RuleSet::load(&file));
-        match (settings, rules) {
-            (Ok(settings), Some(Ok(rules))) => Ok(Config {
-                settings,
-                rules,
-                origin: "environment variables".to_owned(),
-                ignored: Vec::new(),
-            }),
-            (settings, rules) => {
-                let mut problems: Vec<String> = match settings {
-                    Err(errors) => errors.iter().map(ToString::to_string).collect(),
-                    Ok(_) => Vec::new(),
-                };
-                if let Some(Err(errors)) = rules {
-                    problems.extend(errors.iter().map(ToString::to_string));
-                }
-                Err(ConfigErrors { problems })
-            }
-        }
+    }
+}
+
+/// Reads the settings from `vars` (or the native file `CHECKPOINT_CONFIG` names) and finds the
+/// rules. Reports every problem of the settings.
+pub fn load(vars: &std::collections::HashMap<String, String>) -> Result<Loaded, ConfigErrors> {
+    if let Some(path) = vars
+        .get(env::CHECKPOINT_CONFIG)
+        .map(|v| v.trim())
+        .filter(|v| !v.is_empty())
+    {
+        let loaded = file::load(std::path::Path::new(path), vars)?;
+        // A variable the file refers to (`${CHECKPOINT_GRPC_ADDR}`) is used, not ignored.
+        let ignored = env::ALL
+            .iter()
+            .chain(grpc::ALL)
+            .copied()
+            .filter(|name| {
+                *name != env::CHECKPOINT_CONFIG
+                    && vars.contains_key(*name)
+                    && !loaded.referenced.iter().any(|r| r == name)
+            })
+            .collect();
+        return Ok(Loaded {
+            settings: loaded.settings,
+            rules: loaded.rules,
+            origin: format!("{path} ({})", env::CHECKPOINT_CONFIG),
+            ignored,
+        });
+    }
+    match env::settings_from(vars) {
+        Ok(settings) => Ok(Loaded {
+            rules: RulesSource::File(settings.rules_file.clone()),
+            settings,
+            origin: "environment variables".to_owned(),
+            ignored: Vec::new(),
+        }),
+        Err(errors) => Err(ConfigErrors {
+            problems: errors.iter().map(ToString::to_string).collect(),
+            rules: env::rules_file(vars).map(RulesSource::File),
+        }),
     }
 }
 
@@ -343,6 +454,35 @@ mod tests {
                 bad.parse::<ListenAddr>().is_err(),
                 "{bad:?} must be refused"
             );
+        }
+    }
+
+    #[test]
+    fn log_levels_are_known_levels_or_directives_with_known_levels() {
+        for ok in [
+            "info",
+            "WARN",
+            "off",
+            "checkpoint=debug,info",
+            " trace ",
+            "info,checkpoint::decision=off",
+            "checkpoint[check]=debug",
+        ] {
+            assert_eq!(log_level(ok), Ok(()), "{ok:?}");
+        }
+        for (bad, says) in [
+            ("warning", "\"warning\" is not a log level"),
+            ("verbose", "\"verbose\" is not a log level"),
+            ("checkpoint", "\"checkpoint\" is not a log level"),
+            (
+                "info,checkpoint=loud",
+                "\"loud\" is not a log level in \"checkpoint=loud\"",
+            ),
+            ("", "is empty"),
+            ("5", "\"5\" is not a log level"),
+        ] {
+            let message = log_level(bad).expect_err(bad);
+            assert!(message.contains(says), "{bad:?}: {message}");
         }
     }
 

@@ -259,7 +259,8 @@ pub struct MtlsSource {
     /// when `allow_unlisted` is true, and an invalid credential otherwise.
     #[serde(default)]
     pub principals: Vec<MtlsPrincipal>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::boolean::deserialize")]
+    #[schemars(schema_with = "super::boolean::schema")]
     pub allow_unlisted: bool,
 }
 

@@ -365,7 +365,7 @@ identity:
         .expect("write config");
         let env: std::collections::HashMap<String, String> =
             [("CHECKPOINT_CONFIG".to_owned(), path.display().to_string())].into();
-        let config = crate::config::Config::load(&env).expect("config");
+        let config = crate::Config::load(&env).expect("config");
         let app = crate::App::new(config, &env).expect("app");
         let responder = Arc::new(Responder::new(
             app.settings.strict_mode,

@@ -12,7 +12,7 @@ pub struct Anonymous;
 
 impl Anonymous {
     /// Nothing to validate; the signature matches the other sources'.
-    pub fn new(_settings: &AnonymousSource) -> Result<Anonymous, String> {
+    pub fn new(_settings: &AnonymousSource) -> Result<Anonymous, Vec<String>> {
         Ok(Anonymous)
     }
 }

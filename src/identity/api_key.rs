@@ -55,7 +55,7 @@ pub struct ApiKeys {
 impl ApiKeys {
     /// Validates the settings; every problem is reported, joined with `; `, each naming its
     /// field (`api_key.keys[2].sha256: ...`).
-    pub fn new(settings: &ApiKeySource) -> Result<ApiKeys, String> {
+    pub fn new(settings: &ApiKeySource) -> Result<ApiKeys, Vec<String>> {
         let mut errors = Vec::new();
         let headers: Vec<String> = settings
             .headers
@@ -134,7 +134,7 @@ impl ApiKeys {
             }
         }
         if !errors.is_empty() {
-            return Err(errors.join("; "));
+            return Err(errors);
         }
         Ok(ApiKeys {
             headers,
@@ -344,6 +344,7 @@ mod tests {
         let Err(e) = ApiKeys::new(&s) else {
             panic!("invalid settings accepted")
         };
+        let e = e.join("; ");
         for part in [
             "api_key.keys[1].sha256: the same key as keys[0]",
             "api_key.keys[2].client_type",
@@ -362,6 +363,7 @@ mod tests {
         let Err(e) = ApiKeys::new(&none) else {
             panic!("invalid settings accepted")
         };
+        let e = e.join("; ");
         assert!(e.contains("api_key.keys: at least one key"), "{e}");
         assert!(e.contains("no header and no cookie"), "{e}");
     }

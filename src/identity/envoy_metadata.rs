@@ -31,7 +31,7 @@ pub struct EnvoyMetadata {
 impl EnvoyMetadata {
     /// Validates the settings; every problem is reported, joined with `; `, each naming its
     /// field.
-    pub fn new(settings: &EnvoyMetadataSource) -> Result<EnvoyMetadata, String> {
+    pub fn new(settings: &EnvoyMetadataSource) -> Result<EnvoyMetadata, Vec<String>> {
         let mut errors = Vec::new();
         if settings.namespace.is_empty() {
             errors.push("envoy_metadata.namespace: must not be empty");
@@ -43,7 +43,7 @@ impl EnvoyMetadata {
             errors.push("envoy_metadata.claims.user_id: must not be empty");
         }
         if !errors.is_empty() {
-            return Err(errors.join("; "));
+            return Err(errors.into_iter().map(str::to_owned).collect());
         }
         Ok(EnvoyMetadata {
             namespace: settings.namespace.clone(),
@@ -113,7 +113,10 @@ mod tests {
         };
         assert_eq!(
             e,
-            "envoy_metadata.namespace: must not be empty; envoy_metadata.key: must not be empty"
+            [
+                "envoy_metadata.namespace: must not be empty",
+                "envoy_metadata.key: must not be empty"
+            ]
         );
     }
 }

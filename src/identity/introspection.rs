@@ -81,7 +81,7 @@ impl Introspection {
         settings: &IntrospectionSource,
         client: reqwest::Client,
         env: &HashMap<String, String>,
-    ) -> Result<Introspection, String> {
+    ) -> Result<Introspection, Vec<String>> {
         let mut errors = Vec::new();
         let endpoint = match reqwest::Url::parse(&settings.endpoint) {
             Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => Some(url),
@@ -140,7 +140,7 @@ impl Introspection {
             errors.push("introspection.claims.user_id: must not be empty".to_owned());
         }
         let (Some(endpoint), Some(secret), true) = (endpoint, secret, errors.is_empty()) else {
-            return Err(errors.join("; "));
+            return Err(errors);
         };
 
         let (authorization, body_credentials) = match settings.auth_method {
@@ -156,7 +156,9 @@ impl Introspection {
                     base64::engine::general_purpose::STANDARD.encode(pair)
                 );
                 let mut value = HeaderValue::from_str(&value).map_err(|e| {
-                    format!("introspection.client_secret: not usable in a header: {e}")
+                    vec![format!(
+                        "introspection.client_secret: not usable in a header: {e}"
+                    )]
                 })?;
                 value.set_sensitive(true);
                 (Some(value), String::new())
@@ -419,7 +421,7 @@ mod tests {
                 .collect();
             match Introspection::new(&s, reqwest::Client::new(), &env) {
                 Ok(_) => String::new(),
-                Err(e) => e,
+                Err(e) => e.join("; "),
             }
         };
         let e = err(

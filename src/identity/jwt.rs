@@ -439,10 +439,11 @@ impl Jwt {
     /// Checks the settings (every problem, each naming its field, joined with `; `) and starts
     /// fetching the keys in a background task: call inside a tokio runtime. [`Source::ready`] is
     /// false until the first fetch succeeds.
-    pub fn new(settings: &JwtSource, client: reqwest::Client) -> Result<Jwt, String> {
-        let (policy, jwks_uri) = checked(settings).map_err(|problems| problems.join("; "))?;
-        let runtime = tokio::runtime::Handle::try_current()
-            .map_err(|_| "the jwt source must be created inside a tokio runtime".to_owned())?;
+    pub fn new(settings: &JwtSource, client: reqwest::Client) -> Result<Jwt, Vec<String>> {
+        let (policy, jwks_uri) = checked(settings)?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            vec!["the jwt source must be created inside a tokio runtime".to_owned()]
+        })?;
         let keys = Arc::new(Keys::new(
             KeySource {
                 issuer: settings.issuer.clone(),
@@ -793,7 +794,8 @@ mod tests {
         bad.timeout = Span(Duration::ZERO);
         let error = Jwt::new(&bad, reqwest::Client::new())
             .err()
-            .expect("refused");
+            .expect("refused")
+            .join("; ");
         for expected in [
             "issuer: \"not a url\"",
             "algorithms: \"HS256\" (HMAC) is never accepted",
@@ -820,7 +822,8 @@ mod tests {
     fn construction_needs_a_runtime() {
         let error = Jwt::new(&settings(), reqwest::Client::new())
             .err()
-            .expect("no runtime");
+            .expect("no runtime")
+            .join("; ");
         assert!(error.contains("tokio runtime"), "{error}");
     }
 

@@ -3,9 +3,11 @@
 //! Identity sources sit behind one interface, [`Source`], and are tried in order by the
 //! [`Resolver`]: the first source that finds a credential it understands decides; a source that
 //! finds none passes on ([`Resolution::NoCredential`]); when every source passes on, the caller
-//! is anonymous. Today's sources are the authentication manager's user-info endpoint
-//! ([`userinfo`]) and Mia's trust mode ([`trusted`]); local JWT validation, introspection, API
-//! keys and mTLS are further implementations of the same trait.
+//! is anonymous. The sources: the authentication manager's user-info endpoint ([`userinfo`]),
+//! local JWT validation ([`jwt`], keys in [`jwks`]), token introspection ([`introspection`]),
+//! API keys that identify the calling application ([`api_key`]), mTLS principals ([`mtls`]),
+//! Envoy's jwt_authn metadata ([`envoy_metadata`]), Mia's trust mode ([`trusted`]) and
+//! [`anonymous`]. Answers a source can key by credential go through the identity [`cache`].
 //!
 //! Called by the pipeline (`check`) after a rule was found. Must never log a credential, and
 //! never turn a failure into a user: a timeout, an unreadable answer or an outage is
@@ -270,7 +272,6 @@ fn build_source(
     env: &std::collections::HashMap<String, String>,
 ) -> Result<Entry, Vec<String>> {
     use crate::config::sources::SourceSettings as S;
-    let one = |e: String| e.split("; ").map(str::to_owned).collect::<Vec<_>>();
     let client = || {
         introspection::http_client().map_err(|e| vec![format!("cannot build the HTTP client: {e}")])
     };
@@ -283,19 +284,19 @@ fn build_source(
                     .map_err(|e| vec![format!("cannot build the HTTP client: {e}")])?,
             ))
         }
-        S::Jwt(source) => user(Box::new(jwt::Jwt::new(source, client()?).map_err(one)?)),
-        S::Introspection(source) => user(Box::new(
-            introspection::Introspection::new(source, client()?, env).map_err(one)?,
-        )),
-        S::ApiKey(source) => Ok(Entry::Client(api_key::ApiKeys::new(source).map_err(one)?)),
-        S::Mtls(source) => user(Box::new(mtls::Mtls::new(source).map_err(one)?)),
-        S::EnvoyMetadata(source) => user(Box::new(
-            envoy_metadata::EnvoyMetadata::new(source).map_err(one)?,
-        )),
+        S::Jwt(source) => user(Box::new(jwt::Jwt::new(source, client()?)?)),
+        S::Introspection(source) => user(Box::new(introspection::Introspection::new(
+            source,
+            client()?,
+            env,
+        )?)),
+        S::ApiKey(source) => Ok(Entry::Client(api_key::ApiKeys::new(source)?)),
+        S::Mtls(source) => user(Box::new(mtls::Mtls::new(source)?)),
+        S::EnvoyMetadata(source) => user(Box::new(envoy_metadata::EnvoyMetadata::new(source)?)),
         S::TrustedHeaders(_) => user(Box::new(trusted::TrustedHeaders::new(
             all.user_headers.clone(),
         ))),
-        S::Anonymous(source) => user(Box::new(anonymous::Anonymous::new(source).map_err(one)?)),
+        S::Anonymous(source) => user(Box::new(anonymous::Anonymous::new(source)?)),
     }
 }
 

@@ -29,7 +29,7 @@ pub struct Mtls {
 impl Mtls {
     /// Validates the settings; every problem is reported, joined with `; `, each naming its
     /// field (`mtls.principals[1].principal: ...`).
-    pub fn new(settings: &MtlsSource) -> Result<Mtls, String> {
+    pub fn new(settings: &MtlsSource) -> Result<Mtls, Vec<String>> {
         let mut errors = Vec::new();
         let mut principals = HashMap::with_capacity(settings.principals.len());
         for (i, entry) in settings.principals.iter().enumerate() {
@@ -60,7 +60,7 @@ impl Mtls {
             }
         }
         if !errors.is_empty() {
-            return Err(errors.join("; "));
+            return Err(errors);
         }
         Ok(Mtls {
             principals,
@@ -136,6 +136,7 @@ mod tests {
         )) else {
             panic!("invalid settings accepted")
         };
+        let e = e.join("; ");
         assert!(
             e.contains("mtls.principals[1].principal: must not be empty"),
             "{e}"

@@ -6,7 +6,7 @@
 //! Check's own deadline, whichever is sooner; the body is read in chunks and refused past
 //! `max_body_bytes`, never buffered whole. Redirects are not followed.
 //!
-//! How answers map (MIA.md): 2xx JSON object with a non-empty id is a user; 4xx, an empty body or
+//! How answers map (docs/mia-compatibility.md): 2xx JSON object with a non-empty id is a user; 4xx, an empty body or
 //! an object without an id is anonymous; 5xx, 3xx, a timeout, a refused connection, a body that
 //! is not JSON or too large, or malformed fields are [`Resolution::Unavailable`].
 

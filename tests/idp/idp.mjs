@@ -1,6 +1,6 @@
 // checkpoint's test OpenID provider: a real, loopback-only OIDC provider (panva/oidc-provider from the npm
 // registry) used by scripts/demo.sh and the end-to-end tests as the authentication manager behind USERINFO_URL.
-// Based on the project's shared reference (shared/reference/test-idp). Install with `npm ci` (scripts/setup.sh).
+// Install with `npm ci` (scripts/setup.sh).
 //
 // Users (fixtures.json; passwords are fixtures, not secrets):
 //   alice / alice-password  groups admins, engineering; permissions orders:read, orders:write, users:admin;

@@ -11,6 +11,9 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+use crate::config::keys::{JsonKeys, Position, Segment};
+
+use crate::config::{ConfigErrors, RulesSource};
 use crate::policy::{Expression, Policy};
 use crate::request::path;
 use crate::route::{MethodKey, RouteTable};
@@ -101,6 +104,52 @@ impl RuleSet {
             table: compile(label, text)?,
         })
     }
+
+    /// Compiles the rules wherever the configuration found them.
+    pub fn from_source(source: &RulesSource) -> Result<RuleSet, Vec<RuleError>> {
+        match source {
+            RulesSource::File(path) => RuleSet::load(path),
+            RulesSource::Inline { label, text } => RuleSet::parse(label, text),
+        }
+    }
+}
+
+/// The whole configuration: the settings and the compiled rules.
+#[derive(Debug)]
+pub struct Config {
+    pub settings: crate::config::Settings,
+    pub rules: RuleSet,
+    /// Where the configuration came from, for `check-config` and the start-up log.
+    pub origin: String,
+    /// Mia variables that were set but ignored because the native file wins.
+    pub ignored: Vec<&'static str>,
+}
+
+impl Config {
+    /// Reads the settings from `vars` ([`crate::config::load`]), then compiles the rules they
+    /// name. Reports every problem: those of the settings and those of the rules together,
+    /// whenever the rules can be found.
+    pub fn load(vars: &HashMap<String, String>) -> Result<Config, ConfigErrors> {
+        match crate::config::load(vars) {
+            Ok(loaded) => match RuleSet::from_source(&loaded.rules) {
+                Ok(rules) => Ok(Config {
+                    settings: loaded.settings,
+                    rules,
+                    origin: loaded.origin,
+                    ignored: loaded.ignored,
+                }),
+                Err(errors) => Err(ConfigErrors::new(
+                    errors.iter().map(ToString::to_string).collect(),
+                )),
+            },
+            Err(mut errors) => {
+                if let Some(Err(more)) = errors.rules.as_ref().map(RuleSet::from_source) {
+                    errors.problems.extend(more.iter().map(ToString::to_string));
+                }
+                Err(errors)
+            }
+        }
+    }
 }
 
 const RULE_FIELDS: &[&str] = &["authorization", "backofficeAuthorization", "identity"];
@@ -141,10 +190,35 @@ fn compile(label: &str, text: &str) -> Result<RouteTable<Rule>, Vec<RuleError>> 
             "the rule file must be a JSON object whose keys are paths".to_owned(),
         )]);
     };
-    let positions = KeyPositions::scan(text);
+    let keys = JsonKeys::scan(text);
+    for duplicate in &keys.duplicates {
+        // Named by the rule it is in (path, method), then by the keys below the method.
+        let name = |i: usize| match duplicate.path.get(i) {
+            Some(Segment::Key(key)) => Some(key.as_str()),
+            _ => None,
+        };
+        let below = match duplicate.path.get(2..) {
+            Some(below) if !below.is_empty() => below,
+            _ => duplicate
+                .path
+                .get(duplicate.path.len().saturating_sub(1)..)
+                .unwrap_or_default(),
+        };
+        errors.push(error(
+            Some(duplicate.second),
+            name(0),
+            name(1),
+            duplicate.describe(
+                &format!("{label}:{}:{}", duplicate.first.0, duplicate.first.1),
+                below,
+            ),
+        ));
+    }
     let mut table = RouteTable::new();
+    // Normalised path and method -> the key that claimed them and where.
+    let mut claimed: HashMap<(String, String), (String, Option<Position>)> = HashMap::new();
     for (route, methods) in &routes {
-        let at = positions.route(route);
+        let at = keys.position(&[route]);
         let normalized = match path::normalize(route) {
             Ok(p) if route.starts_with('/') => p,
             Ok(_) | Err(_) => {
@@ -172,7 +246,7 @@ fn compile(label: &str, text: &str) -> Result<RouteTable<Rule>, Vec<RuleError>> 
             continue;
         };
         for (method, body) in methods {
-            let at = positions.method(route, method).or(at);
+            let at = keys.position(&[route, method]).or(at);
             let Some(key) = MethodKey::parse(method) else {
                 errors.push(error(
                     at,
@@ -187,18 +261,33 @@ fn compile(label: &str, text: &str) -> Result<RouteTable<Rule>, Vec<RuleError>> 
             for message in problems {
                 errors.push(error(at, Some(route), Some(method), message));
             }
-            if let Some(rule) = rule
-                && table.insert(&normalized, key, rule).is_err()
-            {
-                errors.push(error(
-                    at,
-                    Some(route),
-                    Some(method),
-                    format!("another path key normalises to \"{normalized}\" with the same method"),
-                ));
+            let Some(rule) = rule else { continue };
+            if table.insert(&normalized, key, rule).is_ok() {
+                claimed.insert((normalized.clone(), method.clone()), (route.clone(), at));
+                continue;
             }
+            let Some((other, other_at)) = claimed.get(&(normalized.clone(), method.clone())) else {
+                continue;
+            };
+            // Reported at the later of the two keys, naming the earlier one and its place.
+            let (first, first_at, second, second_at) = if other_at <= &at {
+                (other.as_str(), *other_at, route.as_str(), at)
+            } else {
+                (route.as_str(), at, other.as_str(), *other_at)
+            };
+            let place = first_at
+                .map(|(line, column)| format!(" ({label}:{line}:{column})"))
+                .unwrap_or_default();
+            errors.push(error(
+                second_at,
+                Some(second),
+                Some(method),
+                format!("\"{first}\"{place} and \"{second}\" both normalise to \"{normalized}\""),
+            ));
         }
     }
+    // serde_json's map is ordered by key: list the problems in the order of the file.
+    errors.sort_by_key(|e| e.position.unwrap_or((usize::MAX, usize::MAX)));
     if errors.is_empty() {
         Ok(table)
     } else {
@@ -304,104 +393,6 @@ fn policy_from(field: &str, value: &Value, problems: &mut Vec<String>) -> Option
     })
 }
 
-/// Where each path key and method key starts in the file, for error positions.
-///
-/// A small scanner over the JSON text (already known to be valid): it tracks nesting depth and
-/// records object keys at depth 1 (paths) and depth 2 (methods).
-#[derive(Default)]
-struct KeyPositions {
-    routes: HashMap<String, (usize, usize)>,
-    methods: HashMap<(String, String), (usize, usize)>,
-}
-
-impl KeyPositions {
-    fn scan(text: &str) -> KeyPositions {
-        let mut found = KeyPositions::default();
-        let mut depth = 0usize;
-        let mut current_route: Option<String> = None;
-        let (mut line, mut column) = (1usize, 0usize);
-        let mut chars = text.char_indices().peekable();
-        // Whether the next string at this depth is a key (after `{` or `,`).
-        let mut expecting_key = false;
-        while let Some((start, c)) = chars.next() {
-            column += 1;
-            match c {
-                '\n' => {
-                    line += 1;
-                    column = 0;
-                }
-                '{' => {
-                    depth += 1;
-                    expecting_key = true;
-                }
-                '}' => depth = depth.saturating_sub(1),
-                '[' => {
-                    depth += 1;
-                    expecting_key = false;
-                }
-                ']' => depth = depth.saturating_sub(1),
-                ',' => expecting_key = true,
-                ':' => expecting_key = false,
-                '"' => {
-                    let (key_line, key_column) = (line, column);
-                    let mut end = start + 1;
-                    let mut escaped = false;
-                    for (i, sc) in chars.by_ref() {
-                        column += 1;
-                        end = i + sc.len_utf8();
-                        if escaped {
-                            escaped = false;
-                        } else if sc == '\\' {
-                            escaped = true;
-                        } else if sc == '"' {
-                            break;
-                        }
-                    }
-                    if !expecting_key {
-                        continue;
-                    }
-                    let Some(raw) = text.get(start..end) else {
-                        continue;
-                    };
-                    let Ok(key) = serde_json::from_str::<String>(raw) else {
-                        continue;
-                    };
-                    match depth {
-                        1 => {
-                            found
-                                .routes
-                                .entry(key.clone())
-                                .or_insert((key_line, key_column));
-                            current_route = Some(key);
-                        }
-                        2 => {
-                            if let Some(route) = &current_route {
-                                found
-                                    .methods
-                                    .entry((route.clone(), key))
-                                    .or_insert((key_line, key_column));
-                            }
-                        }
-                        _ => {}
-                    }
-                }
-                _ => {}
-            }
-        }
-        found
-    }
-
-    fn route(&self, route: &str) -> Option<(usize, usize)> {
-        self.routes.get(route).copied()
-    }
-
-    fn method(&self, route: &str, method: &str) -> Option<(usize, usize)> {
-        self.methods
-            .get(&(route.to_owned(), method.to_owned()))
-            .copied()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -460,15 +451,53 @@ mod tests {
             r#"auth.json:7:15: rule "/types" PUT: authorization: unknown field "extra""#,
             r#"auth.json:7:15: rule "/types" PUT: authorization.public: must be true or false"#,
             r#"auth.json:7:15: rule "/types" PUT: authorization.expression: must be a string"#,
-            r#"rule "/dup" GET: another path key normalises to "/dup""#,
+            r#"auth.json:9:15: rule "/./dup" GET: "/dup" (auth.json:8:13) and "/./dup" both normalise to "/dup""#,
         ];
-        for want in expect {
-            assert!(
-                lines.iter().any(|l| l.contains(want)),
-                "missing {want:?} in {lines:#?}"
-            );
-        }
+        // In file order, whatever the order of the keys.
         assert_eq!(lines.len(), expect.len(), "{lines:#?}");
+        for (line, want) in lines.iter().zip(expect) {
+            assert!(line.starts_with(want), "{want:?} expected, got {lines:#?}");
+        }
+    }
+
+    /// serde_json keeps the last of two equal keys, so a rule file with the same path twice
+    /// silently lost the first; every duplicate, at any depth, is an error naming both places.
+    #[test]
+    fn duplicate_keys_at_every_level_name_both_positions() {
+        let text = r#"{
+  "/a": { "GET": { "authorization": { "expression": "true", "public": true } } },
+  "/b": {
+    "GET": { "authorization": { "expression": "true" } },
+    "GET": { "authorization": { "expression": "false" } }
+  },
+  "/c": { "POST": { "authorization": { "expression": "true", "expression": "false" },
+                    "authorization": { "expression": "true" } } },
+  "/a": { "PUT": { "authorization": { "expression": "true" } } }
+}"#;
+        let errors = RuleSet::parse("auth.json", text).expect_err("duplicates");
+        let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            lines,
+            [
+                r#"auth.json:5:5: rule "/b" GET: duplicate key "GET" (first at auth.json:4:5)"#,
+                r#"auth.json:7:62: rule "/c" POST: duplicate key "authorization.expression" (first at auth.json:7:40)"#,
+                r#"auth.json:8:21: rule "/c" POST: duplicate key "authorization" (first at auth.json:7:21)"#,
+                r#"auth.json:9:3: rule "/a": duplicate key "/a" (first at auth.json:2:3)"#,
+            ]
+        );
+    }
+
+    #[test]
+    fn keys_that_normalise_alike_name_both_keys_and_both_positions() {
+        let text = "{\n  \"/a//b\": { \"GET\": { \"authorization\": { \"expression\": \"true\" } } },\n  \"/a/b\": { \"GET\": { \"authorization\": { \"expression\": \"true\" } } }\n}";
+        let errors = RuleSet::parse("auth.json", text).expect_err("same path");
+        let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            lines,
+            [
+                r#"auth.json:3:13: rule "/a/b" GET: "/a//b" (auth.json:2:14) and "/a/b" both normalise to "/a/b""#
+            ]
+        );
     }
 
     #[test]

@@ -1,0 +1,130 @@
+//! The command line's words: the usage and each command's help, `check-config`'s summary and
+//! `allowed-headers`' line. Text only; `main` runs the commands.
+
+use crate::App;
+
+pub const USAGE: &str =
+    "usage: checkpoint [serve | check-config | allowed-headers | schema | --help | --version]
+
+  serve            serve Envoy's Authorization/Check (the default)
+  check-config     load and validate the configuration and the rules, print a summary
+  allowed-headers  print, for Envoy's ext_authz `allowed_headers`, the request headers this
+                   configuration reads (Envoy then sends no others on the Check call)
+  schema           print the JSON Schema of the native configuration file (CHECKPOINT_CONFIG)
+
+`checkpoint COMMAND --help` describes one command. Configuration comes from CHECKPOINT_CONFIG
+(a YAML or JSON file) or from Mia-Platform's environment variables; see README.md for the
+reference.
+";
+
+pub const CONFIGURATION: &str =
+    "Configuration comes from CHECKPOINT_CONFIG (a YAML or JSON file) or from Mia-Platform's
+environment variables (see README.md).";
+
+/// Each command and its `--help`.
+pub const COMMANDS: &[(&str, &str)] = &[
+    (
+        "serve",
+        "Loads and validates the configuration and the rules, then serves Envoy's
+Authorization/Check (gRPC, with health and reflection) and the status routes. SIGTERM or SIGINT:
+report not ready, keep serving DELAY_SHUTDOWN_SECONDS, drain, exit 0. SIGHUP is ignored. An
+invalid configuration lists every problem and exits 1. The default command.",
+    ),
+    (
+        "check-config",
+        "Loads and validates the configuration and the rules without binding a port or contacting
+anyone, then prints a summary (rules, identity sources, addresses, the request headers read).
+An invalid configuration lists every problem, with where it is, and exits 1.",
+    ),
+    (
+        "allowed-headers",
+        "Prints, as one line of YAML, the value of Envoy's ext_authz `allowed_headers` for this
+configuration: the request headers checkpoint reads (Envoy then sends no others on the Check
+call). An invalid configuration is reported as by check-config.",
+    ),
+    (
+        "schema",
+        "Prints the JSON Schema of the native configuration file (CHECKPOINT_CONFIG).",
+    ),
+];
+
+/// `check-config`'s summary of a valid configuration.
+pub fn summary(app: &App, origin: &str, ignored: &[&'static str], workers: usize) -> String {
+    let s = &app.settings;
+    let rules = &app.checker.rules;
+    let mut out = String::new();
+    let mut line = |text: String| {
+        out.push_str(&text);
+        out.push('\n');
+    };
+    line("configuration is valid".to_owned());
+    line(format!("  from:            {origin}"));
+    if !ignored.is_empty() {
+        line(format!(
+            "  ignored:         {} (CHECKPOINT_CONFIG wins over environment variables)",
+            ignored.join(", ")
+        ));
+    }
+    line(format!("  rule file:       {}", rules.file.display()));
+    line(format!("  rules:           {}", rules.table.len()));
+    for (path, method, rule) in rules.table.iter() {
+        let backoffice = if rule.backoffice.is_some() {
+            " (+backoffice)"
+        } else {
+            ""
+        };
+        let sources = rule
+            .identity
+            .as_ref()
+            .map(|names| format!(" (identity: {})", names.join(", ")))
+            .unwrap_or_default();
+        line(format!(
+            "    {method} {path}: {}{}{backoffice}{sources}",
+            rule.authorization.expression.source(),
+            if rule.authorization.public {
+                " [public]"
+            } else {
+                ""
+            },
+        ));
+    }
+    let names: Vec<&str> = app.checker.identity.names().collect();
+    line(format!("  identity source: {}", names.join(", ")));
+    line(format!("  strict mode:     {}", s.strict_mode));
+    line(format!("  grpc address:    {}", s.grpc_addr));
+    line(format!("  status address:  {}", s.http_addr));
+    line(format!(
+        "  workers:         {workers} ({})",
+        if workers == 1 {
+            "single-threaded scheduler"
+        } else {
+            "multi-threaded scheduler"
+        }
+    ));
+    line(format!("  dynamic metadata: {}", s.dynamic_metadata));
+    let headers = app.checker.headers_read();
+    let names: Vec<&str> = headers.iter().map(String::as_str).collect();
+    line(format!("  request headers: {}", names.join(", ")));
+    line(format!(
+        "  grpc tls:        {}",
+        match &s.grpc.tls {
+            None => "off".to_owned(),
+            Some(tls) if tls.client_ca.is_some() => format!("mutual TLS ({})", tls.cert.display()),
+            Some(tls) => format!("on ({})", tls.cert.display()),
+        }
+    ));
+    out
+}
+
+/// The value of Envoy's ext_authz `allowed_headers` for this configuration, as one line of YAML
+/// (flow style), for scripts/render-envoy.sh's `${ALLOWED_HEADERS}`.
+pub fn allowed_headers(app: &App) -> String {
+    let patterns: Vec<String> = app
+        .checker
+        .headers_read()
+        .iter()
+        // A JSON string is a YAML double-quoted scalar: any name stays one value.
+        .map(|name| format!("{{ exact: {} }}", serde_json::Value::from(name.as_str())))
+        .collect();
+    format!("{{ patterns: [{}] }}\n", patterns.join(", "))
+}
