@@ -31,7 +31,8 @@ command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
-# promtool and the prometheus server (tests/metrics.rs); the package's service is not started here.
+# promtool and the prometheus server (tests/metrics.rs starts its own on loopback; the package's
+# system service, which apt starts on hosts running systemd, is not used).
 { command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1; } || missing+=(prometheus)
 if command -v python3 >/dev/null 2>&1 && [ ! -x .venv/bin/python ] \
   && ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
