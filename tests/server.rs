@@ -531,3 +531,47 @@ async fn graceful_shutdown_finishes_in_flight_checks() {
         "still accepting after shutdown"
     );
 }
+
+/// A Check the client cancels (it resets the stream, as Envoy does when its own timeout fires)
+/// drops its user-info call: the authentication manager's slow answer is never finished, and
+/// nothing is cached, so the next Check asks again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_check_cancels_its_user_info_call() {
+    let (userinfo, server) = with_userinfo(&[("CHECKPOINT_USERINFO_TIMEOUT", "5s")]).await;
+    let mut client = server.client().await;
+    let call = client.check(request(
+        "GET",
+        "/private",
+        &[("authorization", "Bearer slow-1500")],
+    ));
+    // No grpc-timeout: the client gives up on its own and drops the call.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), call)
+            .await
+            .is_err(),
+        "answered before the client gave up"
+    );
+    // Long enough for the slow answer to have finished, had its caller waited for it.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    assert_eq!(userinfo.count(), 1, "user-info was called once");
+    assert_eq!(
+        userinfo.slow_finished(),
+        0,
+        "the user-info call outlived the cancelled Check"
+    );
+    // Nothing was cached: the same credential is looked up again.
+    let again = answer(
+        &client
+            .check(request(
+                "GET",
+                "/private",
+                &[("authorization", "Bearer slow-10")],
+            ))
+            .await
+            .expect("answered")
+            .into_inner(),
+    );
+    assert_eq!(again.http_status, 200);
+    assert_eq!(userinfo.count(), 2);
+    assert_eq!(userinfo.slow_finished(), 1);
+}

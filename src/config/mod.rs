@@ -285,7 +285,10 @@ pub fn log_level(text: &str) -> Result<(), String> {
             return Err(format!("{what}: {usage}"));
         }
     }
-    crate::telemetry::filter(text).map(drop)
+    // tracing-subscriber's own parser has the last word (the same one telemetry installs).
+    tracing_subscriber::EnvFilter::try_new(text)
+        .map(drop)
+        .map_err(|e| format!("invalid log level \"{text}\": {e}"))
 }
 
 /// Splits at `separator` where it is outside `[...]` and `{...}` (a directive's span filter may

@@ -4,7 +4,8 @@
 //! `alice`, `bob`, `carol` (no groups) are users; `status-NNN` answers that status; `empty`,
 //! `noid`, `notjson`, `huge` (4 MiB, chunked), `huge-cl` (4 MiB with Content-Length), `crlf`,
 //! `unicode`; `slow-MS` answers alice after MS milliseconds. Anything else is 401.
-//! Every call's path and headers are recorded.
+//! Every call's path and headers are recorded, and the slow answers that were written (a slow
+//! call whose client went away is never finished).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -27,6 +28,7 @@ pub struct Call {
 pub struct UserInfoServer {
     pub addr: Option<SocketAddr>,
     calls: Arc<Mutex<Vec<Call>>>,
+    slow_finished: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl UserInfoServer {
@@ -39,9 +41,10 @@ impl UserInfoServer {
             ..Default::default()
         };
         let calls = server.calls.clone();
+        let slow_finished = server.slow_finished.clone();
         let app = Router::new().fallback(move |uri: Uri, headers: HeaderMap| {
-            let calls = calls.clone();
-            async move { answer(&calls, uri, headers).await }
+            let (calls, slow_finished) = (calls.clone(), slow_finished.clone());
+            async move { answer(&calls, &slow_finished, uri, headers).await }
         });
         tokio::spawn(async move { axum::serve(listener, app).await });
         server.addr = server.addr.take();
@@ -59,9 +62,19 @@ impl UserInfoServer {
     pub fn count(&self) -> usize {
         self.calls.lock().expect("lock").len()
     }
+
+    /// Slow answers that ran to the end (their client was still there).
+    pub fn slow_finished(&self) -> usize {
+        self.slow_finished.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
-async fn answer(calls: &Mutex<Vec<Call>>, uri: Uri, headers: HeaderMap) -> Response {
+async fn answer(
+    calls: &Mutex<Vec<Call>>,
+    slow_finished: &std::sync::atomic::AtomicUsize,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
     let recorded: HashMap<String, String> = headers
         .iter()
         .map(|(k, v)| {
@@ -87,6 +100,7 @@ async fn answer(calls: &Mutex<Vec<Call>>, uri: Uri, headers: HeaderMap) -> Respo
     });
     if let Some(ms) = token.strip_prefix("slow-") {
         tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(1000))).await;
+        slow_finished.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         return axum::Json(alice).into_response();
     }
     if let Some(code) = token.strip_prefix("status-") {
