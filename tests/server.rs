@@ -495,15 +495,17 @@ async fn graceful_shutdown_finishes_in_flight_checks() {
     use tonic_health::pb::health_client::HealthClient;
     use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
     let mut health = HealthClient::new(channel(&server).await);
-    let status = health
-        .check(HealthCheckRequest {
-            service: String::new(),
-        })
-        .await
-        .expect("health")
-        .into_inner()
-        .status;
-    assert_eq!(status, ServingStatus::NotServing as i32);
+    for service in ["", "envoy.service.auth.v3.Authorization"] {
+        let status = health
+            .check(HealthCheckRequest {
+                service: service.to_owned(),
+            })
+            .await
+            .expect("health")
+            .into_inner()
+            .status;
+        assert_eq!(status, ServingStatus::NotServing as i32, "{service:?}");
+    }
     let during_delay = answer(
         &client
             .clone()
@@ -574,4 +576,47 @@ async fn a_cancelled_check_cancels_its_user_info_call() {
     assert_eq!(again.http_status, 200);
     assert_eq!(userinfo.count(), 2);
     assert_eq!(userinfo.slow_finished(), 1);
+}
+
+/// gRPC health follows readiness for both names: while an identity source is not ready (a JWT
+/// source whose keys cannot be fetched), `/-/ready` answers 503 and both `""` and
+/// `envoy.service.auth.v3.Authorization` say NOT_SERVING; health itself is described by
+/// reflection, so grpcurl needs no `.proto` for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_is_not_serving_until_ready_for_both_names() {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
+    let server = Server::start_native_unready(
+        r#"
+version: 1
+rules:
+  inline:
+    /: { GET: { authorization: { expression: "true", public: true } } }
+identity:
+  sources:
+    - type: jwt
+      jwks_uri: http://127.0.0.1:9/jwks.json
+      issuer: http://127.0.0.1:9
+      algorithms: [RS256]
+"#,
+    )
+    .await;
+    // Time for a first key fetch to fail and for readiness to be looked at more than once.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ready = reqwest::get(format!("http://{}/-/ready", server.http))
+        .await
+        .expect("listening");
+    assert_eq!(ready.status(), 503);
+    let mut health = HealthClient::new(channel(&server).await);
+    for service in ["", "envoy.service.auth.v3.Authorization"] {
+        let status = health
+            .check(HealthCheckRequest {
+                service: service.to_owned(),
+            })
+            .await
+            .expect("health answers")
+            .into_inner()
+            .status;
+        assert_eq!(status, ServingStatus::NotServing as i32, "{service:?}");
+    }
 }

@@ -55,6 +55,13 @@ impl Server {
     /// Starts checkpoint from a native configuration file (`CHECKPOINT_CONFIG`) with `yaml` as
     /// its content; rules are inline in it.
     pub async fn start_native(yaml: &str) -> Server {
+        let server = Server::start_native_unready(yaml).await;
+        server.wait_ready().await;
+        server
+    }
+
+    /// [`Server::start_native`] without waiting for readiness (for what happens before it).
+    pub async fn start_native_unready(yaml: &str) -> Server {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("checkpoint.yaml");
         std::fs::write(&path, yaml).expect("write config");
@@ -63,10 +70,16 @@ impl Server {
         let config = Config::load(&env).unwrap_or_else(|e| panic!("config: {:?}", e.problems));
         let app = checkpoint::App::new(config, &env)
             .unwrap_or_else(|e| panic!("sources: {:?}", e.problems));
-        Server::serve(app, dir).await
+        Server::serve_unready(app, dir).await
     }
 
     async fn serve(app: checkpoint::App, dir: tempfile::TempDir) -> Server {
+        let server = Server::serve_unready(app, dir).await;
+        server.wait_ready().await;
+        server
+    }
+
+    async fn serve_unready(app: checkpoint::App, dir: tempfile::TempDir) -> Server {
         let grpc = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -92,7 +105,6 @@ impl Server {
             task,
             _dir: dir,
         };
-        server.wait_ready().await;
         server
     }
 
