@@ -98,14 +98,13 @@ impl Server {
                 let _ = stopped.await;
             },
         ));
-        let server = Server {
+        Server {
             grpc: grpc_addr,
             http: http_addr,
             stop: Some(stop),
             task,
             _dir: dir,
-        };
-        server
+        }
     }
 
     async fn wait_ready(&self) {
