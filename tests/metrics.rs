@@ -608,7 +608,7 @@ async fn denies_carry_the_decision_id_and_the_log_line_names_it() {
     let longest = "r".repeat(128);
     let too_long = "r".repeat(129);
     let mut ids = Vec::new();
-    let given = check("/nowhere", Some("req-7f3a")).await;
+    let given = check("/nowhere//x?token=s3cret", Some("req-7f3a")).await;
     assert_eq!(given.http_status, 404);
     assert_eq!(given.headers[DECISION_ID], "req-7f3a");
     ids.push(given.headers[DECISION_ID].clone());
@@ -663,6 +663,18 @@ async fn denies_carry_the_decision_id_and_the_log_line_names_it() {
         .collect();
     assert_eq!(logged, ids);
     assert!(!logged.contains(&"9876543210"));
+    // A request no rule matched: its method and normalised path are logged (a 404 can be
+    // understood), never the query string, which may hold credentials.
+    assert_eq!(lines[0]["reason"], "no_rule");
+    assert_eq!(lines[0]["request_method"], "GET");
+    assert_eq!(lines[0]["path"], "/nowhere/x");
+    assert!(!lines[0].to_string().contains("s3cret"), "{}", lines[0]);
+    // A request that matched a rule names the rule instead.
+    assert!(
+        lines
+            .last()
+            .is_some_and(|l| l.get("path").is_none() && l["rule"] != "")
+    );
     checkpoint.stop();
 }
 
