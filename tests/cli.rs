@@ -807,3 +807,58 @@ fn tls_files_are_checked_before_serving() {
         "{stderr}"
     );
 }
+
+/// The demo says why it failed: with checkpoint's gRPC port already taken, it stops everything
+/// and prints checkpoint's own error (which checkpoint logs on stdout), not an empty stderr file.
+#[test]
+fn the_demo_prints_the_real_cause_of_a_failed_start() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port()
+            .to_string()
+    };
+    // Held for the whole run: the demo's checkpoint cannot bind it.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken_port = taken.local_addr().expect("addr").port().to_string();
+    let state = tempfile::tempdir().expect("dir");
+    let mut child = Command::new("bash")
+        .arg(root.join("scripts/demo.sh"))
+        .current_dir(root)
+        .env("DEMO_SKIP_BUILD", "1")
+        .env("CHECKPOINT_BIN", env!("CARGO_BIN_EXE_checkpoint"))
+        .env("DEMO_NO_WAIT", "1")
+        .env("DEMO_GRPC_PORT", &taken_port)
+        .env("DEMO_HTTPS_PORT", free())
+        .env("DEMO_HTTP_PORT", free())
+        .env("DEMO_ADMIN_PORT", free())
+        .env("DEMO_STATUS_PORT", free())
+        .env("DEMO_UPSTREAM_PORT", free())
+        .env("DEMO_IDP_PORT", free())
+        .env("TMPDIR", state.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run the demo");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while child.try_wait().expect("wait").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the demo did not stop on its own");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().expect("output");
+    drop(taken);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains(&format!("binding the gRPC address 127.0.0.1:{taken_port}")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("Address already in use"), "{stderr}");
+}
