@@ -6,6 +6,7 @@
 mod support;
 
 use std::time::{Duration, Instant};
+use tonic_health::pb::health_check_response::ServingStatus;
 
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use support::userinfo::UserInfoServer;
@@ -398,20 +399,7 @@ async fn status_routes_health_and_reflection() {
         );
     }
 
-    use tonic_health::pb::health_client::HealthClient;
-    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
-    let mut health = HealthClient::new(channel(&server).await);
-    for service in ["", "envoy.service.auth.v3.Authorization"] {
-        let status = health
-            .check(HealthCheckRequest {
-                service: service.into(),
-            })
-            .await
-            .expect("health")
-            .into_inner()
-            .status;
-        assert_eq!(status, ServingStatus::Serving as i32, "{service:?}");
-    }
+    assert_health(&server, ServingStatus::Serving).await;
 
     use tonic_reflection::pb::v1::ServerReflectionRequest;
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
@@ -492,20 +480,7 @@ async fn graceful_shutdown_finishes_in_flight_checks() {
         .await
         .expect("still listening");
     assert_eq!(live.status(), 200);
-    use tonic_health::pb::health_client::HealthClient;
-    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
-    let mut health = HealthClient::new(channel(&server).await);
-    for service in ["", "envoy.service.auth.v3.Authorization"] {
-        let status = health
-            .check(HealthCheckRequest {
-                service: service.to_owned(),
-            })
-            .await
-            .expect("health")
-            .into_inner()
-            .status;
-        assert_eq!(status, ServingStatus::NotServing as i32, "{service:?}");
-    }
+    assert_health(&server, ServingStatus::NotServing).await;
     let during_delay = answer(
         &client
             .clone()
@@ -584,8 +559,6 @@ async fn a_cancelled_check_cancels_its_user_info_call() {
 /// reflection, so grpcurl needs no `.proto` for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_is_not_serving_until_ready_for_both_names() {
-    use tonic_health::pb::health_client::HealthClient;
-    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
     let server = Server::start_native_unready(
         r#"
 version: 1
@@ -607,7 +580,14 @@ identity:
         .await
         .expect("listening");
     assert_eq!(ready.status(), 503);
-    let mut health = HealthClient::new(channel(&server).await);
+    assert_health(&server, ServingStatus::NotServing).await;
+}
+
+/// gRPC health says `want` for the overall `""` and for the Authorization service.
+async fn assert_health(server: &Server, want: ServingStatus) {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    let mut health = HealthClient::new(channel(server).await);
     for service in ["", "envoy.service.auth.v3.Authorization"] {
         let status = health
             .check(HealthCheckRequest {
@@ -617,6 +597,6 @@ identity:
             .expect("health answers")
             .into_inner()
             .status;
-        assert_eq!(status, ServingStatus::NotServing as i32, "{service:?}");
+        assert_eq!(status, want as i32, "{service:?}");
     }
 }
