@@ -11,15 +11,15 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use checkpoint::check::{Decision, Denial, Outcome, Reason};
 use checkpoint::config::UserHeaders;
-use checkpoint::envoy;
-use checkpoint::identity::User;
-use checkpoint::policy::{Expression, Facts};
-use checkpoint::request::path;
-use checkpoint::response::Responder;
-use checkpoint::route::{Method, MethodKey, RouteTable};
 use checkpoint::telemetry::{self, DecisionId, Metrics};
+use checkpoint::testing as envoy;
+use checkpoint::testing::Responder;
+use checkpoint::testing::identity::User;
+use checkpoint::testing::path;
+use checkpoint::testing::{Decision, Denial, Outcome, Reason};
+use checkpoint::testing::{Expression, Facts};
+use checkpoint::testing::{Method, MethodKey, RouteTable};
 use criterion::{Criterion, criterion_group, criterion_main};
 use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::{

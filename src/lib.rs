@@ -31,21 +31,51 @@
 //! - [`cli`]: the command line's words (help, `check-config`'s summary).
 //! - [`run`]: starts everything on already-bound listeners and shuts down gracefully.
 
-pub mod check;
+// The library's API, for the binary and for embedders: [`Config`] (load and validate), [`App`]
+// (build the stages), [`run`] (serve on bound listeners), the `config` model, the command line's
+// words, and telemetry's set-up. The stages are the crate's own.
 pub mod cli;
 pub mod config;
-pub mod envoy;
-pub mod identity;
-pub mod policy;
-pub mod request;
-pub mod response;
-pub mod route;
-pub mod rules;
-pub mod status;
 pub mod telemetry;
-pub mod transport;
+
+pub(crate) mod check;
+pub(crate) mod envoy;
+pub(crate) mod identity;
+pub(crate) mod policy;
+pub(crate) mod request;
+pub(crate) mod response;
+pub(crate) mod route;
+pub(crate) mod rules;
+pub(crate) mod status;
+pub(crate) mod transport;
 
 mod server;
 
 pub use rules::Config;
 pub use server::{App, GrpcListener, Listeners, RunError, run};
+
+/// Not API: what the project's own criterion benches and its component tests of single identity
+/// sources reach below [`run`]. No stability promise; may change with any commit.
+#[doc(hidden)]
+pub mod testing {
+    pub use crate::check::{Decision, Denial, Outcome, Reason};
+    pub use crate::envoy::{decode, encode};
+    pub use crate::policy::{Expression, Facts};
+    pub use crate::request::{Headers, Request, path};
+    pub use crate::response::Responder;
+    pub use crate::route::{Method, MethodKey, RouteTable};
+    pub use crate::rules::RuleSet;
+
+    /// Stage 2's sources, each testable against a real provider without a server around it.
+    pub mod identity {
+        pub use crate::identity::anonymous::Anonymous;
+        pub use crate::identity::api_key::{ApiKeys, KeyMatch};
+        pub use crate::identity::envoy_metadata::EnvoyMetadata;
+        pub use crate::identity::introspection::{self, Introspection};
+        pub use crate::identity::jwt::Jwt;
+        pub use crate::identity::mtls::Mtls;
+        pub use crate::identity::{
+            CacheSettings, Context, IdentityCache, Resolution, Source, User,
+        };
+    }
+}

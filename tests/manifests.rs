@@ -11,7 +11,7 @@ mod tls_support;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use checkpoint::rules::RuleSet;
+use checkpoint::testing::RuleSet;
 use e2e_support::{allowed_headers, envoy_bin, make_certs, placeholders, render, repo};
 use serde_yaml_ng::Value;
 

@@ -290,7 +290,7 @@ async fn hostile_requests_are_denied_never_allowed_and_never_crash() {
         if a.http_status == 200 {
             assert_eq!(method, "GET", "allowed {method} {path:?}");
             let normalized =
-                checkpoint::request::path::normalize(&path).expect("allowed paths normalise");
+                checkpoint::testing::path::normalize(&path).expect("allowed paths normalise");
             assert!(
                 !normalized.starts_with("/private") && !normalized.starts_with("/admin"),
                 "allowed {path:?} -> {normalized}"

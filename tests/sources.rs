@@ -16,13 +16,15 @@ use checkpoint::config::sources::{
     AnonymousSource, ApiKey, ApiKeySource, ClaimMapping, ClientAuth, EnvoyMetadataSource,
     IntrospectionSource, MtlsPrincipal, MtlsSource, Span, TokenLocation,
 };
-use checkpoint::identity::anonymous::Anonymous;
-use checkpoint::identity::api_key::{ApiKeys, KeyMatch};
-use checkpoint::identity::envoy_metadata::EnvoyMetadata;
-use checkpoint::identity::introspection::{self, Introspection};
-use checkpoint::identity::mtls::Mtls;
-use checkpoint::identity::{CacheSettings, Context, IdentityCache, Resolution, Source, User};
-use checkpoint::request::{Headers, Request};
+use checkpoint::testing::identity::Anonymous;
+use checkpoint::testing::identity::EnvoyMetadata;
+use checkpoint::testing::identity::Mtls;
+use checkpoint::testing::identity::{ApiKeys, KeyMatch};
+use checkpoint::testing::identity::{
+    CacheSettings, Context, IdentityCache, Resolution, Source, User,
+};
+use checkpoint::testing::identity::{Introspection, introspection};
+use checkpoint::testing::{Headers, Request};
 use e2e_support::Proc;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};

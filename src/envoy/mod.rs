@@ -25,7 +25,7 @@ use tokio::time::Instant;
 use tonic::codegen::{Body, BoxFuture, Context, Poll, Service, StdError, http};
 use tonic::metadata::MetadataMap;
 
-pub use decode::{DecodeError, decode};
+pub use decode::decode;
 pub use encode::{Encoded, encode};
 
 use crate::check::Checker;

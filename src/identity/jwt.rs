@@ -404,12 +404,6 @@ pub struct Jwt {
     refresher: JoinHandle<()>,
 }
 
-/// Every problem of the settings, each naming its field (for `check-config`, which reports them
-/// without starting anything).
-pub fn problems(settings: &JwtSource) -> Vec<String> {
-    checked(settings).err().unwrap_or_default()
-}
-
 /// The policy and key set URL the settings describe, or every problem.
 fn checked(settings: &JwtSource) -> Result<(Policy, Option<reqwest::Url>), Vec<String>> {
     let policy = Policy::from_settings(settings);
@@ -807,6 +801,7 @@ mod tests {
         ] {
             assert!(error.contains(expected), "{expected:?} not in {error:?}");
         }
+        let problems = |s: &JwtSource| checked(s).err().unwrap_or_default();
         assert_eq!(problems(&bad).len(), 7, "{:?}", problems(&bad));
         assert_eq!(problems(&settings()), Vec::<String>::new());
         let mut hs = settings();

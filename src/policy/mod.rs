@@ -5,7 +5,7 @@
 
 pub mod expr;
 
-pub use expr::{ExprError, Expression};
+pub use expr::Expression;
 
 /// What an expression may look at. Borrowed from the identity and the request, never copied.
 #[derive(Debug, Clone, Copy, Default)]
