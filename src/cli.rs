@@ -105,6 +105,9 @@ pub fn summary(app: &App, origin: &str, ignored: &[&'static str], workers: usize
     let headers = app.checker.headers_read();
     let names: Vec<&str> = headers.iter().map(String::as_str).collect();
     line(format!("  request headers: {}", names.join(", ")));
+    for warning in crate::config::warnings::warnings(s) {
+        line(format!("  warning:         {warning}"));
+    }
     line(format!(
         "  grpc tls:        {}",
         match &s.grpc.tls {

@@ -201,6 +201,9 @@ fn serve() -> ExitCode {
         eprintln!("checkpoint: cannot set up logging: {e}");
         return ExitCode::FAILURE;
     }
+    for warning in checkpoint::config::warnings::warnings(&app.settings) {
+        tracing::warn!(warning, "a protection is weakened by the configuration");
+    }
     if !ignored.is_empty() {
         tracing::warn!(
             ignored = ignored.join(","),

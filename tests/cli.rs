@@ -862,3 +862,43 @@ fn the_demo_prints_the_real_cause_of_a_failed_start() {
     );
     assert!(stderr.contains("Address already in use"), "{stderr}");
 }
+
+/// A setting that removes a protection is refused; one that weakens it is accepted, and
+/// `check-config` says what it weakens.
+#[test]
+fn weakened_protections_are_warned_and_a_removed_one_is_refused() {
+    let dir = tempfile::tempdir().expect("dir");
+    let config = dir.path().join("checkpoint.yaml");
+    let write = |interval: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "version: 1\nrules:\n  inline:\n    /api: {{ GET: {{ authorization: {{ expression: \"true\", public: false }} }} }}\nidentity:\n  sources:\n    - type: jwt\n      name: idp\n      issuer: https://idp.example.com\n      jwks_uri: https://idp.example.com/jwks\n      min_refresh_interval: {interval}\n"
+            ),
+        )
+        .expect("write");
+    };
+    let path = config.display().to_string();
+
+    write("200ms");
+    let (code, stdout, stderr) = check_config(&[("CHECKPOINT_CONFIG", &path)]);
+    assert_eq!(code, 0, "{stderr}");
+    let warnings: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.trim_start().starts_with("warning:"))
+        .collect();
+    assert_eq!(warnings.len(), 2, "{stdout}");
+    assert!(
+        warnings[0].contains("\"idp\"") && warnings[0].contains("min_refresh_interval 200ms"),
+        "{stdout}"
+    );
+    assert!(warnings[1].contains("requires no `typ` header"), "{stdout}");
+
+    write("0s");
+    let (code, _, stderr) = check_config(&[("CHECKPOINT_CONFIG", &path)]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("identity.sources[0] (idp): min_refresh_interval: must be at least 100ms"),
+        "{stderr}"
+    );
+}

@@ -19,6 +19,7 @@ pub mod file;
 pub mod grpc;
 pub mod keys;
 pub mod sources;
+pub mod warnings;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -404,6 +404,10 @@ pub struct Jwt {
     refresher: JoinHandle<()>,
 }
 
+/// The least `min_refresh_interval` accepted: ten fetches a second at most. Below one second
+/// `check-config` warns (`config::warnings`).
+const MIN_REFRESH_FLOOR: Duration = Duration::from_millis(100);
+
 /// The policy and key set URL the settings describe, or every problem.
 fn checked(settings: &JwtSource) -> Result<(Policy, Option<reqwest::Url>), Vec<String>> {
     let policy = Policy::from_settings(settings);
@@ -422,6 +426,16 @@ fn checked(settings: &JwtSource) -> Result<(Policy, Option<reqwest::Url>), Vec<S
         if span.0.is_zero() {
             problems.push(format!("{field}: must be more than zero"));
         }
+    }
+    // Security: the interval is the only bound on key fetches that tokens with unknown key
+    // ids cause; without it every forged `kid` would be a call to the identity provider.
+    if settings.min_refresh_interval.0 < MIN_REFRESH_FLOOR {
+        problems.push(format!(
+            "min_refresh_interval: must be at least {}ms: it is the least time between two key \
+             fetches caused by tokens with an unknown key id, the bound on what forged tokens can \
+             make checkpoint ask of the identity provider",
+            MIN_REFRESH_FLOOR.as_millis()
+        ));
     }
     match policy {
         Ok(policy) if problems.is_empty() => Ok((policy, jwks_uri)),
@@ -786,6 +800,7 @@ mod tests {
         bad.audiences = vec![String::new()];
         bad.jwks_uri = Some("ftp://x".into());
         bad.timeout = Span(Duration::ZERO);
+        bad.min_refresh_interval = Span(Duration::ZERO);
         let error = Jwt::new(&bad, reqwest::Client::new())
             .err()
             .expect("refused")
@@ -798,12 +813,17 @@ mod tests {
             "audiences: an audience is empty",
             "jwks_uri: \"ftp://x\" is not an http or https URL",
             "timeout: must be more than zero",
+            "min_refresh_interval: must be at least 100ms",
         ] {
             assert!(error.contains(expected), "{expected:?} not in {error:?}");
         }
         let problems = |s: &JwtSource| checked(s).err().unwrap_or_default();
-        assert_eq!(problems(&bad).len(), 7, "{:?}", problems(&bad));
+        assert_eq!(problems(&bad).len(), 8, "{:?}", problems(&bad));
         assert_eq!(problems(&settings()), Vec::<String>::new());
+        // The floor itself is accepted.
+        let mut floor = settings();
+        floor.min_refresh_interval = Span(Duration::from_millis(100));
+        assert_eq!(problems(&floor), Vec::<String>::new());
         let mut hs = settings();
         hs.algorithms = vec!["RS256".into(), "hs512".into()];
         assert!(Policy::from_settings(&hs).is_err());

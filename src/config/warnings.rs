@@ -1,0 +1,70 @@
+//! Settings that are valid but weaken a protection: accepted (some identity providers leave no
+//! choice), never silently. `check-config` prints them and `serve` logs each at `warn` when it
+//! starts. A setting that removes a protection outright is refused by its validator instead
+//! (e.g. a `jwt` source's `min_refresh_interval` below one second).
+
+use super::Settings;
+use super::sources::SourceSettings;
+
+/// One sentence per weakened protection, naming the setting.
+pub fn warnings(settings: &Settings) -> Vec<String> {
+    source_warnings(&settings.sources)
+}
+
+fn source_warnings(sources: &[SourceSettings]) -> Vec<String> {
+    let mut found = Vec::new();
+    for source in sources {
+        let SourceSettings::Jwt(jwt) = source else {
+            continue;
+        };
+        if jwt.min_refresh_interval.0 < std::time::Duration::from_secs(1) {
+            found.push(format!(
+                "jwt source \"{}\": min_refresh_interval {:?} lets tokens with unknown key ids \
+                 make more than one key fetch a second from the identity provider",
+                source.name(),
+                jwt.min_refresh_interval.0
+            ));
+        }
+        if jwt.typ.is_none() {
+            found.push(format!(
+                "jwt source \"{}\" requires no `typ` header: any token of issuer {} with the \
+                 right audience is accepted, an ID token too where an access token is meant; \
+                 set `typ` (e.g. at+jwt) if the identity provider sets it",
+                source.name(),
+                jwt.issuer
+            ));
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn warnings(yaml: &str) -> Vec<String> {
+        let source: SourceSettings = serde_yaml_ng::from_str(yaml).expect("a source");
+        source_warnings(&[source])
+    }
+
+    #[test]
+    fn a_key_refetch_interval_under_a_second_is_named() {
+        let found = warnings(
+            "type: jwt\nissuer: https://idp.example\ntyp: jwt\nmin_refresh_interval: 200ms\n",
+        );
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].contains("min_refresh_interval 200ms"), "{found:?}");
+    }
+
+    #[test]
+    fn a_jwt_source_without_typ_is_named_and_one_with_typ_is_not() {
+        let found = warnings("type: jwt\nname: idp\nissuer: https://idp.example\n");
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].contains("\"idp\"") && found[0].contains("typ"),
+            "{found:?}"
+        );
+        let strict = warnings("type: jwt\nissuer: https://idp.example\ntyp: at+jwt\n");
+        assert_eq!(strict, Vec::<String>::new());
+    }
+}
