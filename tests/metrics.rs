@@ -747,3 +747,114 @@ fn dashboard_queries() -> Vec<String> {
     assert!(queries.len() >= 8, "{queries:?}");
     queries
 }
+
+/// Security: no credential reaches the logs, at any level. The real binary at `LOG_LEVEL=trace`
+/// (every crate's events) answers Checks carrying a bearer token the authentication manager
+/// refuses, one it cannot answer for, a session cookie and a token in the query string; then
+/// neither stdout nor stderr holds any of them, while the decision lines for those Checks are
+/// there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_never_reach_the_logs() {
+    let userinfo = UserInfoServer::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("auth.json"), RULES).expect("write rules");
+    let [grpc, http] = free_ports::<2>();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_checkpoint"));
+    command
+        .env_clear()
+        .env("CONFIGURATION_PATH", dir.path())
+        .env("CONFIGURATION_FILE_NAME", "auth")
+        .env("USERINFO_URL", userinfo.url("/userinfo"))
+        .env("HEADERS_TO_PROXY", "cookie,authorization")
+        .env("CHECKPOINT_GRPC_ADDR", format!("127.0.0.1:{grpc}"))
+        .env("CHECKPOINT_HTTP_ADDR", format!("127.0.0.1:{http}"))
+        .env("DELAY_SHUTDOWN_SECONDS", "0")
+        .env("LOG_LEVEL", "trace");
+    let mut checkpoint = Proc::spawn("checkpoint", command, dir.path());
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{http}/-/ready")).await
+            && r.status() == 200
+        {
+            break;
+        }
+        checkpoint.assert_running();
+        if Instant::now() > deadline {
+            checkpoint.fail("was not ready in time");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut client = envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient::connect(
+        format!("http://127.0.0.1:{grpc}"),
+    )
+    .await
+    .expect("connect");
+
+    let secrets = [
+        "refused-t0ken-4a7c",
+        "notjson",
+        "s3ssion-c00kie-91be",
+        "qu3ry-t0ken-5d20",
+    ];
+    let cases: [(&str, &[(&str, &str)], u16); 4] = [
+        // The authentication manager answers 401: an invalid credential.
+        (
+            "/private",
+            &[("authorization", "Bearer refused-t0ken-4a7c")],
+            401,
+        ),
+        // It answers a page that is not JSON: identity unavailable.
+        ("/private", &[("authorization", "Bearer notjson")], 503),
+        // A session cookie, proxied to the authentication manager, which refuses it.
+        (
+            "/private",
+            &[("cookie", "sid=s3ssion-c00kie-91be; theme=dark")],
+            401,
+        ),
+        // A token in the query string of a path no rule matches.
+        ("/nowhere?access_token=qu3ry-t0ken-5d20", &[], 404),
+    ];
+    for (path, headers, status) in cases {
+        let got = answer(
+            &client
+                .check(request("GET", path, headers))
+                .await
+                .expect("Check")
+                .into_inner(),
+        );
+        assert_eq!(got.http_status, status, "{path} {headers:?}");
+    }
+    assert!(
+        userinfo.count() >= 3,
+        "the authentication manager was asked"
+    );
+
+    // Every decision line is written before the process is stopped.
+    let deadline = Instant::now() + WAIT;
+    while checkpoint
+        .stdout()
+        .lines()
+        .filter(|l| l.contains("\"message\":\"decision\""))
+        .count()
+        < cases.len()
+    {
+        checkpoint.assert_running();
+        if Instant::now() > deadline {
+            checkpoint.fail("did not write a decision line for every Check");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    checkpoint.stop();
+    let (stdout, stderr) = (checkpoint.stdout(), checkpoint.stderr());
+    assert!(
+        stdout.lines().count() > cases.len(),
+        "trace level logs more than the decision lines"
+    );
+    for secret in secrets {
+        for (name, text) in [("stdout", &stdout), ("stderr", &stderr)] {
+            if let Some(line) = text.lines().find(|l| l.contains(secret)) {
+                panic!("{secret} is in checkpoint's {name}: {line}");
+            }
+        }
+    }
+}
