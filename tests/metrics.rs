@@ -796,7 +796,9 @@ async fn credentials_never_reach_the_logs() {
         "s3ssion-c00kie-91be",
         "qu3ry-t0ken-5d20",
     ];
-    let cases: [(&str, &[(&str, &str)], u16); 4] = [
+    // (path, headers, expected HTTP status)
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], u16);
+    let cases: [Case; 4] = [
         // The authentication manager answers 401: an invalid credential.
         (
             "/private",
