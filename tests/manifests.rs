@@ -967,3 +967,42 @@ fn dockerfile_builds_locked_and_runs_unprivileged() {
         assert!(exposed.contains(&port), "EXPOSE {port}: {exposed:?}");
     }
 }
+
+/// SECURITY.md names a test for every guarantee: each `file::test` it names (a file of `tests/`,
+/// or a path under `src/`) is a test function that exists, so the page cannot point at a test
+/// that was renamed or removed.
+#[test]
+fn every_test_security_md_names_exists() {
+    let text = std::fs::read_to_string(repo().join("SECURITY.md")).expect("SECURITY.md");
+    let mut named = 0;
+    for quoted in text.split('`').skip(1).step_by(2) {
+        let Some((file, test)) = quoted.rsplit_once("::") else {
+            continue;
+        };
+        if !test
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        {
+            continue;
+        }
+        let path = if file.starts_with("src/") {
+            repo().join(file)
+        } else if file.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+            repo().join("tests").join(format!("{file}.rs"))
+        } else {
+            continue;
+        };
+        let source = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("SECURITY.md names {quoted}: {}: {e}", path.display()));
+        let defined = [format!("fn {test}("), format!("fn {test}<")]
+            .iter()
+            .any(|f| source.contains(f.as_str()));
+        assert!(
+            defined,
+            "SECURITY.md names {quoted}, which {} does not define",
+            path.display()
+        );
+        named += 1;
+    }
+    assert!(named >= 40, "SECURITY.md names {named} tests");
+}
