@@ -51,6 +51,11 @@ pub(crate) mod transport;
 
 mod server;
 
+/// The properties of every parser of outside input, for the property tests and `fuzz/`.
+#[cfg(any(test, fuzzing))]
+#[doc(hidden)]
+pub mod fuzz;
+
 pub use rules::Config;
 pub use server::{App, GrpcListener, Listeners, RunError, run};
 

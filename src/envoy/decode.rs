@@ -432,7 +432,7 @@ fn value_to_json(value: &envoy_types::pb::google::protobuf::Value) -> serde_json
 
 /// The reference decoding: what the stages need from a `CheckRequest` as envoy-types decodes
 /// it, built the straightforward way. Only tests use it, to hold [`decode`] to protobuf's rules.
-#[cfg(test)]
+#[cfg(any(test, fuzzing))]
 pub(crate) mod reference {
     use envoy_types::pb::envoy::config::core::v3::HeaderValue;
     use envoy_types::pb::envoy::service::auth::v3::CheckRequest;

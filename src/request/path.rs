@@ -67,13 +67,14 @@ pub fn normalize(raw: &str) -> Result<String, PathError> {
 }
 
 /// True when `path` has nothing for [`decode`] or [`remove_dot_segments`] to change or refuse:
-/// no `%`, `\`, `;`, control character, empty segment (`//`) or segment starting with a dot
+/// no `%`, `\`, `;`, control character (C1 ones included), empty segment (`//`) or segment starting with a dot
 /// (`/.`, which covers `.` and `..`; `/.well-known` merely takes the full route).
 fn is_plain(path: &str) -> bool {
     let mut previous = 0u8;
     for &b in path.as_bytes() {
         match b {
-            b'%' | b'\\' | b';' | 0x7f => return false,
+            // 0xC2 leads U+0080..U+00BF, among them the C1 control characters.
+            b'%' | b'\\' | b';' | 0x7f | 0xc2 => return false,
             b if b < 0x20 => return false,
             b'/' | b'.' if previous == b'/' => return false,
             _ => {}
@@ -113,7 +114,9 @@ fn decode(path: &str) -> Result<String, PathError> {
             }
             '\\' => return Err(PathError::Backslash),
             '\0' => return Err(PathError::Nul),
-            c if c < ' ' || c == '\x7f' => return Err(PathError::ControlCharacter),
+            // C0, DEL and the C1 controls (U+0080..U+009F), which some terminals act on when a
+            // log line is shown.
+            c if c.is_control() => return Err(PathError::ControlCharacter),
             // Security: Tomcat and Jetty strip `;params` from each segment, so `/public/..;/admin`
             // reaches `/admin` while it looks like it is under `/public`. An encoded `%3B` is not
             // split on by servers and is kept (above).
