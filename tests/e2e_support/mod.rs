@@ -152,6 +152,11 @@ impl Proc {
         std::fs::read_to_string(&self.stdout).unwrap_or_default()
     }
 
+    /// The process id (0 once the child is reaped).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
