@@ -29,12 +29,15 @@
 //! - [`telemetry`]: structured logs and the decision line, the Prometheus metrics and the
 //!   decision id.
 //! - [`cli`]: the command line's words (help, `check-config`'s summary).
+//! - [`explain`]: `checkpoint explain` (why a request gets its answer) and `checkpoint test`
+//!   (tables of requests and expected answers); never used by `serve`.
 //! - [`run`]: starts everything on already-bound listeners and shuts down gracefully.
 
 pub mod check;
 pub mod cli;
 pub mod config;
 pub mod envoy;
+pub mod explain;
 pub mod identity;
 pub mod policy;
 pub mod request;

@@ -223,30 +223,33 @@ impl<T> RouteTable<T> {
 
     /// The entry of the longest key that `path` equals or continues at a segment boundary.
     fn longest_key(&self, path: &str) -> Option<&Entry<T>> {
-        let lookup = |key: &str| self.index.get(key).and_then(|&i| self.entries.get(i));
-        if let Some(entry) = lookup(path) {
-            return Some(entry);
-        }
-        // Candidates from longest to shortest: at each `/` from the right, the prefix with the
-        // slash (key `/foo/` matches `/foo/x`) then without it (key `/foo` matches `/foo/x`, and
-        // never `/foo-bar`, which has no `/` after `/foo`).
-        let mut rest = path;
-        while let Some(slash) = rest.rfind('/') {
-            let with_slash = path.get(..=slash)?;
-            // Equal to `path` only when the path ends with `/`: already looked up.
-            if with_slash.len() < path.len()
-                && let Some(entry) = lookup(with_slash)
-            {
-                return Some(entry);
+        let mut found = None;
+        each_key_candidate(path, |key| {
+            found = self.index.get(key).and_then(|&i| self.entries.get(i));
+            found.is_none()
+        });
+        found
+    }
+
+    /// Every key that `path` equals or continues at a segment boundary, longest first, each
+    /// with all its rules: what `checkpoint explain` shows beside the rule [`RouteTable::find`]
+    /// chose (the keys it beat, and the shorter keys it never falls back to). Not on the
+    /// request path: it allocates.
+    pub fn matching(&self, path: &str) -> Vec<(&str, Vec<(MethodKey, &T)>)> {
+        let mut keys = Vec::new();
+        each_key_candidate(path, |key| {
+            if let Some(entry) = self.index.get(key).and_then(|&i| self.entries.get(i)) {
+                let rules = entry
+                    .rules
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(slot, rule)| Some((MethodKey::from_slot(slot), rule.as_ref()?)))
+                    .collect();
+                keys.push((&*entry.path, rules));
             }
-            rest = path.get(..slash)?;
-            if !rest.is_empty()
-                && let Some(entry) = lookup(rest)
-            {
-                return Some(entry);
-            }
-        }
-        None
+            true
+        });
+        keys
     }
 
     /// Number of (path, method key) rules.
@@ -266,6 +269,33 @@ impl<T> RouteTable<T> {
                     .map(|rule| (&*entry.path, MethodKey::from_slot(slot), rule))
             })
         })
+    }
+}
+
+/// Calls `visit` with every key `path` may match, from longest to shortest, until it returns
+/// false: the path itself, then at each `/` from the right the prefix with the slash (key `/foo/`
+/// matches `/foo/x`) and without it (key `/foo` matches `/foo/x`, and never `/foo-bar`, which has
+/// no `/` after `/foo`).
+fn each_key_candidate<'p>(path: &'p str, mut visit: impl FnMut(&'p str) -> bool) {
+    if !visit(path) {
+        return;
+    }
+    let mut rest = path;
+    while let Some(slash) = rest.rfind('/') {
+        let Some(with_slash) = path.get(..=slash) else {
+            return;
+        };
+        // Equal to `path` only when the path ends with `/`: already visited.
+        if with_slash.len() < path.len() && !visit(with_slash) {
+            return;
+        }
+        let Some(without) = path.get(..slash) else {
+            return;
+        };
+        rest = without;
+        if !rest.is_empty() && !visit(rest) {
+            return;
+        }
     }
 }
 
@@ -306,6 +336,16 @@ mod tests {
         let mut failures = Vec::new();
         for case in &data.cases {
             let found = table.find(&case.path, Method::parse(&case.method));
+            // `matching` lists the key `find` chose first.
+            if let Some(found) = &found {
+                let matching = table.matching(&case.path);
+                assert_eq!(
+                    matching.first().map(|m| m.0),
+                    Some(found.path),
+                    "{}",
+                    case.path
+                );
+            }
             let got = found.map(|f| {
                 assert_eq!((f.path, f.method.as_str()), (&*f.rule.0, &*f.rule.1));
                 f.rule.clone()
