@@ -347,3 +347,81 @@ async fn help_lists_the_new_commands() {
         assert!(stdout.contains("Exit status"), "{command}: {stdout}");
     }
 }
+
+/// The text block that follows `heading` in README.md after `skip` other blocks.
+fn readme_block(heading: &str, skip: usize) -> String {
+    let readme = include_str!("../README.md");
+    let start = readme.find(heading).expect("the heading");
+    readme[start..]
+        .split("\n```")
+        .nth(1 + 2 * skip)
+        .map(|block| {
+            block
+                .split_once('\n')
+                .map_or("", |(_, text)| text)
+                .to_owned()
+                + "\n"
+        })
+        .expect("the block")
+}
+
+/// README's "Explain a decision" example prints what README shows, run where README runs it.
+#[tokio::test]
+async fn the_readme_explain_example_is_what_explain_prints() {
+    let s = setup(&readme_rules(), NOBODY);
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_checkpoint"))
+        .args([
+            "explain",
+            "--method",
+            "DELETE",
+            "--path",
+            "/users/42",
+            "-H",
+            "isbackoffice: 1",
+            "-H",
+            "x-request-id: doc-3",
+            "--user",
+            r#"{"sub":"ann","groups":["admin"],"email":"ann@example.test"}"#,
+        ])
+        .current_dir(s.dir.path())
+        .env_clear()
+        .envs([
+            ("CONFIGURATION_FILE_NAME", "auth"),
+            ("USERINFO_URL", NOBODY),
+        ])
+        .output()
+        .await
+        .expect("run checkpoint");
+    let command = readme_block("### Explain a decision", 0);
+    assert!(
+        command.contains("--path /users/42 -H 'isbackoffice: 1' -H 'x-request-id: doc-3'"),
+        "{command}"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        readme_block("### Explain a decision", 1)
+    );
+    assert_eq!(out.status.code(), Some(0));
+}
+
+/// The demo's test file (README, "Test your rules") passes with the Quick start's variables,
+/// and prints what README shows.
+#[tokio::test]
+async fn the_demo_rules_pass_their_tests() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_checkpoint"))
+        .args(["test", "tests/cases/demo-rules.yaml"])
+        .current_dir(root)
+        .env_clear()
+        .envs([
+            ("CONFIGURATION_PATH", "./envoy/demo"),
+            ("CONFIGURATION_FILE_NAME", "auth"),
+            ("USERINFO_URL", NOBODY),
+        ])
+        .output()
+        .await
+        .expect("run checkpoint");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert_eq!(stdout, readme_block("### Test your rules", 1));
+}
