@@ -223,12 +223,30 @@ impl<T> RouteTable<T> {
 
     /// The entry of the longest key that `path` equals or continues at a segment boundary.
     fn longest_key(&self, path: &str) -> Option<&Entry<T>> {
-        let mut found = None;
-        each_key_candidate(path, |key| {
-            found = self.index.get(key).and_then(|&i| self.entries.get(i));
-            found.is_none()
-        });
-        found
+        let lookup = |key: &str| self.index.get(key).and_then(|&i| self.entries.get(i));
+        if let Some(entry) = lookup(path) {
+            return Some(entry);
+        }
+        // Candidates from longest to shortest: at each `/` from the right, the prefix with the
+        // slash (key `/foo/` matches `/foo/x`) then without it (key `/foo` matches `/foo/x`, and
+        // never `/foo-bar`, which has no `/` after `/foo`).
+        let mut rest = path;
+        while let Some(slash) = rest.rfind('/') {
+            let with_slash = path.get(..=slash)?;
+            // Equal to `path` only when the path ends with `/`: already looked up.
+            if with_slash.len() < path.len()
+                && let Some(entry) = lookup(with_slash)
+            {
+                return Some(entry);
+            }
+            rest = path.get(..slash)?;
+            if !rest.is_empty()
+                && let Some(entry) = lookup(rest)
+            {
+                return Some(entry);
+            }
+        }
+        None
     }
 
     /// Every key that `path` equals or continues at a segment boundary, longest first, each
@@ -273,7 +291,9 @@ impl<T> RouteTable<T> {
 }
 
 /// Calls `visit` with every key `path` may match, from longest to shortest, until it returns
-/// false: the path itself, then at each `/` from the right the prefix with the slash (key `/foo/`
+/// false. The same walk as `RouteTable::longest_key`, which keeps its own loop on the request
+/// path (measured: the closure made exact lookups slower); `check_case` holds the two equal. The
+/// keys: the path itself, then at each `/` from the right the prefix with the slash (key `/foo/`
 /// matches `/foo/x`) and without it (key `/foo` matches `/foo/x`, and never `/foo-bar`, which has
 /// no `/` after `/foo`).
 fn each_key_candidate<'p>(path: &'p str, mut visit: impl FnMut(&'p str) -> bool) {
