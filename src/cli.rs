@@ -3,11 +3,12 @@
 
 use crate::App;
 
-pub const USAGE: &str =
-    "usage: checkpoint [serve | check-config | allowed-headers | schema | --help | --version]
+pub const USAGE: &str = "usage: checkpoint [serve | check-config | explain | test | allowed-headers | schema | --help | --version]
 
   serve            serve Envoy's Authorization/Check (the default)
   check-config     load and validate the configuration and the rules, print a summary
+  explain          explain the decision on one request: rule, identity, expression, answer
+  test             run YAML tables of requests and expected answers against the rules
   allowed-headers  print, for Envoy's ext_authz `allowed_headers`, the request headers this
                    configuration reads (Envoy then sends no others on the Check call)
   schema           print the JSON Schema of the native configuration file (CHECKPOINT_CONFIG)
@@ -35,6 +36,44 @@ invalid configuration lists every problem and exits 1. The default command.",
         "Loads and validates the configuration and the rules without binding a port or contacting
 anyone, then prints a summary (rules, identity sources, addresses, the request headers read).
 An invalid configuration lists every problem, with where it is, and exits 1.",
+    ),
+    (
+        "explain",
+        "checkpoint explain --path PATH [--method METHOD] [-H 'name: value']... [--user JSON] [--json]
+checkpoint explain --check-request FILE [--user JSON] [--json]
+
+Explains the decision on one request under this configuration: the normalised path (or why it
+is refused), the rule chosen (key, method, file:line:column) and the rules it beat, the identity
+source and its answer, every part of the rule's expression with its value, the permissions used,
+the decision, reason and status, and the exact CheckResponse (protobuf's JSON mapping, as
+grpcurl prints it). --check-request reads a CheckRequest in that mapping (FILE, or - for the
+standard input), as grpcurl sends it or a capture holds it. The caller is resolved for real by
+the configured identity sources (user-info is called) unless --user gives it as JSON:
+{\"sub\":\"bob\",\"groups\":[\"ops\"],\"permissions\":[\"orders:read\"]} (other fields are
+properties); a given user stands in for every source, API keys included. --json prints the same
+for tools. Exit status: 0 allowed, 1 denied, 2 bad input or invalid configuration.",
+    ),
+    (
+        "test",
+        "checkpoint test FILE...
+
+Runs tables of cases (YAML or JSON) against this configuration and prints PASS or FAIL for each,
+with what differs and the explanation of each failure (as explain prints it), then
+\"N passed, M failed\". A file holds:
+
+cases:
+  - name: ops may read orders
+    request: { method: GET, path: /orders/1, headers: { authorization: Bearer TOKEN } }
+    user: { sub: bob, groups: [ops] }      # optional; without it the caller is resolved for real
+    expect:
+      status: 200                          # the HTTP status; 200 when the request goes upstream
+      set: { miauserid: bob }              # optional: headers set (upstream, or to the client)
+      removed: [mia-allowed]               # optional: headers removed upstream
+      # also optional: grpc (the CheckResponse code) and body (the client's body)
+
+A request may instead be check_request: a CheckRequest in protobuf's JSON mapping.
+Exit status: 0 every case passed, 1 one failed, 2 a file or the configuration cannot be read
+(with its line and column).",
     ),
     (
         "allowed-headers",

@@ -29,13 +29,16 @@
 //! - [`telemetry`]: structured logs and the decision line, the Prometheus metrics and the
 //!   decision id.
 //! - [`cli`]: the command line's words (help, `check-config`'s summary).
+//! - [`explain`]: `checkpoint explain` (why a request gets its answer) and `checkpoint test`
+//!   (tables of requests and expected answers); never used by `serve`.
 //! - [`run`]: starts everything on already-bound listeners and shuts down gracefully.
 
 // The library's API, for the binary and for embedders: [`Config`] (load and validate), [`App`]
 // (build the stages), [`run`] (serve on bound listeners), the `config` model, the command line's
-// words, and telemetry's set-up. The stages are the crate's own.
+// words, `explain` and `test`, and telemetry's set-up. The stages are the crate's own.
 pub mod cli;
 pub mod config;
+pub mod explain;
 pub mod telemetry;
 
 pub(crate) mod check;

@@ -2,6 +2,7 @@
 //! sets up logging, binds the sockets and hands over to [`checkpoint::run`].
 //!
 //! `checkpoint` or `checkpoint serve`: serve. `checkpoint check-config`: validate and summarise.
+//! `checkpoint explain`, `checkpoint test`: run by [`checkpoint::explain`].
 
 use std::collections::HashMap;
 use std::process::ExitCode;
@@ -36,10 +37,26 @@ fn main() -> ExitCode {
                 None => usage_error(&format!("unknown command \"{command}\"")),
             }
         }
+        ["explain", args @ ..] => {
+            finish(checkpoint::explain::explain_command(args, &environment()))
+        }
+        ["test", files @ ..] => finish(checkpoint::explain::cases::test_command(
+            files,
+            &environment(),
+        )),
         [command, extra, ..] if cli::COMMANDS.iter().any(|(name, _)| name == command) => {
             usage_error(&format!("unexpected argument \"{extra}\" after {command}"))
         }
         [other, ..] => usage_error(&format!("unknown command \"{other}\"")),
+    }
+}
+
+/// Prints what `explain` or `test` reported and exits with its status.
+fn finish(report: checkpoint::explain::Report) -> ExitCode {
+    eprint!("{}", report.stderr);
+    match emit(&report.stdout) {
+        ExitCode::SUCCESS => ExitCode::from(report.code),
+        failed => failed,
     }
 }
 

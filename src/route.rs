@@ -249,6 +249,27 @@ impl<T> RouteTable<T> {
         None
     }
 
+    /// Every key that `path` equals or continues at a segment boundary, longest first, each
+    /// with all its rules: what `checkpoint explain` shows beside the rule [`RouteTable::find`]
+    /// chose (the keys it beat, and the shorter keys it never falls back to). Not on the
+    /// request path: it allocates.
+    pub fn matching(&self, path: &str) -> Vec<(&str, Vec<(MethodKey, &T)>)> {
+        let mut keys = Vec::new();
+        each_key_candidate(path, |key| {
+            if let Some(entry) = self.index.get(key).and_then(|&i| self.entries.get(i)) {
+                let rules = entry
+                    .rules
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(slot, rule)| Some((MethodKey::from_slot(slot), rule.as_ref()?)))
+                    .collect();
+                keys.push((&*entry.path, rules));
+            }
+            true
+        });
+        keys
+    }
+
     /// Number of (path, method key) rules.
     pub fn len(&self) -> usize {
         self.len
@@ -266,6 +287,35 @@ impl<T> RouteTable<T> {
                     .map(|rule| (&*entry.path, MethodKey::from_slot(slot), rule))
             })
         })
+    }
+}
+
+/// Calls `visit` with every key `path` may match, from longest to shortest, until it returns
+/// false. The same walk as `RouteTable::longest_key`, which keeps its own loop on the request
+/// path (measured: the closure made exact lookups slower); `check_case` holds the two equal. The
+/// keys: the path itself, then at each `/` from the right the prefix with the slash (key `/foo/`
+/// matches `/foo/x`) and without it (key `/foo` matches `/foo/x`, and never `/foo-bar`, which has
+/// no `/` after `/foo`).
+fn each_key_candidate<'p>(path: &'p str, mut visit: impl FnMut(&'p str) -> bool) {
+    if !visit(path) {
+        return;
+    }
+    let mut rest = path;
+    while let Some(slash) = rest.rfind('/') {
+        let Some(with_slash) = path.get(..=slash) else {
+            return;
+        };
+        // Equal to `path` only when the path ends with `/`: already visited.
+        if with_slash.len() < path.len() && !visit(with_slash) {
+            return;
+        }
+        let Some(without) = path.get(..slash) else {
+            return;
+        };
+        rest = without;
+        if !rest.is_empty() && !visit(rest) {
+            return;
+        }
     }
 }
 
@@ -306,6 +356,16 @@ mod tests {
         let mut failures = Vec::new();
         for case in &data.cases {
             let found = table.find(&case.path, Method::parse(&case.method));
+            // `matching` lists the key `find` chose first.
+            if let Some(found) = &found {
+                let matching = table.matching(&case.path);
+                assert_eq!(
+                    matching.first().map(|m| m.0),
+                    Some(found.path),
+                    "{}",
+                    case.path
+                );
+            }
             let got = found.map(|f| {
                 assert_eq!((f.path, f.method.as_str()), (&*f.rule.0, &*f.rule.1));
                 f.rule.clone()

@@ -26,6 +26,9 @@ pub struct Rule {
     pub backoffice: Option<Policy>,
     /// The identity sources asked for this rule, by name, in the configured order; `None`: all.
     pub identity: Option<Vec<String>>,
+    /// Line and column of the method key in the rule file, when known: `checkpoint explain`
+    /// names the rule it chose by it.
+    pub position: Option<Position>,
 }
 
 impl Rule {
@@ -257,7 +260,10 @@ fn compile(label: &str, text: &str) -> Result<RouteTable<Rule>, Vec<RuleError>> 
                 continue;
             };
             let mut problems = Vec::new();
-            let rule = rule_from(body, &mut problems);
+            let rule = rule_from(body, &mut problems).map(|rule| Rule {
+                position: at,
+                ..rule
+            });
             for message in problems {
                 errors.push(error(at, Some(route), Some(method), message));
             }
@@ -343,6 +349,7 @@ fn rule_from(body: &Value, problems: &mut Vec<String>) -> Option<Rule> {
         authorization: authorization?,
         backoffice,
         identity,
+        position: None,
     })
 }
 
@@ -415,6 +422,7 @@ mod tests {
             .find("/users/1", Some(Method::Delete))
             .expect("found");
         assert_eq!(found.path, "/users");
+        assert_eq!(found.rule.position, Some((4, 15)));
         let admin = ["admin".to_owned()];
         let facts = Facts {
             groups: &admin,

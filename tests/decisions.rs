@@ -144,3 +144,73 @@ async fn check_case(
     }
     Ok(())
 }
+
+/// The same table through `checkpoint test` (the binary, the real user-info calls): each
+/// settings variant's cases, with their `request` and `expect` as they are, are a test file.
+/// What the server answers and what `explain` says it answers cannot drift apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decisions_table_through_checkpoint_test() {
+    let table: Value =
+        serde_json::from_str(include_str!("cases/decisions.json")).expect("valid JSON");
+    let userinfo = UserInfoServer::start().await;
+    let base = format!("http://{}", userinfo.addr.expect("addr"));
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("auth.json"), table["rules"].to_string()).expect("rules");
+    let cases = table["cases"].as_array().expect("cases");
+    let mut ran = 0;
+    for (variant, settings) in table["settings"].as_object().expect("settings") {
+        let of_variant: Vec<Value> = cases
+            .iter()
+            .filter(|case| case["settings"] == variant.as_str())
+            .map(|case| {
+                let mut case = case.clone();
+                let object = case.as_object_mut().expect("a case is an object");
+                object.remove("settings");
+                // Which user-info URL was called is the server test's business.
+                if let Some(expect) = object.get_mut("expect").and_then(Value::as_object_mut) {
+                    expect.remove("userinfo_path");
+                }
+                case
+            })
+            .collect();
+        if of_variant.is_empty() {
+            continue;
+        }
+        ran += of_variant.len();
+        let file = dir.path().join(format!("{variant}.yaml"));
+        // JSON is YAML.
+        std::fs::write(
+            &file,
+            serde_json::json!({ "cases": of_variant }).to_string(),
+        )
+        .expect("test file");
+        let mut vars: Vec<(String, String)> = settings
+            .as_object()
+            .expect("variables")
+            .iter()
+            .map(|(k, v)| {
+                let value = v.as_str().unwrap_or_default().replace("${USERINFO}", &base);
+                (k.clone(), value)
+            })
+            .collect();
+        vars.push((
+            "CONFIGURATION_PATH".into(),
+            dir.path().display().to_string(),
+        ));
+        vars.push(("CONFIGURATION_FILE_NAME".into(), "auth".into()));
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_checkpoint"))
+            .arg("test")
+            .arg(&file)
+            .env_clear()
+            .envs(vars)
+            .output()
+            .await
+            .expect("run checkpoint test");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{variant}:\n{stdout}{stderr}");
+        let summary = format!("{} passed, 0 failed", of_variant.len());
+        assert!(stdout.contains(&summary), "{variant}: {stdout}");
+    }
+    assert_eq!(ran, cases.len(), "every case belongs to a settings variant");
+}

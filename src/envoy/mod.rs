@@ -17,6 +17,7 @@
 
 pub mod decode;
 pub mod encode;
+pub mod json;
 
 use std::sync::Arc;
 use std::time::Duration;

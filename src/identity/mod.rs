@@ -409,6 +409,38 @@ impl Resolver {
         }
     }
 
+    /// The client application an API key identified for `request`, as [`Resolver::resolve`]
+    /// saw it when `decided_by` answered: the key sources the rule allows, before that source.
+    /// For `checkpoint explain`, which shows the facts an expression was evaluated with; pure.
+    pub fn client_of(
+        &self,
+        request: &Request,
+        allowed: Option<&[String]>,
+        decided_by: &str,
+    ) -> Option<Client> {
+        let mut client = None;
+        for Named { name, source } in &self.sources {
+            if allowed.is_some_and(|allowed| !allowed.iter().any(|a| a == name)) {
+                continue;
+            }
+            if name == decided_by {
+                break;
+            }
+            if let Entry::Client(keys) = source
+                && let api_key::KeyMatch::Known {
+                    client_type,
+                    groups,
+                } = keys.identify(request)
+            {
+                client = Some(Client {
+                    client_type,
+                    groups,
+                });
+            }
+        }
+        client
+    }
+
     /// The names of the sources, in order.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.sources.iter().map(|s| s.name.as_str())

@@ -105,6 +105,139 @@ impl Expression {
     pub fn source(&self) -> &str {
         &self.source
     }
+
+    /// Every sub-expression with its value for `facts`, the whole expression first, each one
+    /// followed by its parts (`depth` one more): what `checkpoint explain` prints. The root's
+    /// value is always [`Expression::evaluate`]'s answer.
+    ///
+    /// Not on the request path: it parses the source again to learn where each part is written
+    /// (the compiled tree keeps no positions, so that `evaluate` walks a small tree), and it
+    /// evaluates every part, also those `evaluate` skips (the right of a false `&&`).
+    #[must_use]
+    pub fn explain(&self, facts: &Facts<'_>) -> Vec<Step> {
+        let mut parser = Parser::new(&self.source);
+        // The source compiled once, so it compiles again to the same tree.
+        let spans = match parser.parse_or() {
+            Ok(_) => parser.spans,
+            Err(_) => Vec::new(),
+        };
+        let mut trace = Trace {
+            source: &self.source,
+            spans,
+            next: 0,
+            steps: Vec::new(),
+        };
+        trace.walk(&self.root, facts, 0);
+        trace.steps
+    }
+}
+
+/// One sub-expression of [`Expression::explain`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Step {
+    /// 0 for the whole expression, one more for each level of nesting.
+    pub depth: usize,
+    /// The sub-expression as written (parentheses around it left out).
+    pub text: String,
+    pub value: StepValue,
+    /// For `permissions.NAME` (and `"NAME" in permissions`): the names the caller holds, so
+    /// that an explanation can say where each permission came from.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub permissions_held: Vec<String>,
+}
+
+/// A sub-expression's value: a boolean, or a string (`clientType`, `'cms'`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(untagged)]
+pub enum StepValue {
+    Bool(bool),
+    Str(String),
+}
+
+impl std::fmt::Display for StepValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StepValue::Bool(b) => write!(f, "{b}"),
+            StepValue::Str(s) => write!(f, "{}", serde_json::Value::from(s.as_str())),
+        }
+    }
+}
+
+/// The walk behind [`Expression::explain`]: the tree in pre-order for the output, the spans
+/// in the post-order the parser recorded them in.
+struct Trace<'t> {
+    source: &'t str,
+    spans: Vec<(usize, usize)>,
+    next: usize,
+    steps: Vec<Step>,
+}
+
+impl Trace<'_> {
+    fn walk<'a>(&mut self, node: &'a Node, facts: &Facts<'a>, depth: usize) -> Value<'a> {
+        let slot = self.steps.len();
+        self.steps.push(Step {
+            depth,
+            text: String::new(),
+            value: StepValue::Bool(false),
+            permissions_held: Vec::new(),
+        });
+        let value = match node {
+            Node::Not(inner) => Value::Bool(!self.walk(inner, facts, depth + 1).truthy()),
+            // Every part is walked (collected first), also those `evaluate` skips.
+            Node::All(items) => {
+                let values: Vec<bool> = items
+                    .iter()
+                    .map(|n| self.walk(n, facts, depth + 1).truthy())
+                    .collect();
+                Value::Bool(values.iter().all(|v| *v))
+            }
+            Node::Any(items) => {
+                let values: Vec<bool> = items
+                    .iter()
+                    .map(|n| self.walk(n, facts, depth + 1).truthy())
+                    .collect();
+                Value::Bool(values.iter().any(|v| *v))
+            }
+            Node::Equal {
+                left,
+                right,
+                negated,
+            } => {
+                let left = self.walk(left, facts, depth + 1);
+                let right = self.walk(right, facts, depth + 1);
+                Value::Bool((left == right) != *negated)
+            }
+            leaf => eval(leaf, facts),
+        };
+        let text = self
+            .spans
+            .get(self.next)
+            .and_then(|&(start, end)| self.source.get(start..end))
+            .unwrap_or_default()
+            .trim()
+            .to_owned();
+        self.next += 1;
+        let held = match node {
+            Node::Member {
+                set: Set::Permissions,
+                names,
+            } => names
+                .iter()
+                .filter(|name| facts.permissions.iter().any(|p| p.as_str() == &***name))
+                .map(|name| name.to_string())
+                .collect(),
+            _ => Vec::new(),
+        };
+        if let Some(step) = self.steps.get_mut(slot) {
+            step.text = text;
+            step.value = match value {
+                Value::Bool(b) => StepValue::Bool(b),
+                Value::Str(s) => StepValue::Str(s.to_owned()),
+            };
+            step.permissions_held = held;
+        }
+        value
+    }
 }
 
 /// The two collections a name can be looked up in.
@@ -239,6 +372,10 @@ struct Token<'s> {
     col: usize,
     /// The token as written, for error messages.
     text: &'s str,
+    /// Byte offsets of the token in the source: where a sub-expression starts and ends, for
+    /// [`Expression::explain`].
+    start: usize,
+    end: usize,
 }
 
 fn unexpected(tok: &Token<'_>) -> ExprError {
@@ -324,6 +461,8 @@ impl<'s> Lexer<'s> {
                 kind: Kind::End,
                 col,
                 text: "",
+                start,
+                end: start,
             });
         };
         let kind = match c {
@@ -360,6 +499,8 @@ impl<'s> Lexer<'s> {
             kind,
             col,
             text: self.text_from(start),
+            start,
+            end: self.pos,
         })
     }
 
@@ -439,6 +580,11 @@ struct Parser<'s> {
     peeked: Option<Token<'s>>,
     /// Current nesting of parentheses and `!`, bounded by `MAX_DEPTH`.
     depth: usize,
+    /// Byte range in the source of every node built, in the order they were completed (a
+    /// post-order of the tree): what [`Expression::explain`] names each sub-expression by.
+    spans: Vec<(usize, usize)>,
+    /// Where the last token read ends.
+    last_end: usize,
 }
 
 impl<'s> Parser<'s> {
@@ -447,7 +593,31 @@ impl<'s> Parser<'s> {
             lexer: Lexer::new(src),
             peeked: None,
             depth: 0,
+            spans: Vec::new(),
+            last_end: 0,
         }
+    }
+
+    /// Records that `node`, whose first token started at byte `start`, ends with the last token
+    /// read.
+    fn made(&mut self, start: usize, node: Node) -> Node {
+        self.spans.push((start, self.last_end));
+        node
+    }
+
+    /// A chain of `&&` or `||`; a one-element chain is just its element (no node of its own).
+    fn chain(
+        &mut self,
+        start: usize,
+        mut items: Vec<Node>,
+        chain: fn(Box<[Node]>) -> Node,
+    ) -> Node {
+        if items.len() == 1
+            && let Some(only) = items.pop()
+        {
+            return only;
+        }
+        self.made(start, chain(items.into_boxed_slice()))
     }
 
     // Tokens are read on demand, so the first error in reading order is the one reported.
@@ -460,10 +630,12 @@ impl<'s> Parser<'s> {
     }
 
     fn next(&mut self) -> Result<Token<'s>, ExprError> {
-        match self.peeked.take() {
-            Some(tok) => Ok(tok),
-            None => self.lexer.next_token(),
-        }
+        let tok = match self.peeked.take() {
+            Some(tok) => tok,
+            None => self.lexer.next_token()?,
+        };
+        self.last_end = tok.end;
+        Ok(tok)
     }
 
     fn peek_is(&mut self, kind: &Kind) -> Result<bool, ExprError> {
@@ -481,24 +653,27 @@ impl<'s> Parser<'s> {
     }
 
     fn parse_or(&mut self) -> Result<Node, ExprError> {
+        let start = self.peek()?.start;
         let mut items = vec![self.parse_and()?];
         while self.peek_is(&Kind::Or)? {
             self.next()?;
             items.push(self.parse_and()?);
         }
-        Ok(flatten(items, Node::Any))
+        Ok(self.chain(start, items, Node::Any))
     }
 
     fn parse_and(&mut self) -> Result<Node, ExprError> {
+        let start = self.peek()?.start;
         let mut items = vec![self.parse_equality()?];
         while self.peek_is(&Kind::And)? {
             self.next()?;
             items.push(self.parse_equality()?);
         }
-        Ok(flatten(items, Node::All))
+        Ok(self.chain(start, items, Node::All))
     }
 
     fn parse_equality(&mut self) -> Result<Node, ExprError> {
+        let start = self.peek()?.start;
         let mut left = self.parse_membership()?;
         let mut chained = 0;
         loop {
@@ -514,17 +689,23 @@ impl<'s> Parser<'s> {
             self.check_depth(chained, col)?;
             self.next()?;
             let right = self.parse_membership()?;
-            left = Node::Equal {
-                left: Box::new(left),
-                right: Box::new(right),
-                negated,
-            };
+            left = self.made(
+                start,
+                Node::Equal {
+                    left: Box::new(left),
+                    right: Box::new(right),
+                    negated,
+                },
+            );
         }
     }
 
     // `in` binds tighter than equality, as JavaScript's relational operators do.
     fn parse_membership(&mut self) -> Result<Node, ExprError> {
-        let col = self.peek()?.col;
+        let (col, start) = {
+            let tok = self.peek()?;
+            (tok.col, tok.start)
+        };
         if self.peek_is(&Kind::LBracket)? {
             let names = self.parse_list()?;
             let tok = self.next()?;
@@ -532,7 +713,7 @@ impl<'s> Parser<'s> {
                 return Err(ExprError::new(tok.col, "expected \"in\" after list"));
             }
             let set = self.parse_set()?;
-            return Ok(Node::Member { set, names });
+            return Ok(self.made(start, Node::Member { set, names }));
         }
         let left = self.parse_unary()?;
         if !self.peek_is(&Kind::In)? {
@@ -546,10 +727,15 @@ impl<'s> Parser<'s> {
         };
         self.next()?;
         let set = self.parse_set()?;
-        Ok(Node::Member {
-            set,
-            names: Box::new([name]),
-        })
+        // The string was recorded as a node of its own; it is now part of this one.
+        self.spans.pop();
+        Ok(self.made(
+            start,
+            Node::Member {
+                set,
+                names: Box::new([name]),
+            },
+        ))
     }
 
     /// The right side of `in`.
@@ -592,28 +778,38 @@ impl<'s> Parser<'s> {
         if tok.kind != Kind::Not {
             return self.parse_primary();
         }
-        let col = tok.col;
+        let (col, start) = (tok.col, tok.start);
         self.check_depth(1, col)?;
         self.next()?;
         self.depth += 1;
         let inner = self.parse_unary();
         self.depth -= 1;
-        Ok(Node::Not(Box::new(inner?)))
+        Ok(self.made(start, Node::Not(Box::new(inner?))))
     }
 
     fn parse_primary(&mut self) -> Result<Node, ExprError> {
         let tok = self.next()?;
-        match tok.kind {
-            Kind::True => Ok(Node::Bool(true)),
-            Kind::False => Ok(Node::Bool(false)),
-            Kind::Str(s) => Ok(Node::Str(s.into_boxed_str())),
-            Kind::ClientType => Ok(Node::ClientType),
-            Kind::IsBackoffice => Ok(Node::IsBackoffice),
-            Kind::Name(set, name) => Ok(Node::Member {
+        let start = tok.start;
+        let leaf = match tok.kind {
+            Kind::True => Node::Bool(true),
+            Kind::False => Node::Bool(false),
+            Kind::Str(s) => Node::Str(s.into_boxed_str()),
+            Kind::ClientType => Node::ClientType,
+            Kind::IsBackoffice => Node::IsBackoffice,
+            Kind::Name(set, name) => Node::Member {
                 set,
                 names: Box::new([name.into_boxed_str()]),
-            }),
-            Kind::Set(set) => self.parse_bracket_name(set, tok.col),
+            },
+            Kind::Set(set) => self.parse_bracket_name(set, tok.col)?,
+            _ => return self.parse_group(tok),
+        };
+        Ok(self.made(start, leaf))
+    }
+
+    /// A parenthesised expression (its node spans the inside, not the parentheses), or an
+    /// error for any other token where a primary was expected.
+    fn parse_group(&mut self, tok: Token<'s>) -> Result<Node, ExprError> {
+        match tok.kind {
             Kind::LParen => {
                 self.check_depth(1, tok.col)?;
                 self.depth += 1;
@@ -660,16 +856,6 @@ impl<'s> Parser<'s> {
             names: Box::new([value.into_boxed_str()]),
         })
     }
-}
-
-/// A one-element chain is just its element.
-fn flatten(mut items: Vec<Node>, chain: fn(Box<[Node]>) -> Node) -> Node {
-    if items.len() == 1
-        && let Some(only) = items.pop()
-    {
-        return only;
-    }
-    chain(items.into_boxed_slice())
 }
 
 #[cfg(test)]
@@ -759,6 +945,79 @@ mod tests {
             "failed cases:\n{}",
             failures.join("\n")
         );
+    }
+
+    /// Every case of the table, explained: the root's value is `evaluate`'s, and each step's
+    /// text is a sub-expression that compiles on its own to the same value.
+    #[test]
+    fn explain_names_every_sub_expression_with_its_value() {
+        let cases: Cases =
+            serde_json::from_str(include_str!("../../tests/cases/expressions.json")).unwrap();
+        for case in &cases.evaluate {
+            let facts = Facts {
+                groups: &case.groups,
+                permissions: &case.permissions,
+                client_type: &case.client_type,
+                is_backoffice: case.is_backoffice,
+            };
+            let expr = Expression::compile(&case.expr).unwrap();
+            let steps = expr.explain(&facts);
+            assert_eq!(steps[0].depth, 0, "{}", case.expr);
+            let truthy = match &steps[0].value {
+                StepValue::Bool(b) => *b,
+                StepValue::Str(s) => !s.is_empty(),
+            };
+            assert_eq!(truthy, case.expect, "{}", case.expr);
+            for step in &steps {
+                let part = Expression::compile(&step.text)
+                    .unwrap_or_else(|e| panic!("{:?} of {:?}: {e}", step.text, case.expr));
+                assert_eq!(
+                    part.explain(&facts)[0].value,
+                    step.value,
+                    "{:?} of {:?}",
+                    step.text,
+                    case.expr
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn explain_lists_the_parts_in_order() {
+        let expr = Expression::compile(
+            "groups.admin && (isBackoffice || clientType == 'cms') && !permissions.x",
+        )
+        .unwrap();
+        let permissions = ["x".to_owned()];
+        let facts = Facts {
+            client_type: "cms",
+            permissions: &permissions,
+            ..Facts::default()
+        };
+        let steps = expr.explain(&facts);
+        let texts: Vec<(usize, &str, String)> = steps
+            .iter()
+            .map(|s| (s.depth, s.text.as_str(), s.value.to_string()))
+            .collect();
+        assert_eq!(
+            texts,
+            [
+                (
+                    0,
+                    "groups.admin && (isBackoffice || clientType == 'cms') && !permissions.x",
+                    "false".to_owned()
+                ),
+                (1, "groups.admin", "false".to_owned()),
+                (1, "isBackoffice || clientType == 'cms'", "true".to_owned()),
+                (2, "isBackoffice", "false".to_owned()),
+                (2, "clientType == 'cms'", "true".to_owned()),
+                (3, "clientType", "\"cms\"".to_owned()),
+                (3, "'cms'", "\"cms\"".to_owned()),
+                (1, "!permissions.x", "false".to_owned()),
+                (2, "permissions.x", "true".to_owned()),
+            ]
+        );
+        assert_eq!(steps[8].permissions_held, ["x"]);
     }
 
     #[test]
