@@ -180,7 +180,9 @@ impl Outcome<'_> {
 /// The loaded rules and identity sources: what a Check needs, shared by all requests.
 pub struct Checker {
     pub rules: RuleSet,
-    pub identity: Resolver,
+    /// Shared with the next configuration when a reload leaves the identity sources as they
+    /// were: the identity cache survives (`reload`).
+    pub identity: Arc<Resolver>,
     pub request_headers: RequestHeaders,
 }
 

@@ -29,6 +29,8 @@
 //! - [`telemetry`]: structured logs and the decision line, the Prometheus metrics and the
 //!   decision id.
 //! - [`cli`]: the command line's words (help, `check-config`'s summary).
+//! - [`reload`]: the configuration that can change while serving, swapped whole on a file
+//!   change, `SIGHUP` or a poll.
 //! - [`run`]: starts everything on already-bound listeners and shuts down gracefully.
 
 pub mod check;
@@ -37,6 +39,7 @@ pub mod config;
 pub mod envoy;
 pub mod identity;
 pub mod policy;
+pub mod reload;
 pub mod request;
 pub mod response;
 pub mod route;

@@ -29,6 +29,7 @@ pub use decode::{DecodeError, decode};
 pub use encode::{Encoded, encode};
 
 use crate::check::Checker;
+use crate::reload::{Live, Shared};
 use crate::request::Request;
 use crate::response::Responder;
 use crate::telemetry::{self, DecisionId, Metrics};
@@ -46,8 +47,8 @@ const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
 
 /// Answers Envoy's Check calls: the stages behind the codec.
 struct Decider {
-    checker: Arc<Checker>,
-    responder: Arc<Responder>,
+    /// The configuration, loaded once per Check: a reload swaps it whole.
+    live: Shared,
     metrics: Arc<Metrics>,
 }
 
@@ -55,9 +56,10 @@ impl Decider {
     /// One Check, from the request view to the encoded answer; records the metrics and writes
     /// the decision line.
     async fn decide(&self, view: &Request, started: Instant, deadline: Option<Instant>) -> Encoded {
-        let outcome = self.checker.check(view, deadline).await;
+        let live = self.live.load();
+        let outcome = live.checker.check(view, deadline).await;
         let decision_id = DecisionId::for_request(view.header("x-request-id"));
-        let encoded = encode(&self.responder.answer(&outcome, decision_id.as_str()));
+        let encoded = encode(&live.responder.answer(&outcome, decision_id.as_str()));
         let took = started.elapsed();
         self.metrics.record_check(&outcome, took);
         if telemetry::decision_enabled() {
@@ -117,12 +119,18 @@ impl CheckService {
         responder: Arc<Responder>,
         metrics: Arc<Metrics>,
     ) -> CheckService {
+        let live = Live {
+            checker,
+            responder,
+            shadow: None,
+        };
+        CheckService::live(Arc::new(arc_swap::ArcSwap::from_pointee(live)), metrics)
+    }
+
+    /// Serves the configuration `live` holds at each Check (`reload` replaces it).
+    pub fn live(live: Shared, metrics: Arc<Metrics>) -> CheckService {
         CheckService {
-            inner: Arc::new(Decider {
-                checker,
-                responder,
-                metrics,
-            }),
+            inner: Arc::new(Decider { live, metrics }),
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
         }
     }
