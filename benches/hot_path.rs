@@ -312,6 +312,8 @@ fn bench_decision_line(c: &mut Criterion) {
         detail: None,
         user_id: Some("alice"),
         latency_us: 42,
+        shadow_decision: None,
+        shadow_reason: None,
     };
     let mut buffer = Vec::with_capacity(512);
     let mut group = c.benchmark_group("log");

@@ -44,6 +44,10 @@ struct Serving {
 
 impl Serving {
     fn start(dir: &Path, watch: bool) -> Serving {
+        Serving::start_with(dir, watch, &[])
+    }
+
+    fn start_with(dir: &Path, watch: bool, vars: &[(&str, &str)]) -> Serving {
         let free_port = || {
             std::net::TcpListener::bind("127.0.0.1:0")
                 .expect("bind")
@@ -63,6 +67,7 @@ impl Serving {
             .env("DELAY_SHUTDOWN_SECONDS", "0")
             // Thousands of decision lines a second are not what this test reads.
             .env("LOG_LEVEL", "info,checkpoint::decision=off")
+            .envs(vars.iter().copied())
             .stdout(Stdio::piped())
             .spawn()
             .expect("spawn");
@@ -404,4 +409,97 @@ async fn sighup_reloads_under_load() {
         SWITCHES + SWITCHES / INVALID_EVERY,
         "{logs}"
     );
+}
+
+/// Shadow rules that tighten a route: the enforced answer stays, the disagreement is counted and
+/// logged with the shadow's decision and reason; Checks where both agree add nothing. The
+/// shadow file reloads like the main one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_rules_count_disagreements_and_never_decide() {
+    let dir = tempfile::tempdir().expect("dir");
+    let hangup = Hangup {
+        dir: dir.path().to_path_buf(),
+    };
+    hangup.write(VERSION_A);
+    let write_shadow = |rules: &str| {
+        let tmp = dir.path().join("shadow.json.tmp");
+        std::fs::write(&tmp, rules).expect("write");
+        std::fs::rename(&tmp, dir.path().join("shadow.json")).expect("rename");
+    };
+    write_shadow(VERSION_B);
+    let serving = Serving::start_with(
+        dir.path(),
+        false,
+        &[
+            ("SHADOW_CONFIGURATION_FILE_NAME", "shadow"),
+            ("LOG_LEVEL", "info"),
+        ],
+    );
+    wait_ready(&serving).await;
+    let mut client = serving.client().await;
+    let check = |path: &str, headers: &[(&str, &str)]| support::request("GET", path, headers);
+    let admin = [("miauserid", "alice"), ("miausergroups", "admin")];
+    for i in 0..3 {
+        let id = format!("anonymous-{i}");
+        let response = client
+            .check(check("/switch", &[("x-request-id", &id)]))
+            .await
+            .expect("check")
+            .into_inner();
+        assert_eq!(support::answer(&response).http_status, 200, "enforced");
+    }
+    let mut with_id = admin.to_vec();
+    with_id.push(("x-request-id", "admin"));
+    let response = client
+        .check(check("/switch", &with_id))
+        .await
+        .expect("check")
+        .into_inner();
+    assert_eq!(support::answer(&response).http_status, 200);
+    assert_eq!(status_of(&mut client, "/stable").await.expect("check"), 200);
+    let disagreements = |text: &str, enforced: &str, shadow: &str| {
+        metric(
+            text,
+            &format!(
+                "checkpoint_shadow_disagreements_total{{enforced=\"{enforced}\",shadow=\"{shadow}\"}}"
+            ),
+        )
+    };
+    let text = serving.metrics().await;
+    assert_eq!(disagreements(&text, "allow", "deny"), Some(3.0), "{text}");
+    assert_eq!(disagreements(&text, "deny", "allow"), Some(0.0), "{text}");
+
+    // The shadow file now agrees; SIGHUP reloads it.
+    write_shadow(VERSION_A);
+    serving.signal("HUP");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while metric(
+        &serving.metrics().await,
+        "checkpoint_config_reloads_total{result=\"success\"}",
+    ) != Some(1.0)
+    {
+        assert!(tokio::time::Instant::now() < deadline, "never reloaded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(status_of(&mut client, "/switch").await.expect("check"), 200);
+    let text = serving.metrics().await;
+    assert_eq!(disagreements(&text, "allow", "deny"), Some(3.0), "{text}");
+
+    let logs = serving.stop();
+    let line = |id: &str| {
+        logs.lines()
+            .find(|l| l.contains(&format!("\"request_id\":\"{id}\"")))
+            .unwrap_or_else(|| panic!("no decision line for {id}: {logs}"))
+            .to_owned()
+    };
+    for i in 0..3 {
+        let line = line(&format!("anonymous-{i}"));
+        assert!(line.contains("\"decision\":\"allow\""), "{line}");
+        assert!(
+            line.contains("\"shadow_decision\":\"deny\",\"shadow_reason\":\"login_required\""),
+            "{line}"
+        );
+    }
+    let agreed = line("admin");
+    assert!(!agreed.contains("shadow_"), "{agreed}");
 }

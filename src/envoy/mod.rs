@@ -28,7 +28,7 @@ use tonic::metadata::MetadataMap;
 pub use decode::{DecodeError, decode};
 pub use encode::{Encoded, encode};
 
-use crate::check::Checker;
+use crate::check::{Checker, Reason};
 use crate::reload::{Live, Shared};
 use crate::request::Request;
 use crate::response::Responder;
@@ -57,11 +57,20 @@ impl Decider {
     /// the decision line.
     async fn decide(&self, view: &Request, started: Instant, deadline: Option<Instant>) -> Encoded {
         let live = self.live.load();
-        let outcome = live.checker.check(view, deadline).await;
+        let (outcome, shadow) = live
+            .checker
+            .check_shadowed(view, deadline, live.shadow.as_deref())
+            .await;
+        // The shadow rules' answer, when it is not the enforced decision.
+        let disagreement = shadow.filter(|reason| reason.allows() != outcome.reason.allows());
         let decision_id = DecisionId::for_request(view.header("x-request-id"));
         let encoded = encode(&live.responder.answer(&outcome, decision_id.as_str()));
         let took = started.elapsed();
         self.metrics.record_check(&outcome, took);
+        if disagreement.is_some() {
+            self.metrics
+                .record_shadow_disagreement(outcome.reason.allows());
+        }
         if telemetry::decision_enabled() {
             let (rule, method, request_method, path) = match outcome.rule {
                 Some((path, method)) => (path, method.as_str(), None, None),
@@ -90,6 +99,8 @@ impl Decider {
                 detail: outcome.failure.as_ref().map(|f| f.detail.as_str()),
                 user_id: outcome.user.as_ref().map(|u| u.id.as_str()),
                 latency_us: took.as_micros() as u64,
+                shadow_decision: disagreement.map(|r| r.decision().as_str()),
+                shadow_reason: disagreement.map(Reason::as_str),
             });
         }
         encoded
