@@ -503,3 +503,52 @@ async fn shadow_rules_count_disagreements_and_never_decide() {
     let agreed = line("admin");
     assert!(!agreed.contains("shadow_"), "{agreed}");
 }
+
+/// A reload that leaves the identity sources as they were keeps them, cache included: a
+/// credential answered before the reload is not asked for again after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_identity_cache_survives_a_rules_reload() {
+    let userinfo = support::userinfo::UserInfoServer::start().await;
+    let url = userinfo.url("/userinfo");
+    let private = r#""/private": { "ALL": { "authorization": { "expression": "groups.admin", "public": false } } }"#;
+    let server =
+        support::Server::start(&format!("{{ {private} }}"), &[("USERINFO_URL", &url)]).await;
+    let status = |path: &'static str| {
+        let server = &server;
+        async move {
+            support::answer(
+                &server
+                    .check(support::request(
+                        "GET",
+                        path,
+                        &[("authorization", "Bearer alice")],
+                    ))
+                    .await,
+            )
+            .http_status
+        }
+    };
+    assert_eq!(status("/private").await, 200);
+    assert_eq!(userinfo.count(), 1);
+    assert_eq!(status("/new").await, 404);
+    let tmp = server.dir().join("auth.json.tmp");
+    std::fs::write(
+        &tmp,
+        format!(
+            r#"{{ {private}, "/new": {{ "GET": {{ "authorization": {{ "expression": "true", "public": true }} }} }} }}"#
+        ),
+    )
+    .expect("write");
+    std::fs::rename(&tmp, server.dir().join("auth.json")).expect("rename");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while status("/new").await != 200 {
+        assert!(tokio::time::Instant::now() < deadline, "never reloaded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(status("/private").await, 200);
+    assert_eq!(
+        userinfo.count(),
+        1,
+        "alice's answer came from the cache kept across the reload"
+    );
+}
