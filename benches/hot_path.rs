@@ -312,6 +312,8 @@ fn bench_decision_line(c: &mut Criterion) {
         detail: None,
         user_id: Some("alice"),
         latency_us: 42,
+        shadow_decision: None,
+        shadow_reason: None,
     };
     let mut buffer = Vec::with_capacity(512);
     let mut group = c.benchmark_group("log");
@@ -360,6 +362,144 @@ fn bench_metrics(c: &mut Criterion) {
     group.finish();
 }
 
+/// The rule file of the `check` group: the same shape as [`route_table`], each rule a
+/// three-clause expression.
+fn rules_json(expression: &str) -> String {
+    let mut rules = serde_json::Map::new();
+    let rule =
+        serde_json::json!({ "authorization": { "expression": expression, "public": false } });
+    for path in ["/", "/health", "/metrics", "/public", "/login", "/logout"] {
+        rules.insert(path.into(), serde_json::json!({ "GET": rule }));
+    }
+    for resource in [
+        "users",
+        "orders",
+        "products",
+        "invoices",
+        "carts",
+        "payments",
+        "shipments",
+        "reviews",
+    ] {
+        rules.insert(
+            format!("/api/v1/{resource}"),
+            serde_json::json!({ "GET": rule, "POST": rule }),
+        );
+        rules.insert(
+            format!("/api/v1/{resource}/"),
+            serde_json::json!({ "ALL": rule }),
+        );
+        rules.insert(
+            format!("/api/v1/{resource}/search"),
+            serde_json::json!({ "POST": rule }),
+        );
+        rules.insert(
+            format!("/api/v1/{resource}/export"),
+            serde_json::json!({ "ALL": rule }),
+        );
+    }
+    serde_json::Value::Object(rules).to_string()
+}
+
+/// A warm Check's decision as the Check service makes it, from the request bytes to the encoded
+/// answer and the metrics: the configuration loaded from its `ArcSwap` (what reloading costs a
+/// Check), the route, the identity (trusted headers: no I/O, as a cache hit), the expression,
+/// the answer. Without shadow rules, and with shadow rules (the same fifty rules, tightened) that
+/// disagree on every Check (the worst case: the disagreement is counted too).
+fn bench_check(c: &mut Criterion) {
+    use checkpoint::testing::Live;
+    let dir = std::env::temp_dir().join(format!("checkpoint-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(
+        dir.join("auth.json"),
+        rules_json(r#"groups.admin && (permissions.api.users.get || clientType == "web")"#),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(
+        dir.join("shadow.json"),
+        rules_json(r#"groups.admin && (permissions.api.users.get || clientType == "mobile")"#),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let env: HashMap<String, String> = [
+        ("CONFIGURATION_PATH", dir.display().to_string()),
+        ("CONFIGURATION_FILE_NAME", "auth".to_owned()),
+        ("SHADOW_CONFIGURATION_FILE_NAME", "shadow".to_owned()),
+        ("TRUST_MIA_USER_HEADERS", "true".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let _guard = runtime.enter();
+    let config = checkpoint::Config::load(&env).unwrap_or_else(|e| panic!("{:?}", e.problems));
+    let app = checkpoint::App::new(config, &env).unwrap_or_else(|e| panic!("{:?}", e.problems));
+    let _ = std::fs::remove_dir_all(&dir);
+    let metrics =
+        Metrics::new(app.checker.identity.user_sources()).unwrap_or_else(|e| panic!("{e}"));
+    let responder = Arc::new(Responder::new(true, &app.settings.user_headers));
+    let shadow = app.shadow.map(Arc::new);
+    let checker = Arc::new(app.checker);
+    let live = |shadow: Option<Arc<checkpoint::testing::RuleSet>>| {
+        arc_swap::ArcSwap::from_pointee(Live {
+            checker: checker.clone(),
+            responder: responder.clone(),
+            shadow,
+        })
+    };
+    let plain = live(None);
+    let shadowed = live(shadow);
+    let mut headers: HashMap<String, String> = HEADERS
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    headers.insert("miauserid".into(), "alice".into());
+    headers.insert("miausergroups".into(), "admin,users".into());
+    headers.insert("client-type".into(), "web".into());
+    let bytes = check_request(HttpRequest {
+        id: ID.into(),
+        method: "GET".into(),
+        path: "/api/v1/users/42/profile?view=full".into(),
+        host: "api.example.com".into(),
+        headers,
+        ..Default::default()
+    })
+    .encode_to_vec();
+    // The Check service's own steps; its future completes at once (no I/O), polled once.
+    let decide = |live: &arc_swap::ArcSwap<Live>| {
+        let view = envoy::decode(black_box(bytes.as_slice())).unwrap_or_else(|e| panic!("{e}"));
+        let live = live.load();
+        let future = live
+            .checker
+            .check_shadowed(&view, None, live.shadow.as_deref());
+        let mut future = std::pin::pin!(future);
+        let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+        let std::task::Poll::Ready((outcome, shadow)) = future.as_mut().poll(&mut context) else {
+            panic!("a trusted-headers Check does not wait");
+        };
+        let encoded = envoy::encode(&live.responder.answer(&outcome, ID));
+        metrics.record_check(&outcome, Duration::from_micros(20));
+        if let Some(reason) = shadow
+            && reason.allows() != outcome.reason.allows()
+        {
+            metrics.record_shadow_disagreement(outcome.reason.allows());
+        }
+        (outcome.reason, shadow, encoded.0.len())
+    };
+    assert_eq!(decide(&plain).0, Reason::Allowed);
+    assert_eq!(decide(&plain).1, None);
+    assert_eq!(decide(&shadowed).1, Some(Reason::ExpressionFalse));
+    let mut group = c.benchmark_group("check");
+    group.bench_function("config_load", |b| {
+        b.iter(|| black_box(plain.load()).shadow.is_some())
+    });
+    group.bench_function("decide_warm", |b| b.iter(|| decide(&plain)));
+    group.bench_function("decide_warm_shadow", |b| b.iter(|| decide(&shadowed)));
+    group.finish();
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .warm_up_time(Duration::from_millis(500))
@@ -370,6 +510,6 @@ criterion_group! {
     name = hot_path;
     config = config();
     targets = bench_route, bench_expression, bench_request, bench_response, bench_decision_line,
-        bench_metrics
+        bench_metrics, bench_check
 }
 criterion_main!(hot_path);

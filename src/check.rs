@@ -71,6 +71,20 @@ impl Reason {
         matches!(self, Reason::Allowed | Reason::AllowedIdentityUnavailable)
     }
 
+    /// The decision this reason implies.
+    pub fn decision(self) -> Decision {
+        match self {
+            Reason::Allowed | Reason::AllowedIdentityUnavailable => Decision::Allow,
+            Reason::NoRule => Decision::Deny(Denial::NotFound),
+            Reason::InvalidPath => Decision::Deny(Denial::BadRequest),
+            Reason::LoginRequired | Reason::InvalidCredential => {
+                Decision::Deny(Denial::Unauthenticated)
+            }
+            Reason::ExpressionFalse => Decision::Deny(Denial::Forbidden),
+            Reason::IdentityUnavailable => Decision::Deny(Denial::Unavailable),
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::Allowed => "allowed",
@@ -180,7 +194,9 @@ impl Outcome<'_> {
 /// The loaded rules and identity sources: what a Check needs, shared by all requests.
 pub struct Checker {
     pub rules: RuleSet,
-    pub identity: Resolver,
+    /// Shared with the next configuration when a reload leaves the identity sources as they
+    /// were: the identity cache survives (`reload`).
+    pub identity: Arc<Resolver>,
     pub request_headers: RequestHeaders,
 }
 
@@ -202,14 +218,55 @@ impl Checker {
 
     /// Runs the stages for one request. `deadline` is the Check call's own deadline.
     pub async fn check(&self, request: &Request, deadline: Option<Instant>) -> Outcome<'_> {
+        self.check_shadowed(request, deadline, None).await.0
+    }
+
+    /// [`Checker::check`], and when `shadow` rules are given, what they decide for the same
+    /// request on the same identity (no identity source is asked for them). When the enforced
+    /// rules found no rule, identity was not asked: a shadow rule then judges the caller as one
+    /// that presented no credential.
+    pub async fn check_shadowed(
+        &self,
+        request: &Request,
+        deadline: Option<Instant>,
+        shadow: Option<&RuleSet>,
+    ) -> (Outcome<'_>, Option<Reason>) {
         let path = match &request.path {
             Ok(path) => path,
-            Err(_) => return Outcome::early(Denial::BadRequest, Reason::InvalidPath),
-        };
-        let Some(found) = self.rules.table.find(path, request.method) else {
-            return Outcome::early(Denial::NotFound, Reason::NoRule);
+            Err(_) => {
+                return (
+                    Outcome::early(Denial::BadRequest, Reason::InvalidPath),
+                    shadow.map(|_| Reason::InvalidPath),
+                );
+            }
         };
         let is_backoffice = is_truthy_flag(request.header(&self.request_headers.backoffice));
+        let Some(found) = self.rules.table.find(path, request.method) else {
+            let shadow = shadow.map(|rules| match rules.table.find(path, request.method) {
+                None => Reason::NoRule,
+                Some(found) => {
+                    let client_type = if self.identity.identifies_clients() {
+                        ""
+                    } else {
+                        request
+                            .header(&self.request_headers.client_type)
+                            .unwrap_or_default()
+                    };
+                    let anonymous = Facts {
+                        groups: &[],
+                        permissions: &[],
+                        client_type,
+                        is_backoffice,
+                    };
+                    judge(
+                        found.rule.policy(is_backoffice),
+                        &Resolution::NoCredential,
+                        &anonymous,
+                    )
+                }
+            });
+            return (Outcome::early(Denial::NotFound, Reason::NoRule), shadow);
+        };
         let policy = found.rule.policy(is_backoffice);
         let context = Context {
             deadline,
@@ -220,16 +277,6 @@ impl Checker {
             .resolve(request, &context, found.rule.identity.as_deref())
             .await;
 
-        let mut outcome = Outcome {
-            decision: Decision::Allow,
-            reason: Reason::Allowed,
-            rule: Some((found.path, found.method)),
-            user: None,
-            identity_source: resolved.source,
-            failure: None,
-            identity_cache: resolved.cache,
-            identity_latency: resolved.latency,
-        };
         // Security: with API keys configured, the client type comes only from a verified key;
         // the client-type header is the caller's own claim.
         let client = resolved.client.as_ref();
@@ -247,58 +294,71 @@ impl Checker {
             client_type,
             is_backoffice,
         };
+        let reason = judge(policy, &resolved.resolution, &anonymous);
+        let shadow = shadow.map(|rules| match rules.table.find(path, request.method) {
+            None => Reason::NoRule,
+            Some(found) => judge(
+                found.rule.policy(is_backoffice),
+                &resolved.resolution,
+                &anonymous,
+            ),
+        });
+        let mut outcome = Outcome {
+            decision: reason.decision(),
+            reason,
+            rule: Some((found.path, found.method)),
+            user: None,
+            identity_source: resolved.source,
+            failure: None,
+            identity_cache: resolved.cache,
+            identity_latency: resolved.latency,
+        };
         match resolved.resolution {
-            Resolution::User(user) => {
-                // A key's groups add to the user's; the common case (no key groups) borrows.
-                let combined;
-                let groups = if client_groups.is_empty() {
-                    user.groups.as_slice()
-                } else {
-                    combined = [user.groups.as_slice(), client_groups].concat();
-                    combined.as_slice()
-                };
-                let facts = Facts {
-                    groups,
-                    permissions: &user.permissions,
-                    ..anonymous
-                };
-                (outcome.decision, outcome.reason) = match policy::evaluate(policy, true, &facts) {
-                    Verdict::Allow => (Decision::Allow, Reason::Allowed),
-                    Verdict::Forbidden | Verdict::LoginRequired => {
-                        (Decision::Deny(Denial::Forbidden), Reason::ExpressionFalse)
-                    }
-                };
-                outcome.user = Some(user);
-            }
-            Resolution::Anonymous | Resolution::NoCredential => {
-                (outcome.decision, outcome.reason) =
-                    match policy::evaluate(policy, false, &anonymous) {
-                        Verdict::Allow => (Decision::Allow, Reason::Allowed),
-                        Verdict::LoginRequired | Verdict::Forbidden => (
-                            Decision::Deny(Denial::Unauthenticated),
-                            Reason::LoginRequired,
-                        ),
-                    };
-            }
-            Resolution::Invalid(failure) => {
-                outcome.decision = Decision::Deny(Denial::Unauthenticated);
-                outcome.reason = Reason::InvalidCredential;
+            Resolution::User(user) => outcome.user = Some(user),
+            Resolution::Invalid(failure) | Resolution::Unavailable(failure) => {
                 outcome.failure = Some(failure);
             }
-            Resolution::Unavailable(failure) => {
-                // The outcome does not depend on who the caller is only when an anonymous
-                // caller would be allowed; then the request goes on as anonymous.
-                (outcome.decision, outcome.reason) =
-                    match policy::evaluate(policy, false, &anonymous) {
-                        Verdict::Allow => (Decision::Allow, Reason::AllowedIdentityUnavailable),
-                        _ => (
-                            Decision::Deny(Denial::Unavailable),
-                            Reason::IdentityUnavailable,
-                        ),
-                    };
-                outcome.failure = Some(failure);
+            Resolution::Anonymous | Resolution::NoCredential => {}
+        }
+        (outcome, shadow)
+    }
+}
+
+/// What `policy` decides for the caller `resolution` found; `anonymous` holds the facts that do
+/// not depend on the user (the client's groups and type, backoffice).
+fn judge(policy: &policy::Policy, resolution: &Resolution, anonymous: &Facts<'_>) -> Reason {
+    match resolution {
+        Resolution::User(user) => {
+            // A key's groups add to the user's; the common case (no key groups) borrows.
+            let combined;
+            let groups = if anonymous.groups.is_empty() {
+                user.groups.as_slice()
+            } else {
+                combined = [user.groups.as_slice(), anonymous.groups].concat();
+                combined.as_slice()
+            };
+            let facts = Facts {
+                groups,
+                permissions: &user.permissions,
+                ..*anonymous
+            };
+            match policy::evaluate(policy, true, &facts) {
+                Verdict::Allow => Reason::Allowed,
+                Verdict::Forbidden | Verdict::LoginRequired => Reason::ExpressionFalse,
             }
         }
-        outcome
+        Resolution::Anonymous | Resolution::NoCredential => {
+            match policy::evaluate(policy, false, anonymous) {
+                Verdict::Allow => Reason::Allowed,
+                Verdict::LoginRequired | Verdict::Forbidden => Reason::LoginRequired,
+            }
+        }
+        Resolution::Invalid(_) => Reason::InvalidCredential,
+        // The outcome does not depend on who the caller is only when an anonymous caller would
+        // be allowed; then the request goes on as anonymous.
+        Resolution::Unavailable(_) => match policy::evaluate(policy, false, anonymous) {
+            Verdict::Allow => Reason::AllowedIdentityUnavailable,
+            _ => Reason::IdentityUnavailable,
+        },
     }
 }

@@ -129,7 +129,7 @@ impl Explainer {
         // Every configured name answers the given user, so that a rule's `identity` list
         // still finds a source.
         let names: Vec<String> = self.checker.identity.names().map(str::to_owned).collect();
-        let given = Resolver::new(
+        let given = Arc::new(Resolver::new(
             names
                 .into_iter()
                 .map(|name| Named {
@@ -138,7 +138,7 @@ impl Explainer {
                 })
                 .collect(),
             None,
-        );
+        ));
         let real = std::mem::replace(&mut self.checker.identity, given);
         let explanation = explain_with(&self.checker, &self.responder, request, Some(&user)).await;
         self.checker.identity = real;

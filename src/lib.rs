@@ -31,6 +31,8 @@
 //! - [`cli`]: the command line's words (help, `check-config`'s summary).
 //! - [`explain`]: `checkpoint explain` (why a request gets its answer) and `checkpoint test`
 //!   (tables of requests and expected answers); never used by `serve`.
+//! - [`reload`]: the configuration that can change while serving, swapped whole on a file
+//!   change, `SIGHUP` or a poll.
 //! - [`run`]: starts everything on already-bound listeners and shuts down gracefully.
 
 // The library's API, for the binary and for embedders: [`Config`] (load and validate), [`App`]
@@ -45,6 +47,7 @@ pub(crate) mod check;
 pub(crate) mod envoy;
 pub(crate) mod identity;
 pub(crate) mod policy;
+pub(crate) mod reload;
 pub(crate) mod request;
 pub(crate) mod response;
 pub(crate) mod route;
@@ -69,6 +72,7 @@ pub mod testing {
     pub use crate::check::{Decision, Denial, Outcome, Reason};
     pub use crate::envoy::{decode, encode};
     pub use crate::policy::{Expression, Facts};
+    pub use crate::reload::Live;
     pub use crate::request::{Headers, Request, path};
     pub use crate::response::Responder;
     pub use crate::route::{Method, MethodKey, RouteTable};

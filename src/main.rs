@@ -260,37 +260,24 @@ async fn serve_async(app: App) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Completes on SIGTERM or SIGINT. SIGHUP, which would otherwise end the process at once (no
-/// readiness flip, no drain), is ignored with a log line until reloading exists. The handlers
-/// are installed when this is called, not when the future is first polled.
+/// Completes on SIGTERM or SIGINT. SIGHUP reloads the configuration (`checkpoint::reload`,
+/// which listens for it). The handlers are installed when this is called, not when the future
+/// is first polled.
 fn termination() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
     let handlers = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
     );
     async move {
-        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = handlers else {
+        let (Ok(mut term), Ok(mut int)) = handlers else {
             tracing::warn!("cannot install signal handlers; falling back to Ctrl-C");
             let _ = tokio::signal::ctrl_c().await;
             return;
         };
-        loop {
-            tokio::select! {
-                _ = term.recv() => {
-                    tracing::info!(signal = "SIGTERM", "signal received");
-                    return;
-                }
-                _ = int.recv() => {
-                    tracing::info!(signal = "SIGINT", "signal received");
-                    return;
-                }
-                _ = hup.recv() => tracing::warn!(
-                    signal = "SIGHUP",
-                    "signal received, ignored: reloading is not supported yet"
-                ),
-            }
+        tokio::select! {
+            _ = term.recv() => tracing::info!(signal = "SIGTERM", "signal received"),
+            _ = int.recv() => tracing::info!(signal = "SIGINT", "signal received"),
         }
     }
 }

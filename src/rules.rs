@@ -122,6 +122,8 @@ impl RuleSet {
 pub struct Config {
     pub settings: crate::config::Settings,
     pub rules: RuleSet,
+    /// The shadow rules (`Settings::shadow_rules_file`): evaluated, never enforced.
+    pub shadow: Option<RuleSet>,
     /// Where the configuration came from, for `check-config` and the start-up log.
     pub origin: String,
     /// Mia variables that were set but ignored because the native file wins.
@@ -130,21 +132,38 @@ pub struct Config {
 
 impl Config {
     /// Reads the settings from `vars` ([`crate::config::load`]), then compiles the rules they
-    /// name. Reports every problem: those of the settings and those of the rules together,
-    /// whenever the rules can be found.
+    /// name (and the shadow rules, when configured). Reports every problem: those of the
+    /// settings and those of the rules together, whenever the rules can be found.
     pub fn load(vars: &HashMap<String, String>) -> Result<Config, ConfigErrors> {
         match crate::config::load(vars) {
-            Ok(loaded) => match RuleSet::from_source(&loaded.rules) {
-                Ok(rules) => Ok(Config {
-                    settings: loaded.settings,
-                    rules,
-                    origin: loaded.origin,
-                    ignored: loaded.ignored,
-                }),
-                Err(errors) => Err(ConfigErrors::new(
-                    errors.iter().map(ToString::to_string).collect(),
-                )),
-            },
+            Ok(loaded) => {
+                let rules = RuleSet::from_source(&loaded.rules);
+                let shadow = loaded
+                    .settings
+                    .shadow_rules_file
+                    .as_deref()
+                    .map(RuleSet::load)
+                    .transpose();
+                match (rules, shadow) {
+                    (Ok(rules), Ok(shadow)) => Ok(Config {
+                        settings: loaded.settings,
+                        rules,
+                        shadow,
+                        origin: loaded.origin,
+                        ignored: loaded.ignored,
+                    }),
+                    (rules, shadow) => {
+                        let problems = rules
+                            .err()
+                            .into_iter()
+                            .chain(shadow.err())
+                            .flatten()
+                            .map(|e| e.to_string())
+                            .collect();
+                        Err(ConfigErrors::new(problems))
+                    }
+                }
+            }
             Err(mut errors) => {
                 if let Some(Err(more)) = errors.rules.as_ref().map(RuleSet::from_source) {
                     errors.problems.extend(more.iter().map(ToString::to_string));

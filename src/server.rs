@@ -18,12 +18,14 @@ use tonic_health::ServingStatus;
 
 use std::collections::HashMap;
 
+use arc_swap::ArcSwap;
+
 use crate::check::Checker;
 use crate::config::{ConfigErrors, ListenAddr, Settings};
 use crate::envoy::{self, CheckService};
 use crate::identity::Resolver;
-use crate::response::Responder;
-use crate::rules::Config;
+use crate::reload;
+use crate::rules::{Config, RuleSet};
 use crate::status::{self, Readiness};
 use crate::telemetry::Metrics;
 use crate::transport::{self, tls};
@@ -134,8 +136,12 @@ const AUTHORIZATION_SERVICE: &str = envoy::SERVICE_NAME;
 pub struct App {
     pub settings: Settings,
     pub checker: Checker,
+    /// The shadow rules, when configured: evaluated for every Check, never enforced.
+    pub shadow: Option<RuleSet>,
     /// The gRPC port's TLS, its files already read and checked.
     tls: Option<Arc<tls::Acceptor>>,
+    /// The variables the configuration was loaded from: a reload loads it from them again.
+    env: HashMap<String, String>,
 }
 
 impl App {
@@ -166,16 +172,9 @@ impl App {
             }
         };
         let names: Vec<&str> = identity.names().collect();
-        for (path, method, rule) in config.rules.table.iter() {
-            for wanted in rule.identity.iter().flatten() {
-                if !names.contains(&wanted.as_str()) {
-                    problems.push(format!(
-                        "{}: rule \"{path}\" {method}: identity: unknown source \"{wanted}\" (configured: {})",
-                        config.rules.file.display(),
-                        names.join(", ")
-                    ));
-                }
-            }
+        problems.extend(reload::unknown_sources(&config.rules, &names));
+        if let Some(shadow) = &config.shadow {
+            problems.extend(reload::unknown_sources(shadow, &names));
         }
         if !problems.is_empty() {
             return Err(ConfigErrors::new(problems));
@@ -183,11 +182,13 @@ impl App {
         Ok(App {
             checker: Checker {
                 rules: config.rules,
-                identity,
+                identity: Arc::new(identity),
                 request_headers: config.settings.request_headers.clone(),
             },
+            shadow: config.shadow,
             settings: config.settings,
             tls,
+            env: env.clone(),
         })
     }
 }
@@ -200,12 +201,19 @@ pub async fn run(
 ) -> Result<(), RunError> {
     let settings = app.settings;
     let metrics = Arc::new(Metrics::new(app.checker.identity.user_sources())?);
-    let checker = Arc::new(app.checker);
-    let responder = Arc::new(
-        Responder::new(settings.strict_mode, &settings.user_headers)
-            .with_dynamic_metadata(settings.dynamic_metadata)
-            .with_decision_id_upstream(settings.decision_id_upstream),
-    );
+    // The identity sources stay the same for the readiness wait below, whatever reloads do.
+    let identity = app.checker.identity.clone();
+    let live: reload::Shared = Arc::new(ArcSwap::from_pointee(reload::Live {
+        checker: Arc::new(app.checker),
+        responder: Arc::new(reload::responder(&settings)),
+        shadow: app.shadow.map(Arc::new),
+    }));
+    let reloader = reload::spawn(reload::Reloader::new(
+        app.env,
+        settings.clone(),
+        live.clone(),
+        metrics.clone(),
+    ));
     let readiness = Readiness::new(&settings.service_name, &settings.service_version);
 
     // Health says NOT_SERVING for both names until every identity source is ready, and again
@@ -295,31 +303,32 @@ pub async fn run(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(
-            CheckService::new(checker.clone(), responder, metrics.clone())
+            CheckService::live(live.clone(), metrics.clone())
                 .max_message_size(grpc.max_message_size),
         );
     let mut grpc_task =
         tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone())));
 
-    let status_routes = status::router(readiness.clone(), metrics, checker.clone());
+    let status_routes = status::router(readiness.clone(), metrics, live.clone());
     let http = axum::serve(listeners.http, status_routes).with_graceful_shutdown(stopped(stop_rx));
     let mut http_task = tokio::spawn(async move { http.await.map_err(RunError::Status) });
 
     // Ready once every identity source can answer (a JWT source after its first key fetch).
-    let ready_checker = checker.clone();
+    let ready_identity = identity;
     let ready_health = health.clone();
     let ready_flag = readiness.clone();
     let version = settings.service_version.clone();
     // The identity cache's counters, once a minute when they moved (per-decision fields say
     // hit/miss/coalesced for each Check; this is the aggregate).
-    let stats_checker = checker.clone();
+    let stats_live = live.clone();
     let stats_task = tokio::spawn(async move {
         let mut last = (0, 0, 0);
         let mut tick = tokio::time::interval(CACHE_STATS_INTERVAL);
         tick.tick().await;
         loop {
             tick.tick().await;
-            let Some(stats) = stats_checker.identity.cache_stats() else {
+            let identity = stats_live.load_full().checker.identity.clone();
+            let Some(stats) = identity.cache_stats() else {
                 return;
             };
             let now = stats.snapshot();
@@ -329,7 +338,7 @@ pub async fn run(
                     hits = now.0,
                     misses = now.1,
                     coalesced = now.2,
-                    entries = stats_checker.identity.cache_entries(),
+                    entries = identity.cache_entries(),
                     "identity cache"
                 );
                 last = now;
@@ -337,7 +346,7 @@ pub async fn run(
         }
     });
     let mut readiness_task = tokio::spawn(async move {
-        while !ready_checker.identity.ready() {
+        while !ready_identity.ready() {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
         ready_health
@@ -362,6 +371,7 @@ pub async fn run(
 
     readiness_task.abort();
     stats_task.abort();
+    reloader.abort();
     if let Some(task) = &tls_watch {
         task.abort();
     }

@@ -18,7 +18,7 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
-use crate::check::Checker;
+use crate::reload::Shared;
 use crate::telemetry::{Metrics, metrics};
 
 /// Shared between the status routes, the gRPC health service and the shutdown sequence.
@@ -71,11 +71,11 @@ impl Readiness {
 struct Status {
     readiness: Arc<Readiness>,
     metrics: Arc<Metrics>,
-    checker: Arc<Checker>,
+    live: Shared,
 }
 
 /// The router of the status routes and `/metrics`.
-pub fn router(readiness: Arc<Readiness>, metrics: Arc<Metrics>, checker: Arc<Checker>) -> Router {
+pub fn router(readiness: Arc<Readiness>, metrics: Arc<Metrics>, live: Shared) -> Router {
     Router::new()
         .route("/-/healthz", get(healthz))
         .route("/-/ready", get(ready))
@@ -84,7 +84,7 @@ pub fn router(readiness: Arc<Readiness>, metrics: Arc<Metrics>, checker: Arc<Che
         .with_state(Status {
             readiness,
             metrics,
-            checker,
+            live,
         })
 }
 
@@ -97,6 +97,7 @@ async fn ready(State(s): State<Status>) -> impl IntoResponse {
 }
 
 async fn scrape(State(s): State<Status>) -> impl IntoResponse {
-    let text = s.metrics.render(&s.checker.identity).await;
+    let identity = s.live.load_full().checker.identity.clone();
+    let text = s.metrics.render(&identity).await;
     ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text)
 }

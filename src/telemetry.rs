@@ -98,6 +98,9 @@ pub struct Decision<'a> {
     pub detail: Option<&'a str>,
     pub user_id: Option<&'a str>,
     pub latency_us: u64,
+    /// When shadow rules are configured and decided otherwise: their decision and reason.
+    pub shadow_decision: Option<&'a str>,
+    pub shadow_reason: Option<&'a str>,
 }
 
 /// Whether `LOG_LEVEL` asks for the decision line; check before gathering its fields.
@@ -138,6 +141,8 @@ pub fn decision(line: &Decision<'_>) {
             detail = line.detail,
             user_id = line.user_id,
             latency_us = line.latency_us,
+            shadow_decision = line.shadow_decision,
+            shadow_reason = line.shadow_reason,
             "decision"
         ),
     }
@@ -178,6 +183,12 @@ pub fn write_decision(out: &mut Vec<u8>, now: SystemTime, line: &Decision<'_>) {
         string_field(out, "user_id", value);
     }
     number_field(out, "latency_us", line.latency_us);
+    if let Some(value) = line.shadow_decision {
+        string_field(out, "shadow_decision", value);
+    }
+    if let Some(value) = line.shadow_reason {
+        string_field(out, "shadow_reason", value);
+    }
     out.extend_from_slice(b",\"target\":\"checkpoint::decision\"}\n");
 }
 
@@ -499,6 +510,8 @@ mod tests {
                 detail: None,
                 user_id: Some("alice"),
                 latency_us: 183_226,
+                shadow_decision: None,
+                shadow_reason: None,
             },
             at,
         );
@@ -532,6 +545,8 @@ mod tests {
                 detail: Some(nasty),
                 user_id: None,
                 latency_us: 0,
+                shadow_decision: None,
+                shadow_reason: None,
             },
             UNIX_EPOCH,
         );

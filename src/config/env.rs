@@ -19,6 +19,15 @@ pub const CONFIGURATION_PATH: &str = "CONFIGURATION_PATH";
 pub const DEFAULT_CONFIGURATION_PATH: &str = "./";
 /// Required: the rule file is `<CONFIGURATION_PATH>/<CONFIGURATION_FILE_NAME>.json`.
 pub const CONFIGURATION_FILE_NAME: &str = "CONFIGURATION_FILE_NAME";
+/// Optional: the shadow rule file, `<CONFIGURATION_PATH>/<SHADOW_CONFIGURATION_FILE_NAME>.json`,
+/// evaluated for every Check and never enforced.
+pub const SHADOW_CONFIGURATION_FILE_NAME: &str = "SHADOW_CONFIGURATION_FILE_NAME";
+/// Whether the configuration files' folders are watched for changes (reload).
+pub const CHECKPOINT_RELOAD_WATCH: &str = "CHECKPOINT_RELOAD_WATCH";
+pub const DEFAULT_CHECKPOINT_RELOAD_WATCH: bool = true;
+/// How often the configuration files are compared as a fallback to watching; 0 = never.
+pub const CHECKPOINT_RELOAD_POLL_INTERVAL: &str = "CHECKPOINT_RELOAD_POLL_INTERVAL";
+pub const DEFAULT_CHECKPOINT_RELOAD_POLL_INTERVAL: Duration = Duration::ZERO;
 
 /// Required unless trust mode is on.
 pub const USERINFO_URL: &str = "USERINFO_URL";
@@ -91,6 +100,9 @@ pub const ALL: &[&str] = &[
     CHECKPOINT_CONFIG,
     CONFIGURATION_PATH,
     CONFIGURATION_FILE_NAME,
+    SHADOW_CONFIGURATION_FILE_NAME,
+    CHECKPOINT_RELOAD_WATCH,
+    CHECKPOINT_RELOAD_POLL_INTERVAL,
     USERINFO_URL,
     BACKOFFICE_USERINFO_URL,
     HEADERS_TO_PROXY,
@@ -131,8 +143,13 @@ pub const SERVICE_NAME: &str = "checkpoint";
 
 /// The rule file the variables name, if they name one.
 pub fn rules_file(vars: &HashMap<String, String>) -> Option<PathBuf> {
+    named_rules_file(vars, CONFIGURATION_FILE_NAME)
+}
+
+/// `<CONFIGURATION_PATH>/<value of variable>.json`, when the variable is set.
+fn named_rules_file(vars: &HashMap<String, String>, variable: &str) -> Option<PathBuf> {
     let name = vars
-        .get(CONFIGURATION_FILE_NAME)
+        .get(variable)
         .map(|v| v.trim())
         .filter(|v| !v.is_empty())?;
     let dir = vars
@@ -268,6 +285,14 @@ pub fn settings_from(vars: &HashMap<String, String>) -> Result<Settings, Vec<Set
             DEFAULT_AUTHORIZATION_STRICT_MODE_ENABLED,
         ),
         rules_file,
+        shadow_rules_file: named_rules_file(vars, SHADOW_CONFIGURATION_FILE_NAME),
+        reload: super::ReloadSettings {
+            watch: r.boolean(CHECKPOINT_RELOAD_WATCH, DEFAULT_CHECKPOINT_RELOAD_WATCH),
+            poll_interval: r.duration(
+                CHECKPOINT_RELOAD_POLL_INTERVAL,
+                DEFAULT_CHECKPOINT_RELOAD_POLL_INTERVAL,
+            ),
+        },
         sources,
         identity_cache: super::CacheSettings {
             ttl: r.duration(

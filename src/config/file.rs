@@ -38,6 +38,30 @@ pub struct FileConfig {
     pub request_headers: RequestHeadersSection,
     #[serde(default)]
     pub responses: ResponsesSection,
+    #[serde(default)]
+    pub reload: ReloadSection,
+}
+
+/// What makes checkpoint reload this file and the rule files besides `SIGHUP`.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReloadSection {
+    /// Watch the folders of this file and the rule files (Kubernetes ConfigMap updates
+    /// included). Default true.
+    #[serde(deserialize_with = "super::boolean::deserialize")]
+    #[schemars(schema_with = "super::boolean::schema")]
+    pub watch: bool,
+    /// Also compare the files' contents this often, as a fallback; `0s` (the default): never.
+    pub poll_interval: Span,
+}
+
+impl Default for ReloadSection {
+    fn default() -> Self {
+        ReloadSection {
+            watch: env::DEFAULT_CHECKPOINT_RELOAD_WATCH,
+            poll_interval: Span(env::DEFAULT_CHECKPOINT_RELOAD_POLL_INTERVAL),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
@@ -93,6 +117,10 @@ pub struct RulesSection {
     /// The `auth.json` structure itself: paths, then methods, then `authorization`,
     /// `backofficeAuthorization` and `identity` (the source names the rule accepts).
     pub inline: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Path of a shadow rule file (the `auth.json` format), relative to this configuration
+    /// file: evaluated for every Check on the same identity, never enforced; disagreements are
+    /// logged and counted.
+    pub shadow: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
@@ -411,6 +439,11 @@ pub fn from_file(
         dynamic_metadata: file.responses.dynamic_metadata,
         decision_id_upstream: file.responses.decision_id_upstream,
         rules_file,
+        shadow_rules_file: file.rules.shadow.as_ref().map(|name| dir.join(name)),
+        reload: super::ReloadSettings {
+            watch: file.reload.watch,
+            poll_interval: file.reload.poll_interval.0,
+        },
         sources: file.identity.sources.clone(),
         identity_cache: CacheSettings {
             ttl: file.identity.cache.ttl.0,

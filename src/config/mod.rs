@@ -57,6 +57,11 @@ pub struct Settings {
     pub decision_id_upstream: bool,
     /// The rule file (`<CONFIGURATION_PATH>/<CONFIGURATION_FILE_NAME>.json`).
     pub rules_file: PathBuf,
+    /// The shadow rule file, evaluated for every Check and never enforced
+    /// (`<CONFIGURATION_PATH>/<SHADOW_CONFIGURATION_FILE_NAME>.json`, `rules.shadow`).
+    pub shadow_rules_file: Option<PathBuf>,
+    /// What makes checkpoint reload its configuration besides `SIGHUP` (`crate::reload`).
+    pub reload: ReloadSettings,
     /// The identity sources, in the order they are asked.
     pub sources: Vec<sources::SourceSettings>,
     /// How long identity answers are reused; a zero TTL turns the cache off.
@@ -194,6 +199,15 @@ pub fn cross_check(settings: &Settings) -> Vec<CrossProblem> {
         }
     }
     problems
+}
+
+/// What triggers a reload besides `SIGHUP`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReloadSettings {
+    /// Watch the folders of the configuration files (ConfigMap symlink swaps included).
+    pub watch: bool,
+    /// Compare the files' contents this often as a fallback; zero turns polling off.
+    pub poll_interval: Duration,
 }
 
 /// How long identity answers are kept (the identity cache's settings).

@@ -29,9 +29,9 @@ use tonic::metadata::MetadataMap;
 pub use decode::decode;
 pub use encode::{Encoded, encode};
 
-use crate::check::Checker;
+use crate::check::Reason;
+use crate::reload::Shared;
 use crate::request::Request;
-use crate::response::Responder;
 use crate::telemetry::{self, DecisionId, Metrics};
 
 /// The encoded `FileDescriptorSet` of `envoy/service/auth/v3/external_auth.proto` and its
@@ -47,8 +47,8 @@ const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
 
 /// Answers Envoy's Check calls: the stages behind the codec.
 struct Decider {
-    checker: Arc<Checker>,
-    responder: Arc<Responder>,
+    /// The configuration, loaded once per Check: a reload swaps it whole.
+    live: Shared,
     metrics: Arc<Metrics>,
 }
 
@@ -56,11 +56,21 @@ impl Decider {
     /// One Check, from the request view to the encoded answer; records the metrics and writes
     /// the decision line.
     async fn decide(&self, view: &Request, started: Instant, deadline: Option<Instant>) -> Encoded {
-        let outcome = self.checker.check(view, deadline).await;
+        let live = self.live.load();
+        let (outcome, shadow) = live
+            .checker
+            .check_shadowed(view, deadline, live.shadow.as_deref())
+            .await;
+        // The shadow rules' answer, when it is not the enforced decision.
+        let disagreement = shadow.filter(|reason| reason.allows() != outcome.reason.allows());
         let decision_id = DecisionId::for_request(view.header("x-request-id"));
-        let encoded = encode(&self.responder.answer(&outcome, decision_id.as_str()));
+        let encoded = encode(&live.responder.answer(&outcome, decision_id.as_str()));
         let took = started.elapsed();
         self.metrics.record_check(&outcome, took);
+        if disagreement.is_some() {
+            self.metrics
+                .record_shadow_disagreement(outcome.reason.allows());
+        }
         if telemetry::decision_enabled() {
             let (rule, method, request_method, path) = match outcome.rule {
                 Some((path, method)) => (path, method.as_str(), None, None),
@@ -89,6 +99,8 @@ impl Decider {
                 detail: outcome.failure.as_ref().map(|f| f.detail.as_str()),
                 user_id: outcome.user.as_ref().map(|u| u.id.as_str()),
                 latency_us: took.as_micros() as u64,
+                shadow_decision: disagreement.map(|r| r.decision().as_str()),
+                shadow_reason: disagreement.map(Reason::as_str),
             });
         }
         encoded
@@ -113,17 +125,25 @@ pub struct CheckService {
 }
 
 impl CheckService {
+    /// A service over a configuration that never changes (the tests' servers).
+    #[cfg(test)]
     pub fn new(
-        checker: Arc<Checker>,
-        responder: Arc<Responder>,
+        checker: Arc<crate::check::Checker>,
+        responder: Arc<crate::response::Responder>,
         metrics: Arc<Metrics>,
     ) -> CheckService {
+        let live = crate::reload::Live {
+            checker,
+            responder,
+            shadow: None,
+        };
+        CheckService::live(Arc::new(arc_swap::ArcSwap::from_pointee(live)), metrics)
+    }
+
+    /// Serves the configuration `live` holds at each Check (`reload` replaces it).
+    pub fn live(live: Shared, metrics: Arc<Metrics>) -> CheckService {
         CheckService {
-            inner: Arc::new(Decider {
-                checker,
-                responder,
-                metrics,
-            }),
+            inner: Arc::new(Decider { live, metrics }),
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
         }
     }
@@ -285,6 +305,9 @@ mod tests {
         Authorization, AuthorizationServer,
     };
     use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
+
+    use crate::check::Checker;
+    use crate::response::Responder;
 
     #[test]
     fn grpc_timeout_units() {

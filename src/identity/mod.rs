@@ -337,6 +337,14 @@ impl Resolver {
         self.cache.as_ref().map(|c| &*c.stats)
     }
 
+    /// Counts this cache's lookups in `old`'s counters, so that the totals a scrape reads go on
+    /// growing when a reload replaces the identity sources (and with them the cache).
+    pub fn continue_stats(&mut self, old: &Resolver) {
+        if let (Some(new), Some(old)) = (&mut self.cache, &old.cache) {
+            new.stats = old.stats.clone();
+        }
+    }
+
     /// Entries the identity cache holds now (0 when it is off).
     pub fn cache_entries(&self) -> u64 {
         self.cache.as_ref().map_or(0, IdentityCache::len)

@@ -25,7 +25,7 @@ use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -59,6 +59,14 @@ pub struct Metrics {
     jwks_keys: IntGaugeVec,
     decision_log_dropped: IntCounter,
     trace_spans_dropped: IntCounter,
+    /// For identity sources a reload added (not among `sources`): resolved by name.
+    identity_requests: IntCounterVec,
+    /// `checkpoint_config_reloads_total{result}`: success, failure.
+    reloads: [IntCounter; 2],
+    reload_success_time: Gauge,
+    /// `checkpoint_shadow_disagreements_total{enforced,shadow}`: enforced allow and shadow
+    /// deny, then enforced deny and shadow allow.
+    shadow_disagreements: [IntCounter; 2],
     /// Held while the scrape-time counters are brought up to date, so that two concurrent
     /// scrapes do not both add the same difference.
     pulling: Mutex<()>,
@@ -196,6 +204,33 @@ impl Metrics {
         build_info
             .get_metric_with_label_values(&[env!("CARGO_PKG_VERSION")])?
             .set(1);
+        let reloads_total = counter_vec(
+            "checkpoint_config_reloads_total",
+            "Reloads of the configuration (file change, SIGHUP, poll), by result (success, \
+             failure: the last good configuration kept serving).",
+            &["result"],
+        )?;
+        let reloads = [
+            reloads_total.get_metric_with_label_values(&["success"])?,
+            reloads_total.get_metric_with_label_values(&["failure"])?,
+        ];
+        let reload_success_time = Gauge::new(
+            "checkpoint_config_last_reload_success_timestamp_seconds",
+            "When the configuration serving now was loaded (start-up or the last successful \
+             reload), in seconds since the epoch.",
+        )?;
+        registry.register(Box::new(reload_success_time.clone()))?;
+        reload_success_time.set(now_seconds());
+        let disagreements = counter_vec(
+            "checkpoint_shadow_disagreements_total",
+            "Checks whose shadow rules decided otherwise than the enforced rules, by the \
+             enforced and the shadow decision (allow, deny).",
+            &["enforced", "shadow"],
+        )?;
+        let shadow_disagreements = [
+            disagreements.get_metric_with_label_values(&["allow", "deny"])?,
+            disagreements.get_metric_with_label_values(&["deny", "allow"])?,
+        ];
 
         Ok(Metrics {
             registry,
@@ -207,6 +242,10 @@ impl Metrics {
             jwks_keys,
             decision_log_dropped,
             trace_spans_dropped,
+            identity_requests,
+            reloads,
+            reload_success_time,
+            shadow_disagreements,
             pulling: Mutex::new(()),
         })
     }
@@ -219,19 +258,44 @@ impl Metrics {
             duration.observe(took.as_secs_f64());
         }
         // A latency is there only when the deciding source was asked for this Check.
-        if let Some(latency) = outcome.identity_latency
-            && let Some(source) = self
+        if let Some(latency) = outcome.identity_latency {
+            if let Some(source) = self
                 .sources
                 .iter()
                 .find(|s| s.name == outcome.identity_source)
-        {
-            if let Some(requests) = source.requests.get(outcome.identity_answer() as usize) {
-                requests.inc();
-            }
-            if let Some(duration) = &source.duration {
-                duration.observe(latency.as_secs_f64());
+            {
+                if let Some(requests) = source.requests.get(outcome.identity_answer() as usize) {
+                    requests.inc();
+                }
+                if let Some(duration) = &source.duration {
+                    duration.observe(latency.as_secs_f64());
+                }
+            } else {
+                // A source a reload added: its answers are found by name (hashing; only for
+                // such sources); its call durations are timed from the next restart.
+                let answer = outcome.identity_answer().as_str();
+                if let Ok(requests) = self
+                    .identity_requests
+                    .get_metric_with_label_values(&[outcome.identity_source, answer])
+                {
+                    requests.inc();
+                }
             }
         }
+    }
+
+    /// Records a reload's result; a success also sets the time of the last success.
+    pub fn record_reload(&self, success: bool) {
+        self.reloads[usize::from(!success)].inc();
+        if success {
+            self.reload_success_time.set(now_seconds());
+        }
+    }
+
+    /// Records a Check whose shadow rules decided otherwise than the enforced ones.
+    #[inline]
+    pub fn record_shadow_disagreement(&self, enforced_allows: bool) {
+        self.shadow_disagreements[usize::from(!enforced_allows)].inc();
     }
 
     /// Where a span exporter counts the spans it drops.
@@ -279,6 +343,12 @@ impl Metrics {
         }
         catch_up(&self.decision_log_dropped, super::dropped_lines());
     }
+}
+
+fn now_seconds() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// Raises `counter` to `now`, a count kept elsewhere that only grows.

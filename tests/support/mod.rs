@@ -120,6 +120,11 @@ impl Server {
         panic!("checkpoint did not become ready");
     }
 
+    /// The folder of the configuration files (`CONFIGURATION_PATH`, or the native file's).
+    pub fn dir(&self) -> &std::path::Path {
+        self._dir.path()
+    }
+
     pub async fn client(&self) -> AuthorizationClient<Channel> {
         AuthorizationClient::connect(format!("http://{}", self.grpc))
             .await
