@@ -320,7 +320,11 @@ impl Keys {
             };
         }
         let keys = Arc::clone(self);
-        let fetch = tokio::spawn(async move { keys.fetch_locked(&mut state).await });
+        // Traced under the Check that found the unknown key, when there is one.
+        let fetch = tokio::spawn(tracing::Instrument::instrument(
+            async move { keys.fetch_locked(&mut state).await },
+            tracing::Span::current(),
+        ));
         match fetch.await {
             Ok(Ok(())) => Refetch::Newer,
             Ok(Err(_)) | Err(_) => Refetch::Failed,
