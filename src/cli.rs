@@ -141,6 +141,13 @@ pub fn summary(app: &App, origin: &str, ignored: &[&'static str], workers: usize
         }
     ));
     line(format!("  dynamic metadata: {}", s.dynamic_metadata));
+    line(format!(
+        "  traces:          {}",
+        match &s.telemetry.endpoint {
+            None => "off".to_owned(),
+            Some(endpoint) => format!("{endpoint} (service {})", s.telemetry.service_name),
+        }
+    ));
     let headers = app.checker.headers_read();
     let names: Vec<&str> = headers.iter().map(String::as_str).collect();
     line(format!("  request headers: {}", names.join(", ")));
@@ -161,9 +168,17 @@ pub fn summary(app: &App, origin: &str, ignored: &[&'static str], workers: usize
 /// The value of Envoy's ext_authz `allowed_headers` for this configuration, as one line of YAML
 /// (flow style), for scripts/render-envoy.sh's `${ALLOWED_HEADERS}`.
 pub fn allowed_headers(app: &App) -> String {
-    let patterns: Vec<String> = app
-        .checker
-        .headers_read()
+    let mut names = app.checker.headers_read();
+    // With tracing, the client's trace context joins the Check's span when Envoy's own tracer
+    // does not set one on the call.
+    if app.settings.telemetry.enabled() {
+        names.extend(
+            crate::telemetry::traces::PROPAGATION_HEADERS
+                .iter()
+                .map(|name| (*name).to_owned()),
+        );
+    }
+    let patterns: Vec<String> = names
         .iter()
         // A JSON string is a YAML double-quoted scalar: any name stays one value.
         .map(|name| format!("{{ exact: {} }}", serde_json::Value::from(name.as_str())))

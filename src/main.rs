@@ -214,10 +214,14 @@ fn serve() -> ExitCode {
         Ok(prepared) => prepared,
         Err(code) => return code,
     };
-    if let Err(e) = telemetry::init(&app.settings.log_level) {
-        eprintln!("checkpoint: cannot set up logging: {e}");
-        return ExitCode::FAILURE;
-    }
+    let traces = match telemetry::init_with_traces(&app.settings.log_level, &app.settings.telemetry)
+    {
+        Ok(traces) => traces,
+        Err(e) => {
+            eprintln!("checkpoint: cannot set up logging and traces: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     for warning in checkpoint::config::warnings::warnings(&app.settings) {
         tracing::warn!(warning, "a protection is weakened by the configuration");
     }
@@ -230,10 +234,16 @@ fn serve() -> ExitCode {
     tracing::info!(
         configuration = %origin,
         workers,
+        traces = app.settings.telemetry.endpoint.as_deref().unwrap_or("off"),
         scheduler = if workers == 1 { "current_thread" } else { "multi_thread" },
         "configuration loaded"
     );
-    match runtime.block_on(serve_async(app)) {
+    let served = runtime.block_on(serve_async(app));
+    // The last spans, sent within a bound (the exporter runs on a thread of its own).
+    if let Some(traces) = traces {
+        traces.shutdown();
+    }
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "checkpoint stopped");

@@ -22,6 +22,7 @@
 
 pub mod decision_id;
 pub mod metrics;
+pub mod traces;
 
 pub use decision_id::DecisionId;
 pub use metrics::Metrics;
@@ -47,18 +48,49 @@ pub fn filter(level: &str) -> Result<EnvFilter, String> {
 /// Installs the JSON subscriber and the decision line writer. Fails if a subscriber is already
 /// installed.
 pub fn init(level: &str) -> Result<(), String> {
-    let filter = filter(level)?;
+    init_with_traces(level, &crate::config::telemetry::TraceSettings::default()).map(drop)
+}
+
+/// [`init`], and the trace exporter when `traces` names an endpoint ([`traces::layer`]): the
+/// returned [`traces::Traces`] is shut down before the process exits, to send the last spans.
+pub fn init_with_traces(
+    level: &str,
+    traces: &crate::config::telemetry::TraceSettings,
+) -> Result<Option<traces::Traces>, String> {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    // Each layer has its own filter: the log takes what `LOG_LEVEL` asks for and never the
+    // spans that become OpenTelemetry spans; the OpenTelemetry layer takes only those. With
+    // per-layer filters only, `tracing::enabled!` (the decision line's check) still answers for
+    // the log.
+    let filter = filter(level)?.add_directive(
+        format!("{}=off", traces::TARGET)
+            .parse()
+            .map_err(|e| format!("{e}"))?,
+    );
     let sink = SINK.get_or_init(Sink::start);
-    tracing_subscriber::fmt()
+    let log = tracing_subscriber::fmt::layer()
         .json()
         .flatten_event(true)
         .with_current_span(false)
         .with_span_list(false)
         .with_target(true)
-        .with_env_filter(filter)
         .with_writer(sink)
-        .try_init()
-        .map_err(|e| e.to_string())
+        .with_filter(filter);
+    let registry = tracing_subscriber::registry().with(log);
+    // No `Option` layer: a `None` layer claims interest in every callsite, which makes the
+    // per-layer filters skip their check and drop events (tracing-subscriber 0.3).
+    match traces::layer(traces)? {
+        Some((layer, exporter)) => {
+            registry.with(layer).try_init().map_err(|e| e.to_string())?;
+            Ok(Some(exporter))
+        }
+        None => {
+            registry.try_init().map_err(|e| e.to_string())?;
+            Ok(None)
+        }
+    }
 }
 
 /// Writes every queued decision line to stdout now. Lines are otherwise written within

@@ -902,3 +902,63 @@ fn weakened_protections_are_warned_and_a_removed_one_is_refused() {
         "{stderr}"
     );
 }
+
+/// With tracing configured, `allowed-headers` adds the trace context headers (W3C and B3) and
+/// `check-config` names the endpoint; a collector endpoint checkpoint cannot use is refused with
+/// the variable named.
+#[test]
+fn tracing_adds_the_trace_context_headers() {
+    let dir = tempfile::tempdir().expect("dir");
+    let config = dir.path().join("checkpoint.yaml");
+    std::fs::write(
+        &config,
+        "version: 1\nrules: { inline: {} }\nidentity:\n  sources: [ { type: trusted_headers } ]\n",
+    )
+    .expect("write");
+    let path = config.display().to_string();
+    let (code, off, stderr) = checkpoint("allowed-headers", &[("CHECKPOINT_CONFIG", &path)]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(!off.contains("traceparent"), "{off}");
+    let traced = [
+        ("CHECKPOINT_CONFIG", path.as_str()),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317"),
+    ];
+    let (code, on, stderr) = checkpoint("allowed-headers", &traced);
+    assert_eq!(code, 0, "{stderr}");
+    for name in [
+        "traceparent",
+        "tracestate",
+        "b3",
+        "x-b3-traceid",
+        "x-b3-spanid",
+        "x-b3-parentspanid",
+        "x-b3-sampled",
+        "x-b3-flags",
+    ] {
+        assert!(on.contains(&format!("{{ exact: \"{name}\" }}")), "{on}");
+    }
+    let (code, summary, stderr) = checkpoint("check-config", &traced);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        summary.contains("traces:          http://127.0.0.1:4317 (service checkpoint)"),
+        "{summary}"
+    );
+
+    let (code, _, stderr) = checkpoint(
+        "check-config",
+        &[
+            ("CHECKPOINT_CONFIG", &path),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4317"),
+            ("OTEL_TRACES_SAMPLER", "sometimes"),
+        ],
+    );
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("telemetry: OTEL_EXPORTER_OTLP_ENDPOINT: \"https://collector:4317\": TLS to the collector is not supported"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("telemetry: OTEL_TRACES_SAMPLER: \"sometimes\" is not a sampler"),
+        "{stderr}"
+    );
+}

@@ -310,6 +310,16 @@ pub fn settings_from(vars: &HashMap<String, String>) -> Result<Settings, Vec<Set
         },
         user_headers,
         request_headers,
+        telemetry: super::telemetry::resolve(&Default::default(), vars).unwrap_or_else(
+            |problems| {
+                for (at, message) in problems {
+                    if let super::telemetry::Where::Variable(variable) = at {
+                        r.error(variable, message);
+                    }
+                }
+                Default::default()
+            },
+        ),
     };
     for problem in super::cross_check(&settings) {
         r.error(problem.variable, problem.message);

@@ -40,6 +40,10 @@ pub struct FileConfig {
     pub responses: ResponsesSection,
     #[serde(default)]
     pub reload: ReloadSection,
+    /// Traces (OpenTelemetry, OTLP over gRPC). Each field left out is read from its standard
+    /// `OTEL_*` variable; with no endpoint, tracing is off.
+    #[serde(default)]
+    pub telemetry: super::telemetry::TelemetrySection,
 }
 
 /// What makes checkpoint reload this file and the rule files besides `SIGHUP`.
@@ -265,17 +269,47 @@ pub fn load(path: &Path, vars: &HashMap<String, String>) -> Result<Loaded, Confi
             .map_err(|e| (e.to_string(), e.location().map(|l| (l.line(), l.column()))))
     };
     match parsed {
-        Ok(file) => match from_file(file, &label, path.parent().unwrap_or(Path::new("."))) {
-            Ok((settings, rules)) if problems.is_empty() => Ok(Loaded {
-                settings,
-                rules,
-                referenced: expanded.referenced,
+        Ok(file) => match (
+            super::telemetry::resolve(&file.telemetry, vars).map_err(|found| {
+                found
+                    .into_iter()
+                    .map(|(at, message)| match at {
+                        super::telemetry::Where::Field(field) => {
+                            format!("{label}: telemetry.{field}: {message}")
+                        }
+                        super::telemetry::Where::Variable(variable) => {
+                            format!("{label}: telemetry: {variable}: {message}")
+                        }
+                    })
+                    .collect::<Vec<_>>()
             }),
-            Ok((_, rules)) => Err(ConfigErrors {
+            from_file(file, &label, path.parent().unwrap_or(Path::new("."))),
+        ) {
+            (Ok(traces), Ok((mut settings, rules))) if problems.is_empty() => {
+                settings.telemetry = traces;
+                Ok(Loaded {
+                    settings,
+                    rules,
+                    referenced: expanded.referenced,
+                })
+            }
+            (Err(more), Ok((_, rules))) => {
+                problems.extend(more);
+                Err(ConfigErrors {
+                    problems,
+                    rules: Some(rules),
+                })
+            }
+            (Err(more), Err((rest, rules))) => {
+                problems.extend(more);
+                problems.extend(rest);
+                Err(ConfigErrors { problems, rules })
+            }
+            (Ok(_), Ok((_, rules))) => Err(ConfigErrors {
                 problems,
                 rules: Some(rules),
             }),
-            Err((more, rules)) => {
+            (Ok(_), Err((more, rules))) => {
                 problems.extend(more);
                 Err(ConfigErrors { problems, rules })
             }
@@ -459,6 +493,8 @@ pub fn from_file(
             backoffice: lower(&file.request_headers.backoffice),
             client_type: lower(&file.request_headers.client_type),
         },
+        // Resolved with the variables by `load`.
+        telemetry: Default::default(),
     };
     let crossed = super::cross_check(&settings);
     if !crossed.is_empty() {

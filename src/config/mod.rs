@@ -19,6 +19,7 @@ pub mod file;
 pub mod grpc;
 pub mod keys;
 pub mod sources;
+pub mod telemetry;
 pub mod warnings;
 
 use std::net::SocketAddr;
@@ -68,6 +69,8 @@ pub struct Settings {
     pub identity_cache: CacheSettings,
     pub user_headers: UserHeaders,
     pub request_headers: RequestHeaders,
+    /// Where trace spans go, if anywhere, and which are kept.
+    pub telemetry: telemetry::TraceSettings,
 }
 
 #[derive(Debug, Clone)]

@@ -11,7 +11,8 @@
 //!
 //! Per Check: the call's `grpc-timeout` becomes the deadline, the [`Checker`] runs, the
 //! decision id is chosen ([`DecisionId`]), the answer encoded, the metrics recorded
-//! ([`Metrics::record_check`]) and the decision line written ([`telemetry::decision`]). A deny
+//! ([`Metrics::record_check`]) and the decision line written ([`telemetry::decision`]); with
+//! tracing configured, the Check runs inside its span ([`traces::check_span`]). A deny
 //! is an answer: this module never returns `Err(Status)` for a policy outcome; `Err` means
 //! "could not decide" (a message that is not a `CheckRequest`: INVALID_ARGUMENT).
 
@@ -32,7 +33,7 @@ pub use encode::{Encoded, encode};
 use crate::check::Reason;
 use crate::reload::Shared;
 use crate::request::Request;
-use crate::telemetry::{self, DecisionId, Metrics};
+use crate::telemetry::{self, DecisionId, Metrics, traces};
 
 /// The encoded `FileDescriptorSet` of `envoy/service/auth/v3/external_auth.proto` and its
 /// imports.
@@ -55,7 +56,13 @@ struct Decider {
 impl Decider {
     /// One Check, from the request view to the encoded answer; records the metrics and writes
     /// the decision line.
-    async fn decide(&self, view: &Request, started: Instant, deadline: Option<Instant>) -> Encoded {
+    async fn decide(
+        &self,
+        view: &Request,
+        started: Instant,
+        deadline: Option<Instant>,
+        span: &tracing::Span,
+    ) -> Encoded {
         let live = self.live.load();
         let (outcome, shadow) = live
             .checker
@@ -64,6 +71,9 @@ impl Decider {
         // The shadow rules' answer, when it is not the enforced decision.
         let disagreement = shadow.filter(|reason| reason.allows() != outcome.reason.allows());
         let decision_id = DecisionId::for_request(view.header("x-request-id"));
+        if !span.is_none() {
+            traces::record_outcome(span, &outcome, decision_id.as_str());
+        }
         let encoded = encode(&live.responder.answer(&outcome, decision_id.as_str()));
         let took = started.elapsed();
         self.metrics.record_check(&outcome, took);
@@ -261,10 +271,19 @@ impl tonic::server::UnaryService<Request> for CheckCall {
         Box::pin(async move {
             let started = Instant::now();
             let deadline = grpc_timeout(request.metadata()).map(|t| started + t);
+            // Tracing off: no span, one atomic load.
+            let span = traces::check_span(request.metadata(), request.get_ref());
             let view = request.into_inner();
-            Ok(tonic::Response::new(
-                inner.decide(&view, started, deadline).await,
-            ))
+            let encoded = if span.is_none() {
+                inner.decide(&view, started, deadline, &span).await
+            } else {
+                use tracing::Instrument as _;
+                inner
+                    .decide(&view, started, deadline, &span)
+                    .instrument(span.clone())
+                    .await
+            };
+            Ok(tonic::Response::new(encoded))
         })
     }
 }

@@ -43,6 +43,19 @@ pub struct Reasons {
     pub unreachable: &'static str,
 }
 
+/// A failed call's kind in one fixed word, for a trace span's `error.type`.
+pub fn error_type(error: &reqwest::Error) -> &'static str {
+    if error.is_connect() {
+        "connection"
+    } else if error.is_timeout() {
+        "timeout"
+    } else if error.is_body() || error.is_decode() {
+        "body"
+    } else {
+        "request"
+    }
+}
+
 /// An error's kind and causes, without the request itself (its URL or body may hold a secret).
 pub fn describe(error: &reqwest::Error) -> String {
     let kind = if error.is_connect() {

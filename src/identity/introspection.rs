@@ -37,6 +37,8 @@ use super::http::{self, Reasons};
 use super::{BoxFuture, Context, Failure, KeyHasher, Resolution, Source, claims};
 use crate::config::sources::{ClaimMapping, ClientAuth, IntrospectionSource, TokenLocation};
 use crate::request::Request;
+use crate::telemetry::traces;
+use tracing::Instrument as _;
 
 /// The largest introspection answer read; larger ones are refused (an answer is a few hundred
 /// bytes; a bound keeps a misbehaving server from filling our memory).
@@ -205,6 +207,7 @@ impl Introspection {
         body.push_str("&token_type_hint=access_token");
         body.push_str(&self.body_credentials);
 
+        let span = traces::client_span("introspection", "POST", &self.endpoint);
         let exchange = async {
             let mut call = self
                 .client
@@ -216,10 +219,15 @@ impl Introspection {
                 call = call.header(AUTHORIZATION, authorization.clone());
             }
             let response = call
+                .headers(traces::propagation_headers(&span))
                 .send()
                 .await
-                .map_err(|e| Failure::new("introspection_unreachable", http::describe(&e)))?;
+                .map_err(|e| {
+                    traces::record_error(&span, http::error_type(&e));
+                    Failure::new("introspection_unreachable", http::describe(&e))
+                })?;
             let status = response.status();
+            traces::record_status(&span, status.as_u16());
             let body = http::read_bounded(response, MAX_BODY_BYTES, REASONS).await;
             if !status.is_success() {
                 // The OAuth error code (`invalid_client`, `unsupported_token_type`) says which
@@ -236,11 +244,15 @@ impl Introspection {
             }
             body
         };
-        match tokio::time::timeout(budget, exchange).await {
-            Err(_) => Resolution::Unavailable(Failure::new(
-                "introspection_timeout",
-                format!("no answer within {budget:?}"),
-            )),
+        let answer = tokio::time::timeout(budget, exchange.instrument(span.clone())).await;
+        match answer {
+            Err(_) => Resolution::Unavailable({
+                traces::record_error(&span, "timeout");
+                Failure::new(
+                    "introspection_timeout",
+                    format!("no answer within {budget:?}"),
+                )
+            }),
             Ok(Err(failure)) => Resolution::Unavailable(failure),
             Ok(Ok(body)) => self.interpret(&body),
         }

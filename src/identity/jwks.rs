@@ -320,7 +320,11 @@ impl Keys {
             };
         }
         let keys = Arc::clone(self);
-        let fetch = tokio::spawn(async move { keys.fetch_locked(&mut state).await });
+        // Traced under the Check that found the unknown key, when there is one.
+        let fetch = tokio::spawn(tracing::Instrument::instrument(
+            async move { keys.fetch_locked(&mut state).await },
+            tracing::Span::current(),
+        ));
         match fetch.await {
             Ok(Ok(())) => Refetch::Newer,
             Ok(Err(_)) | Err(_) => Refetch::Failed,
@@ -371,7 +375,7 @@ impl Keys {
                 url
             }
         };
-        let fetched = get_document(&self.client, &url)
+        let fetched = get_document(&self.client, &url, "jwks")
             .await
             .and_then(|body| KeySet::parse(&body))
             .map_err(|e| format!("key set {url}: {e}"));
@@ -384,7 +388,7 @@ impl Keys {
     /// The `jwks_uri` of the issuer's discovery document, which must name the same issuer.
     async fn discover(&self) -> Result<reqwest::Url, String> {
         let url = self.source.discovery_url()?;
-        let body = get_document(&self.client, &url)
+        let body = get_document(&self.client, &url, "discovery")
             .await
             .map_err(|e| format!("discovery {url}: {e}"))?;
         let document: Value =
@@ -409,14 +413,36 @@ impl Keys {
 }
 
 /// GETs a JSON document, 2xx only, up to [`MAX_DOCUMENT_BYTES`].
-async fn get_document(client: &reqwest::Client, url: &reqwest::Url) -> Result<Vec<u8>, String> {
+async fn get_document(
+    client: &reqwest::Client,
+    url: &reqwest::Url,
+    call: &'static str,
+) -> Result<Vec<u8>, String> {
+    use tracing::Instrument as _;
+    let span = crate::telemetry::traces::client_span(call, "GET", url);
+    get_document_in(client, url, &span)
+        .instrument(span.clone())
+        .await
+}
+
+async fn get_document_in(
+    client: &reqwest::Client,
+    url: &reqwest::Url,
+    span: &tracing::Span,
+) -> Result<Vec<u8>, String> {
+    use crate::telemetry::traces;
     let mut response = client
         .get(url.clone())
         .header(reqwest::header::ACCEPT, "application/json")
+        .headers(traces::propagation_headers(span))
         .send()
         .await
-        .map_err(|e| super::http::describe(&e))?;
+        .map_err(|e| {
+            traces::record_error(span, super::http::error_type(&e));
+            super::http::describe(&e)
+        })?;
     let status = response.status();
+    traces::record_status(span, status.as_u16());
     if !status.is_success() {
         return Err(format!("answered {status}"));
     }

@@ -19,6 +19,8 @@ use super::http::{self, Reasons};
 use super::{BoxFuture, Context, Failure, KeyHasher, Resolution, Source, User, ascii_json};
 use crate::config::UserInfoSettings;
 use crate::request::Request;
+use crate::telemetry::traces;
+use tracing::Instrument as _;
 
 /// Proxied headers left out of the cache key: they change with every request, not with the
 /// caller. A user-info endpoint whose answer depends on them cannot be cached (TTL 0).
@@ -121,15 +123,21 @@ impl UserInfo {
             ));
         }
         let headers = self.proxied_headers(request);
+        let span = traces::client_span("userinfo", "GET", url);
         let exchange = async {
             let response = self
                 .client
                 .get(url.clone())
                 .headers(headers)
+                .headers(traces::propagation_headers(&span))
                 .send()
                 .await
-                .map_err(|e| Failure::new("userinfo_unreachable", http::describe(&e)))?;
+                .map_err(|e| {
+                    traces::record_error(&span, http::error_type(&e));
+                    Failure::new("userinfo_unreachable", http::describe(&e))
+                })?;
             let status = response.status();
+            traces::record_status(&span, status.as_u16());
             if status.is_client_error() {
                 return Ok(None);
             }
@@ -143,11 +151,12 @@ impl UserInfo {
                 .await
                 .map(Some)
         };
-        match tokio::time::timeout(budget, exchange).await {
-            Err(_) => Resolution::Unavailable(Failure::new(
-                "userinfo_timeout",
-                format!("no answer within {budget:?}"),
-            )),
+        let answer = tokio::time::timeout(budget, exchange.instrument(span.clone())).await;
+        match answer {
+            Err(_) => Resolution::Unavailable({
+                traces::record_error(&span, "timeout");
+                Failure::new("userinfo_timeout", format!("no answer within {budget:?}"))
+            }),
             Ok(Err(failure)) => Resolution::Unavailable(failure),
             Ok(Ok(None)) => Resolution::Anonymous,
             Ok(Ok(Some(body))) => self.interpret(&body),

@@ -11,15 +11,14 @@
 //!   no lock, only atomic adds (a few tens of nanoseconds; `benches/hot_path.rs`);
 //! - read at scrape time from the counters the components keep anyway: the identity cache's
 //!   hits, misses and coalesced lookups and its size, each JWT source's key fetches and key
-//!   count, the decision log's dropped lines.
+//!   count, the decision log's dropped lines, the trace spans dropped.
 //!
 //! Labels are bounded by construction: decision, reason ([`Reason::as_str`]), identity answer
 //! ([`IdentityAnswer::as_str`]), cache result, and the configured names of identity sources.
 //! Never a path, a rule key, a user id or a header value.
 //!
-//! Trace spans are not produced yet: `checkpoint_trace_spans_dropped_total` is registered at 0 so
-//! that dashboards and alerts can rely on the name; a span exporter adds to
-//! [`Metrics::trace_spans_dropped`].
+//! `checkpoint_trace_spans_dropped_total` is read at scrape time from the trace exporter
+//! ([`super::traces::dropped_spans`]); it stays at 0 with tracing off.
 
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
@@ -194,7 +193,7 @@ impl Metrics {
         )?;
         let trace_spans_dropped = counter(
             "checkpoint_trace_spans_dropped_total",
-            "Trace spans dropped before export (always 0: checkpoint does not export traces yet).",
+            "Trace spans dropped before export: the queue was full, or the collector did not take them.",
         )?;
         let build_info = gauge_vec(
             "checkpoint_build_info",
@@ -298,11 +297,6 @@ impl Metrics {
         self.shadow_disagreements[usize::from(!enforced_allows)].inc();
     }
 
-    /// Where a span exporter counts the spans it drops.
-    pub fn trace_spans_dropped(&self) -> &IntCounter {
-        &self.trace_spans_dropped
-    }
-
     /// The text exposition of every metric, the scrape-time ones read from `identity` and the
     /// decision log now.
     pub async fn render(&self, identity: &Resolver) -> String {
@@ -342,6 +336,7 @@ impl Metrics {
             }
         }
         catch_up(&self.decision_log_dropped, super::dropped_lines());
+        catch_up(&self.trace_spans_dropped, super::traces::dropped_spans());
     }
 }
 
