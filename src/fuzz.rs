@@ -84,12 +84,25 @@ pub fn path(raw: &str) {
 }
 
 /// `policy::Expression::compile`: never panics; an error names a column inside the text (or
-/// just past it); a compiled expression evaluates without panicking on any facts, and its source
-/// is the text it was compiled from.
+/// just past it); a compiled expression evaluates without panicking on any facts, its source is
+/// the text it was compiled from, and printing its tree and compiling that gives the same tree
+/// (unless the printed form nests past the depth limit, which parentheses the source did not
+/// need can cause).
 pub fn expression(source: &str) {
     match Expression::compile(source) {
         Ok(expression) => {
             assert_eq!(expression.source(), source);
+            let printed = expression.reprint();
+            match Expression::compile(&printed) {
+                Ok(again) => assert!(
+                    expression.same_tree(&again),
+                    "{source:?} printed as {printed:?} compiles to another tree"
+                ),
+                Err(e) => assert!(
+                    e.message.contains("nests deeper"),
+                    "{source:?} printed as {printed:?} does not compile: {e}"
+                ),
+            }
             let groups = ["admin".to_owned(), "users".to_owned()];
             let permissions = ["orders.read".to_owned()];
             for facts in [

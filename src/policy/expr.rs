@@ -132,6 +132,98 @@ impl Expression {
     }
 }
 
+/// The compiled tree printed back as source: the fuzz property that printing and compiling
+/// again gives the same tree (`crate::fuzz::expression`).
+#[cfg(any(test, fuzzing))]
+impl Expression {
+    /// The tree as source, with parentheses only where precedence needs them and every
+    /// membership in its list form (`["a"] in groups`).
+    pub(crate) fn reprint(&self) -> String {
+        let mut out = String::new();
+        print_node(&self.root, &mut out);
+        out
+    }
+
+    /// Whether two expressions compiled to the same tree.
+    pub(crate) fn same_tree(&self, other: &Expression) -> bool {
+        self.root == other.root
+    }
+}
+
+#[cfg(any(test, fuzzing))]
+fn print_node(node: &Node, out: &mut String) {
+    let grouped = |node: &Node, wanted: bool, out: &mut String| {
+        if wanted {
+            out.push('(');
+            print_node(node, out);
+            out.push(')');
+        } else {
+            print_node(node, out);
+        }
+    };
+    match node {
+        Node::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Node::Str(s) => print_string(s, out),
+        Node::ClientType => out.push_str("clientType"),
+        Node::IsBackoffice => out.push_str("isBackoffice"),
+        Node::Member { set, names } => {
+            out.push('[');
+            for (i, name) in names.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                print_string(name, out);
+            }
+            out.push_str("] in ");
+            out.push_str(set.as_str());
+        }
+        Node::Not(inner) => {
+            out.push('!');
+            let leaf = matches!(
+                **inner,
+                Node::Bool(_) | Node::Str(_) | Node::ClientType | Node::IsBackoffice | Node::Not(_)
+            );
+            grouped(inner, !leaf, out);
+        }
+        Node::All(items) | Node::Any(items) => {
+            // `&&` binds tighter than `||`: an `&&` chain inside `||` needs no parentheses.
+            let all = matches!(node, Node::All(_));
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(if all { " && " } else { " || " });
+                }
+                let nested = matches!(item, Node::Any(_)) || (all && matches!(item, Node::All(_)));
+                grouped(item, nested, out);
+            }
+        }
+        Node::Equal {
+            left,
+            right,
+            negated,
+        } => {
+            grouped(left, matches!(**left, Node::All(_) | Node::Any(_)), out);
+            out.push_str(if *negated { " != " } else { " == " });
+            grouped(
+                right,
+                matches!(**right, Node::All(_) | Node::Any(_) | Node::Equal { .. }),
+                out,
+            );
+        }
+    }
+}
+
+#[cfg(any(test, fuzzing))]
+fn print_string(value: &str, out: &mut String) {
+    out.push('"');
+    for c in value.chars() {
+        if matches!(c, '"' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+}
+
 /// One sub-expression of [`Expression::explain`].
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Step {
