@@ -38,7 +38,9 @@ const BIG: usize = 2 * 1024 * 1024;
 /// `alice` (an admin), `tail` (alice after [`TAIL`]), `flap` (every other call a 500, the
 /// others alice), `reset` (half a body, then the connection is cut), `big-N` ([`BIG`] bytes,
 /// chunked), `big-cl` ([`BIG`] bytes with Content-Length), `badutf8`, `deep` (an array nested
-/// 10,000 deep), `deep-field` (alice with such an array in a field). It counts calls per token.
+/// 10,000 deep), `deep-field` (alice with such an array in a field), `once-then-refused…`
+/// (alice, then a 401, then 503s), `once…` and JWT-shaped tokens (alice, then 503s). It counts
+/// calls per token.
 #[derive(Clone, Default)]
 struct Manager {
     calls: Arc<Mutex<HashMap<String, usize>>>,
@@ -97,6 +99,15 @@ impl Manager {
         let alice = json!({ "sub": "alice", "groups": ["admin"] });
         match token.as_str() {
             "alice" => axum::Json(alice).into_response(),
+            t if t.starts_with("once-then-refused") => match call {
+                1 => axum::Json(alice).into_response(),
+                2 => (StatusCode::UNAUTHORIZED, "{}").into_response(),
+                _ => (StatusCode::SERVICE_UNAVAILABLE, "down").into_response(),
+            },
+            t if t.starts_with("once") || t.starts_with("eyJ") => match call {
+                1 => axum::Json(alice).into_response(),
+                _ => (StatusCode::SERVICE_UNAVAILABLE, "down").into_response(),
+            },
             "tail" => {
                 tokio::time::sleep(TAIL).await;
                 axum::Json(alice).into_response()
@@ -281,6 +292,103 @@ async fn a_flapping_manager_is_retried_and_only_its_successes_are_cached() {
         assert_eq!(cached.http_status, 200);
     }
     assert_eq!(manager.calls("flap"), 2, "the success is cached");
+}
+
+/// `stale_if_error` with a manager that answers each token once and then fails: past the TTL, a
+/// user it answered is still served (and asked for again each time, and counted); without the
+/// option the same outage is a 503; a credential refused after it was answered is never served
+/// stale; a bearer JWT is never served stale past its `exp`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_if_error_serves_a_user_through_an_outage_only() {
+    use base64::Engine;
+    let (manager, addr) = Manager::start().await;
+    let url = format!("http://{addr}/userinfo");
+    let common = [
+        ("USERINFO_URL", url.as_str()),
+        ("CHECKPOINT_USERINFO_TIMEOUT", "1s"),
+        ("CHECKPOINT_IDENTITY_CACHE_TTL", "300ms"),
+        ("CHECKPOINT_NEGATIVE_CACHE_TTL", "0"),
+    ];
+    let stale = Server::start(
+        RULES,
+        &[&common[..], &[("CHECKPOINT_IDENTITY_STALE_IF_ERROR", "1h")]].concat(),
+    )
+    .await;
+    let plain = Server::start(RULES, &common).await;
+    let unix_now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs()
+    };
+    let exp = unix_now() + 3;
+    let part = |v: serde_json::Value| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+    };
+    let jwt = format!(
+        "{}.{}.c2ln",
+        part(json!({ "alg": "RS256" })),
+        part(json!({ "sub": "alice", "exp": exp }))
+    );
+    let alice = (200, Some("alice".to_owned()));
+    for token in ["once-stale", "once-then-refused", jwt.as_str()] {
+        assert_eq!(status(&stale, token).await, alice, "{token}: fresh");
+    }
+    assert_eq!(status(&plain, "once-plain").await, alice);
+    // Past the TTL; the manager now fails every token.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    for _ in 0..2 {
+        assert_eq!(status(&stale, "once-stale").await, alice, "stale");
+    }
+    assert_eq!(
+        manager.calls("once-stale"),
+        3,
+        "each stale answer asked first"
+    );
+    assert_eq!(
+        status(&plain, "once-plain").await,
+        (503, None),
+        "without stale_if_error an outage is a 503"
+    );
+    // Refused (401), then down: the refusal dropped the stale copy.
+    assert_eq!(status(&stale, "once-then-refused").await.0, 401);
+    assert_eq!(status(&stale, "once-then-refused").await, (503, None));
+    // A JWT before its exp is served stale; past it, never.
+    assert_eq!(status(&stale, &jwt).await, alice, "before exp");
+    while unix_now() <= exp {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status(&stale, &jwt).await, (503, None), "past exp");
+    assert_eq!(manager.calls(&jwt), 3);
+
+    let metrics = reqwest::get(format!("http://{}/metrics", stale.http))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    // Three stale answers; five unavailable answers of the manager (the three bridged, the two
+    // 503s).
+    for line in [
+        "checkpoint_identity_stale_answers_total{source=\"userinfo\"} 3",
+        "checkpoint_identity_requests_total{outcome=\"unavailable\",source=\"userinfo\"} 5",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line}\n{metrics}");
+    }
+}
+
+/// The status of a Check for `/private` with `token`, and the user id it sends upstream.
+async fn status(server: &Server, token: &str) -> (u16, Option<String>) {
+    let bearer = format!("Bearer {token}");
+    let response = answer(
+        &server
+            .check(request("GET", "/private", &[("authorization", &bearer)]))
+            .await,
+    );
+    (
+        response.http_status,
+        response.headers.get("miauserid").cloned(),
+    )
 }
 
 /// A user-info host name that does not resolve: 503 where identity is needed.

@@ -583,3 +583,68 @@ async fn the_source_is_not_ready_before_its_first_key_fetch() {
     );
     assert_eq!(count("/jwks"), 1, "{requests:?}");
 }
+
+/// Waits (bounded) until `condition` holds.
+async fn until(what: &str, within: Duration, condition: impl Fn() -> bool) {
+    let deadline = Instant::now() + within;
+    while !condition() {
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `max_key_staleness`: once key refreshes fail, the keys held are still trusted for that long,
+/// and then a token is unavailable (`jwks_stale`, a 503) rather than verified with them; the
+/// source stays ready (an IdP outage must not take every replica out of service) and reports
+/// the refusal through `Keys::stale_at` (the `checkpoint_jwks_stale` gauge). A successful fetch
+/// ends it. Without the setting the old keys are trusted for as long as fetches fail.
+#[tokio::test]
+async fn keys_that_cannot_be_refreshed_past_max_key_staleness_are_not_trusted() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let keys = make_keys(dir.path(), 1).remove(0);
+    let [port] = free_ports::<1>();
+    let mut idp = start_idp("idp", dir.path(), port, &keys).await;
+    let issuer = idp.issuer.clone();
+    let timer = json!({"refresh_interval": "300ms", "min_refresh_interval": "200ms"});
+    let mut bounded_settings = timer.clone();
+    bounded_settings["max_key_staleness"] = json!("2s");
+    let bounded = source_for(&issuer, bounded_settings);
+    let unbounded = source_for(&issuer, timer);
+    wait_ready(&bounded, Duration::from_secs(10)).await;
+    wait_ready(&unbounded, Duration::from_secs(10)).await;
+    let token = es256(&keys, claims_for(&issuer, "bob"));
+    assert_eq!(user_id(&bounded, &token, "fresh keys").await, "bob");
+
+    // The IdP goes away: refreshes fail; for the first two seconds the keys are still trusted.
+    idp.proc.stop();
+    let failed = bounded.keys().fetches().1;
+    until("a failed refresh", Duration::from_secs(10), || {
+        bounded.keys().fetches().1 > failed
+    })
+    .await;
+    assert!(bounded.keys().failing_since().is_some());
+    assert_eq!(user_id(&bounded, &token, "within staleness").await, "bob");
+
+    // Past them: refused as unavailable, while the source without the bound still trusts them.
+    until("stale keys", Duration::from_secs(10), || {
+        bounded.keys().stale_at(tokio::time::Instant::now())
+    })
+    .await;
+    match resolve(&bounded, &token).await {
+        Resolution::Unavailable(failure) => assert_eq!(failure.reason, "jwks_stale"),
+        other => panic!("stale keys: {other:?}"),
+    }
+    assert_eq!(user_id(&unbounded, &token, "no bound").await, "bob");
+    assert!(!unbounded.keys().stale_at(tokio::time::Instant::now()));
+    assert!(bounded.ready(), "stale keys keep the source ready");
+
+    // The IdP is back: the next refresh makes the keys trusted again.
+    let _idp = start_idp("idp-back", dir.path(), port, &keys).await;
+    let fetched = bounded.keys().fetches().0;
+    until("a successful refresh", Duration::from_secs(10), || {
+        bounded.keys().fetches().0 > fetched
+    })
+    .await;
+    assert!(!bounded.keys().stale_at(tokio::time::Instant::now()));
+    assert_eq!(user_id(&bounded, &token, "refreshed").await, "bob");
+}

@@ -630,6 +630,7 @@ fn introspection_cache_keys_follow_the_token() {
         ttl: Duration::from_secs(60),
         negative_ttl: Duration::from_secs(5),
         max_entries: 10,
+        stale_if_error: Duration::ZERO,
     })
     .expect("cache on");
     let source = introspector(&introspection_settings(
@@ -728,6 +729,7 @@ async fn api_keys_resolve_the_client_type_from_each_header_and_the_cookie() {
         ttl: Duration::from_secs(1),
         negative_ttl: Duration::ZERO,
         max_entries: 1,
+        stale_if_error: Duration::ZERO,
     })
     .expect("cache")
     .key_hasher();

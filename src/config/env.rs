@@ -81,6 +81,10 @@ pub const CHECKPOINT_NEGATIVE_CACHE_TTL: &str = "CHECKPOINT_NEGATIVE_CACHE_TTL";
 pub const DEFAULT_CHECKPOINT_NEGATIVE_CACHE_TTL: Duration = Duration::from_secs(5);
 pub const CHECKPOINT_IDENTITY_CACHE_MAX_ENTRIES: &str = "CHECKPOINT_IDENTITY_CACHE_MAX_ENTRIES";
 pub const DEFAULT_CHECKPOINT_IDENTITY_CACHE_MAX_ENTRIES: u64 = 100_000;
+/// How long past its TTL a cached user is still served while the identity provider is
+/// unavailable; 0 (the default) = never.
+pub const CHECKPOINT_IDENTITY_STALE_IF_ERROR: &str = "CHECKPOINT_IDENTITY_STALE_IF_ERROR";
+pub const DEFAULT_CHECKPOINT_IDENTITY_STALE_IF_ERROR: Duration = Duration::ZERO;
 pub const CHECKPOINT_DRAIN_TIMEOUT: &str = "CHECKPOINT_DRAIN_TIMEOUT";
 pub const DEFAULT_CHECKPOINT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Permissions of the gRPC Unix socket (octal), when `CHECKPOINT_GRPC_ADDR` is `unix:...`.
@@ -127,6 +131,7 @@ pub const ALL: &[&str] = &[
     CHECKPOINT_IDENTITY_CACHE_TTL,
     CHECKPOINT_NEGATIVE_CACHE_TTL,
     CHECKPOINT_IDENTITY_CACHE_MAX_ENTRIES,
+    CHECKPOINT_IDENTITY_STALE_IF_ERROR,
     CHECKPOINT_DRAIN_TIMEOUT,
     CHECKPOINT_GRPC_SOCKET_MODE,
     CHECKPOINT_WORKER_THREADS,
@@ -306,6 +311,10 @@ pub fn settings_from(vars: &HashMap<String, String>) -> Result<Settings, Vec<Set
             max_entries: r.count(
                 CHECKPOINT_IDENTITY_CACHE_MAX_ENTRIES,
                 DEFAULT_CHECKPOINT_IDENTITY_CACHE_MAX_ENTRIES,
+            ),
+            stale_if_error: r.duration(
+                CHECKPOINT_IDENTITY_STALE_IF_ERROR,
+                DEFAULT_CHECKPOINT_IDENTITY_STALE_IF_ERROR,
             ),
         },
         user_headers,
@@ -511,6 +520,7 @@ mod tests {
         );
         assert!(u.authorization_headers.is_empty());
         assert!(u.permissions_key.is_none());
+        assert_eq!(s.identity_cache.stale_if_error, Duration::ZERO, "off");
     }
 
     #[test]

@@ -145,6 +145,9 @@ pub struct CacheSection {
     /// How long an anonymous or invalid answer is reused.
     pub negative_ttl: Span,
     pub max_entries: u64,
+    /// How long past its TTL a user is still served while the identity provider is unavailable
+    /// (never past the credential's expiry, never after a refusal); 0 (the default) turns it off.
+    pub stale_if_error: Span,
 }
 
 impl Default for CacheSection {
@@ -153,6 +156,7 @@ impl Default for CacheSection {
             ttl: Span(env::DEFAULT_CHECKPOINT_IDENTITY_CACHE_TTL),
             negative_ttl: Span(env::DEFAULT_CHECKPOINT_NEGATIVE_CACHE_TTL),
             max_entries: env::DEFAULT_CHECKPOINT_IDENTITY_CACHE_MAX_ENTRIES,
+            stale_if_error: Span(env::DEFAULT_CHECKPOINT_IDENTITY_STALE_IF_ERROR),
         }
     }
 }
@@ -483,6 +487,7 @@ pub fn from_file(
             ttl: file.identity.cache.ttl.0,
             negative_ttl: file.identity.cache.negative_ttl.0,
             max_entries: file.identity.cache.max_entries,
+            stale_if_error: file.identity.cache.stale_if_error.0,
         },
         user_headers: UserHeaders {
             user_id: lower(&file.user_headers.user_id),
@@ -655,6 +660,81 @@ responses: { strict_mode: false }
                 "CLIENT_TYPE_HEADER_KEY: \"miauserproperties\" is also one of the user headers"
             )),
             "{text:?}"
+        );
+    }
+
+    /// `stale_if_error` and `max_key_staleness` are off by default; set, they are read; a
+    /// `stale_if_error` without the cache is refused by the one validator, named as each front end
+    /// names it.
+    #[test]
+    fn resilience_options_are_off_by_default_and_need_the_cache() {
+        use std::time::Duration;
+        let jwt = "{ type: jwt, issuer: https://idp.example }";
+        let (settings, _) = parse(&format!(
+            "version: 1\nrules: {{ inline: {{}} }}\nidentity: {{ sources: [ {jwt} ] }}\n"
+        ))
+        .expect("valid");
+        assert_eq!(settings.identity_cache.stale_if_error, Duration::ZERO);
+        let [crate::config::sources::SourceSettings::Jwt(source)] = settings.sources.as_slice()
+        else {
+            panic!("jwt expected")
+        };
+        assert_eq!(source.max_key_staleness.0, Duration::ZERO);
+        let (settings, _) = parse(
+            "version: 1\nrules: { inline: {} }\nidentity:\n  cache: { stale_if_error: 5m }\n  \
+             sources: [ { type: jwt, issuer: https://idp.example, max_key_staleness: 1h } ]\n",
+        )
+        .expect("valid");
+        assert_eq!(
+            settings.identity_cache.stale_if_error,
+            Duration::from_secs(300)
+        );
+        let [crate::config::sources::SourceSettings::Jwt(source)] = settings.sources.as_slice()
+        else {
+            panic!("jwt expected")
+        };
+        assert_eq!(source.max_key_staleness.0, Duration::from_secs(3600));
+
+        let errors = parse(
+            "version: 1\nrules: { inline: {} }\nidentity:\n  cache: { ttl: 0, stale_if_error: 5m }\n  \
+             sources: [ { type: anonymous } ]\n",
+        )
+        .expect_err("refused");
+        assert!(
+            errors.iter().any(|e| e.contains(
+                "identity.cache.stale_if_error: 300s needs the identity cache, which a zero TTL turns off"
+            )),
+            "{errors:?}"
+        );
+        let vars: std::collections::HashMap<String, String> = [
+            ("CONFIGURATION_FILE_NAME", "auth"),
+            ("USERINFO_URL", "http://auth/userinfo"),
+            ("CHECKPOINT_IDENTITY_CACHE_TTL", "0"),
+            ("CHECKPOINT_IDENTITY_STALE_IF_ERROR", "5m"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let errors = env::settings_from(&vars).expect_err("refused");
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.variable == "CHECKPOINT_IDENTITY_STALE_IF_ERROR"
+                    && e.message.contains("needs the identity cache")),
+            "{errors:?}"
+        );
+        let vars: std::collections::HashMap<String, String> = [
+            ("CONFIGURATION_FILE_NAME", "auth"),
+            ("USERINFO_URL", "http://auth/userinfo"),
+            ("CHECKPOINT_IDENTITY_STALE_IF_ERROR", "2m"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let settings = env::settings_from(&vars).expect("valid");
+        assert_eq!(
+            settings.identity_cache.stale_if_error,
+            Duration::from_secs(120)
         );
     }
 

@@ -201,6 +201,18 @@ pub fn cross_check(settings: &Settings) -> Vec<CrossProblem> {
             });
         }
     }
+    // Stale answers are kept by the identity cache: without it there is nothing to serve.
+    let cache = &settings.identity_cache;
+    if !cache.stale_if_error.is_zero() && cache.ttl.is_zero() {
+        problems.push(CrossProblem {
+            variable: env::CHECKPOINT_IDENTITY_STALE_IF_ERROR,
+            field: "identity.cache.stale_if_error",
+            message: format!(
+                "{:?} needs the identity cache, which a zero TTL turns off",
+                cache.stale_if_error
+            ),
+        });
+    }
     problems
 }
 
@@ -221,6 +233,9 @@ pub struct CacheSettings {
     /// For anonymous and invalid answers; zero stores none.
     pub negative_ttl: Duration,
     pub max_entries: u64,
+    /// How long past its TTL a user may still be served when the fresh lookup finds the
+    /// identity provider unavailable (never past the credential's expiry); zero turns it off.
+    pub stale_if_error: Duration,
 }
 
 /// A listening address: `host:port`, or `unix:PATH` (also `unix://` + absolute path) for a

@@ -184,6 +184,11 @@ pub struct JwtSource {
     /// Bound of discovery and key fetches. Default 5s.
     #[serde(default = "default_userinfo_timeout")]
     pub timeout: Span,
+    /// How long key fetches may keep failing before tokens are answered 503 (`jwks_stale`)
+    /// rather than verified with the keys last fetched. Default 0: the keys last fetched are
+    /// used for as long as fetches fail.
+    #[serde(default)]
+    pub max_key_staleness: Span,
 }
 
 /// How the introspection client authenticates.

@@ -8,7 +8,21 @@ use super::sources::SourceSettings;
 
 /// One sentence per weakened protection, naming the setting.
 pub fn warnings(settings: &Settings) -> Vec<String> {
-    source_warnings(&settings.sources)
+    let mut found = source_warnings(&settings.sources);
+    found.extend(cache_warning(&settings.identity_cache));
+    found
+}
+
+/// `stale_if_error` trades freshness for availability: said once, at start.
+fn cache_warning(cache: &super::CacheSettings) -> Option<String> {
+    (!cache.stale_if_error.is_zero()).then(|| {
+        format!(
+            "identity cache stale_if_error {:?}: while the identity provider is unavailable, a \
+             user removed or changed there keeps the access they had for up to the TTL ({:?}) \
+             plus stale_if_error",
+            cache.stale_if_error, cache.ttl
+        )
+    })
 }
 
 fn source_warnings(sources: &[SourceSettings]) -> Vec<String> {
@@ -66,5 +80,18 @@ mod tests {
         );
         let strict = warnings("type: jwt\nissuer: https://idp.example\ntyp: at+jwt\n");
         assert_eq!(strict, Vec::<String>::new());
+    }
+
+    #[test]
+    fn stale_if_error_is_named_when_set() {
+        let cache = |stale| super::super::CacheSettings {
+            ttl: std::time::Duration::from_secs(30),
+            negative_ttl: std::time::Duration::from_secs(5),
+            max_entries: 10,
+            stale_if_error: stale,
+        };
+        assert_eq!(cache_warning(&cache(std::time::Duration::ZERO)), None);
+        let found = cache_warning(&cache(std::time::Duration::from_secs(300))).expect("named");
+        assert!(found.contains("stale_if_error 300s"), "{found}");
     }
 }

@@ -8,7 +8,16 @@
 //! - store anything but a definitive answer: a user (for the TTL, never past a JWT's `exp`), an
 //!   anonymous or invalid answer (for the negative TTL); outages, timeouts and errors are never
 //!   stored;
-//! - call the source twice for concurrent lookups of one key: they are coalesced onto one call.
+//! - call the source twice for concurrent lookups of one key: they are coalesced onto one call;
+//! - serve a stale answer except as `stale_if_error` allows: a user (never an anonymous or
+//!   invalid answer) whose entry expired less than `stale_if_error` ago, only when the fresh
+//!   lookup found the source *unavailable* (never when it refused the credential: a refusal
+//!   drops the stale copy), never past the credential's `exp` or the source's `expires_at`, and
+//!   never when the failure is the JWT source's refusal of stale keys (`jwks_stale`).
+//!
+//! Stale copies live in a second moka cache, written when a user is stored (off when
+//! `stale_if_error` is zero), so that an expired entry can leave the main cache (and the lookup
+//! coalesce as usual) while its copy waits for an outage.
 //!
 //! Entry lifetimes are checked against `tokio::time::Instant`, so tests drive them with
 //! `tokio::time::pause()`; moka's own expiry only bounds memory.
@@ -33,6 +42,9 @@ pub enum Lookup {
     Miss,
     /// Waited for another request's call for the same key.
     Coalesced,
+    /// The source was unavailable and a user whose entry had expired less than
+    /// `stale_if_error` ago was served.
+    Stale,
 }
 
 impl Lookup {
@@ -41,6 +53,7 @@ impl Lookup {
             Lookup::Hit => "hit",
             Lookup::Miss => "miss",
             Lookup::Coalesced => "coalesced",
+            Lookup::Stale => "stale",
         }
     }
 }
@@ -84,8 +97,33 @@ impl moka::Expiry<u128, Entry> for EntryExpiry {
     }
 }
 
+/// The copy of a user kept for `stale_if_error`.
+#[derive(Clone)]
+struct StaleEntry {
+    resolution: Resolution,
+    /// Served stale only before this...
+    until: Instant,
+    /// ...and before the credential's expiry (seconds since the epoch), checked again when served.
+    exp: Option<u64>,
+    /// How long moka keeps it (until `until`).
+    keep: Duration,
+}
+
+impl moka::Expiry<u128, StaleEntry> for EntryExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &u128,
+        value: &StaleEntry,
+        _created_at: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(value.keep)
+    }
+}
+
 pub struct IdentityCache {
     entries: moka::future::Cache<u128, Entry>,
+    /// Users kept for `stale_if_error`; `None` when it is zero.
+    stale: Option<moka::future::Cache<u128, StaleEntry>>,
     settings: CacheSettings,
     key_state: RandomState,
     pub stats: Arc<CacheStats>,
@@ -159,8 +197,16 @@ impl IdentityCache {
             .expire_after(EntryExpiry)
             .time_to_live(longest)
             .build();
+        let stale = (!settings.stale_if_error.is_zero()).then(|| {
+            moka::future::Cache::builder()
+                .max_capacity(settings.max_entries)
+                .expire_after(EntryExpiry)
+                .time_to_live(settings.ttl + settings.stale_if_error)
+                .build()
+        });
         Some(IdentityCache {
             entries,
+            stale,
             settings,
             key_state: RandomState::new(),
             stats: Arc::new(CacheStats::default()),
@@ -213,10 +259,9 @@ impl IdentityCache {
             .try_get_with(key, async {
                 ran.store(true, Ordering::Relaxed);
                 let resolution = resolve.await;
-                let unix_now = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .unwrap_or_default()
-                    .as_secs();
+                let unix_now = unix_seconds();
+                self.keep_stale(key, &resolution, credential_exp, unix_now)
+                    .await;
                 match ttl_for(&resolution, &settings, credential_exp, unix_now) {
                     Some(ttl) => Ok(Entry {
                         resolution,
@@ -236,9 +281,56 @@ impl IdentityCache {
         };
         let resolution = match result {
             Ok(entry) => entry.resolution,
-            Err(uncached) => (*uncached).clone(),
+            Err(uncached) => {
+                let resolution = (*uncached).clone();
+                if let Some(stale) = self.stale_answer(key, &resolution).await {
+                    return (stale, Lookup::Stale);
+                }
+                resolution
+            }
         };
         (resolution, lookup)
+    }
+
+    /// Keeps a copy of a user for `stale_if_error`, or drops the copy when the source gave
+    /// another definitive answer (a refused credential is never served stale).
+    async fn keep_stale(
+        &self,
+        key: u128,
+        resolution: &Resolution,
+        credential_exp: Option<u64>,
+        unix_now: u64,
+    ) {
+        let Some(stale) = &self.stale else { return };
+        match resolution {
+            Resolution::Unavailable(_) | Resolution::NoCredential => {}
+            Resolution::User(_) => {
+                match stale_keep(resolution, &self.settings, credential_exp, unix_now) {
+                    Some((keep, exp)) => {
+                        let entry = StaleEntry {
+                            resolution: resolution.clone(),
+                            until: Instant::now() + keep,
+                            exp,
+                            keep,
+                        };
+                        stale.insert(key, entry).await;
+                    }
+                    None => stale.invalidate(&key).await,
+                }
+            }
+            Resolution::Anonymous | Resolution::Invalid(_) => stale.invalidate(&key).await,
+        }
+    }
+
+    /// The stale user to serve for `key` instead of `fresh`, if `fresh` is an outage that
+    /// `stale_if_error` may bridge and a copy is still within its window.
+    async fn stale_answer(&self, key: u128, fresh: &Resolution) -> Option<Resolution> {
+        let stale = self.stale.as_ref()?;
+        if !may_bridge(fresh) {
+            return None;
+        }
+        let entry = stale.get(&key).await?;
+        servable(entry.until, entry.exp, Instant::now(), unix_seconds()).then_some(entry.resolution)
     }
 
     /// Entries currently held (approximate until moka runs its pending tasks).
@@ -254,6 +346,53 @@ impl IdentityCache {
     pub async fn settle(&self) {
         self.entries.run_pending_tasks().await;
     }
+}
+
+fn unix_seconds() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
+/// Whether a fresh answer is an outage a stale user may stand in for: the source was
+/// unavailable, and not because the JWT source refuses keys it could not refresh for longer
+/// than `max_key_staleness` (that bound would mean nothing if stale answers bridged it).
+pub fn may_bridge(fresh: &Resolution) -> bool {
+    matches!(fresh, Resolution::Unavailable(failure) if failure.reason != super::jwt::JWKS_STALE)
+}
+
+/// How long a user answered now may be served stale, counted from now (the TTL plus
+/// `stale_if_error`, never past the credential's expiry), with that expiry: `None` when it may
+/// not be served stale at all.
+pub fn stale_keep(
+    resolution: &Resolution,
+    settings: &CacheSettings,
+    credential_exp: Option<u64>,
+    unix_now: u64,
+) -> Option<(Duration, Option<u64>)> {
+    let Resolution::User(user) = resolution else {
+        return None;
+    };
+    if settings.stale_if_error.is_zero() {
+        return None;
+    }
+    let exp = match (credential_exp, user.expires_at) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    let keep = settings.ttl + settings.stale_if_error;
+    let keep = match exp {
+        Some(exp) => keep.min(Duration::from_secs(exp.saturating_sub(unix_now))),
+        None => keep,
+    };
+    (!keep.is_zero()).then_some((keep, exp))
+}
+
+/// Whether a stale copy kept until `until`, for a credential that expires at `exp`, may be
+/// served at `now` (`unix_now` in seconds since the epoch).
+pub fn servable(until: Instant, exp: Option<u64>, now: Instant, unix_now: u64) -> bool {
+    now < until && exp.is_none_or(|exp| unix_now < exp)
 }
 
 /// How long an answer may be kept: `None` for answers that must not be stored. A user is kept
@@ -323,7 +462,19 @@ mod tests {
             ttl: Duration::from_secs(30),
             negative_ttl: Duration::from_secs(5),
             max_entries: 1000,
+            stale_if_error: Duration::ZERO,
         }
+    }
+
+    fn stale_settings() -> CacheSettings {
+        CacheSettings {
+            stale_if_error: Duration::from_secs(60),
+            ..settings()
+        }
+    }
+
+    fn down() -> Resolution {
+        Resolution::Unavailable(Failure::new("userinfo_status", "503"))
     }
 
     fn user(id: &str) -> Resolution {
@@ -569,5 +720,198 @@ mod tests {
             stats.hits.load(Ordering::SeqCst) + stats.coalesced.load(Ordering::SeqCst),
             199
         );
+    }
+
+    /// With `stale_if_error`, a user whose entry expired is served while the source is
+    /// unavailable, until the TTL plus `stale_if_error` has passed since it was answered; a
+    /// source that answers again replaces it. Without it, an outage is an outage.
+    #[tokio::test(start_paused = true)]
+    async fn an_expired_user_is_served_while_the_source_is_unavailable() {
+        let cache = IdentityCache::new(stale_settings()).expect("on");
+        let req = request("Bearer alice");
+        let k = key_of(&cache, "Bearer alice");
+        let ask = |answer: Resolution| std::future::ready(answer);
+        assert_eq!(
+            cache.get_or_resolve(k, &req, ask(user("alice"))).await,
+            (user("alice"), Lookup::Miss)
+        );
+        // Within the TTL: a hit, the source is not asked.
+        assert_eq!(
+            cache.get_or_resolve(k, &req, ask(down())).await,
+            (user("alice"), Lookup::Hit)
+        );
+        // Past the TTL, within stale_if_error: the outage is bridged, each time it is met.
+        tokio::time::advance(Duration::from_secs(31)).await;
+        for _ in 0..2 {
+            assert_eq!(
+                cache.get_or_resolve(k, &req, ask(down())).await,
+                (user("alice"), Lookup::Stale)
+            );
+        }
+        // Past the TTL plus stale_if_error: the outage is the answer.
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert_eq!(
+            cache.get_or_resolve(k, &req, ask(down())).await,
+            (down(), Lookup::Miss)
+        );
+        // Off: the same sequence ends in the outage at once.
+        let off = IdentityCache::new(settings()).expect("on");
+        off.get_or_resolve(k, &req, ask(user("alice"))).await;
+        tokio::time::advance(Duration::from_secs(31)).await;
+        assert_eq!(
+            off.get_or_resolve(k, &req, ask(down())).await,
+            (down(), Lookup::Miss)
+        );
+    }
+
+    /// A credential the source refused (anonymous or invalid), even once after a user, is never
+    /// served stale; neither is a user when the failure is the JWT source's refusal of stale keys.
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_credential_or_stale_keys_are_never_bridged() {
+        for refusal in [
+            Resolution::Anonymous,
+            Resolution::Invalid(Failure::new("jwt_invalid", "revoked")),
+        ] {
+            let cache = IdentityCache::new(stale_settings()).expect("on");
+            let req = request("Bearer alice");
+            let k = key_of(&cache, "Bearer alice");
+            cache
+                .get_or_resolve(k, &req, std::future::ready(user("alice")))
+                .await;
+            tokio::time::advance(Duration::from_secs(31)).await;
+            assert_eq!(
+                cache
+                    .get_or_resolve(k, &req, std::future::ready(refusal.clone()))
+                    .await,
+                (refusal.clone(), Lookup::Miss)
+            );
+            tokio::time::advance(Duration::from_secs(6)).await;
+            assert_eq!(
+                cache
+                    .get_or_resolve(k, &req, std::future::ready(down()))
+                    .await,
+                (down(), Lookup::Miss),
+                "after {refusal:?}"
+            );
+        }
+        let cache = IdentityCache::new(stale_settings()).expect("on");
+        let req = request("Bearer alice");
+        let k = key_of(&cache, "Bearer alice");
+        cache
+            .get_or_resolve(k, &req, std::future::ready(user("alice")))
+            .await;
+        tokio::time::advance(Duration::from_secs(31)).await;
+        let stale_keys =
+            Resolution::Unavailable(Failure::new(crate::identity::jwt::JWKS_STALE, "x"));
+        assert_eq!(
+            cache
+                .get_or_resolve(k, &req, std::future::ready(stale_keys.clone()))
+                .await,
+            (stale_keys, Lookup::Miss)
+        );
+        assert!(may_bridge(&down()));
+        assert!(!may_bridge(&Resolution::Anonymous));
+        assert!(!may_bridge(&Resolution::NoCredential));
+    }
+
+    /// A JWT is never served stale past its `exp`, nor a user past the `expires_at` its source
+    /// reported: the window is cut when the copy is kept and the expiry checked again when served.
+    #[tokio::test(start_paused = true)]
+    async fn a_stale_user_is_never_served_past_the_credential_expiry() {
+        let s = stale_settings();
+        let unix_now = 1_000_000;
+        assert_eq!(
+            stale_keep(&user("a"), &s, None, unix_now),
+            Some((Duration::from_secs(90), None))
+        );
+        assert_eq!(
+            stale_keep(&user("a"), &s, Some(unix_now + 40), unix_now),
+            Some((Duration::from_secs(40), Some(unix_now + 40)))
+        );
+        let mut reported = User::new("a".into(), vec![], vec![], "{}".into()).expect("valid");
+        reported.expires_at = Some(unix_now + 10);
+        assert_eq!(
+            stale_keep(
+                &Resolution::User(Arc::new(reported)),
+                &s,
+                Some(unix_now + 40),
+                unix_now
+            ),
+            Some((Duration::from_secs(10), Some(unix_now + 10)))
+        );
+        assert_eq!(stale_keep(&user("a"), &s, Some(unix_now), unix_now), None);
+        assert_eq!(stale_keep(&user("a"), &settings(), None, unix_now), None);
+        assert_eq!(stale_keep(&Resolution::Anonymous, &s, None, unix_now), None);
+        let now = Instant::now();
+        let until = now + Duration::from_secs(5);
+        assert!(servable(until, None, now, unix_now));
+        assert!(servable(until, Some(unix_now + 1), now, unix_now));
+        assert!(!servable(until, Some(unix_now), now, unix_now), "at exp");
+        assert!(!servable(until, None, until, unix_now), "window over");
+
+        // Through the cache: a JWT that expires 40s from now (real clock), TTL 30s, stale 60s.
+        let cache = IdentityCache::new(s).expect("on");
+        let exp = unix_seconds() + 40;
+        let req = request(&jwt(exp));
+        let k = key_of(&cache, "jwt");
+        cache
+            .get_or_resolve(k, &req, std::future::ready(user("a")))
+            .await;
+        tokio::time::advance(Duration::from_secs(31)).await;
+        assert_eq!(
+            cache
+                .get_or_resolve(k, &req, std::future::ready(down()))
+                .await,
+            (user("a"), Lookup::Stale)
+        );
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(
+            cache
+                .get_or_resolve(k, &req, std::future::ready(down()))
+                .await,
+            (down(), Lookup::Miss),
+            "past exp"
+        );
+    }
+
+    /// Concurrent Checks that share one failed call are all answered with the stale user.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_shared_failed_call_is_bridged_for_every_waiter() {
+        let cache = Arc::new(
+            IdentityCache::new(CacheSettings {
+                ttl: Duration::from_millis(50),
+                ..stale_settings()
+            })
+            .expect("on"),
+        );
+        let k = key_of(&cache, "Bearer alice");
+        cache
+            .get_or_resolve(
+                k,
+                &request("Bearer alice"),
+                std::future::ready(user("alice")),
+            )
+            .await;
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let calls = Arc::new(AtomicUsize::new(0));
+        let tasks: Vec<_> = (0..50)
+            .map(|_| {
+                let (cache, calls) = (cache.clone(), calls.clone());
+                tokio::spawn(async move {
+                    cache
+                        .get_or_resolve(k, &request("Bearer alice"), async {
+                            calls.fetch_add(1, Ordering::SeqCst);
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            down()
+                        })
+                        .await
+                })
+            })
+            .collect();
+        for task in tasks {
+            let (resolution, lookup) = task.await.expect("task");
+            assert_eq!((resolution, lookup), (user("alice"), Lookup::Stale));
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
 }

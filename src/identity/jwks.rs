@@ -4,7 +4,9 @@
 //! Called by [`jwt`](super::jwt) only. The live [`KeySet`] is an `Arc` behind a `RwLock`: a
 //! verification clones the `Arc` (no lock held during the signature check) and a successful fetch
 //! swaps in a whole new set. What it must never do:
-//! - drop the keys it has because a fetch failed (the old set stays until a fetch succeeds);
+//! - drop the keys it has because a fetch failed (the old set stays until a fetch succeeds; with
+//!   `max_key_staleness` set, the `jwt` source stops trusting it once fetches have kept failing
+//!   for longer than that: [`Keys::stale_at`]);
 //! - fetch once per request: fetches happen on a timer and, for an unknown `kid`, at most once per
 //!   `min_refresh_interval`, with concurrent misses sharing one fetch;
 //! - keep a symmetric (`oct`) key or an encryption key: only asymmetric signature keys are loaded.
@@ -189,6 +191,9 @@ pub struct KeySource {
     pub timeout: Duration,
     pub refresh_interval: Duration,
     pub min_refresh_interval: Duration,
+    /// How long fetches may keep failing before the keys last fetched are no longer trusted;
+    /// zero: trusted for as long as fetches fail.
+    pub max_staleness: Duration,
 }
 
 impl KeySource {
@@ -238,6 +243,17 @@ pub struct Keys {
     /// alike), for the `checkpoint_jwks_refreshes_total` metric.
     fetched: AtomicU64,
     failed: AtomicU64,
+    /// When the first fetch that failed since the last success started; `None` after a success.
+    failing_since: std::sync::Mutex<Option<Instant>>,
+    /// Whether the refusal of stale keys was logged since the last success (logged once).
+    stale_reported: AtomicBool,
+}
+
+/// Whether keys whose fetches have failed since `failing_since` are too stale to trust at
+/// `now`, under `max_staleness` (zero: never).
+pub fn too_stale(failing_since: Option<Instant>, now: Instant, max_staleness: Duration) -> bool {
+    !max_staleness.is_zero()
+        && failing_since.is_some_and(|since| now.saturating_duration_since(since) > max_staleness)
 }
 
 impl Keys {
@@ -251,6 +267,49 @@ impl Keys {
             client,
             fetched: AtomicU64::new(0),
             failed: AtomicU64::new(0),
+            failing_since: std::sync::Mutex::new(None),
+            stale_reported: AtomicBool::new(false),
+        }
+    }
+
+    /// When the fetches started failing (the first failure since the last success), if they are.
+    pub fn failing_since(&self) -> Option<Instant> {
+        *self
+            .failing_since
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether the keys may no longer be trusted at `now`: fetches have kept failing for longer
+    /// than `max_staleness`. Always false when it is zero.
+    pub fn stale_at(&self, now: Instant) -> bool {
+        !self.source.max_staleness.is_zero()
+            && too_stale(self.failing_since(), now, self.source.max_staleness)
+    }
+
+    /// Logs, once until the next successful fetch, that tokens are refused for stale keys.
+    pub fn report_stale(&self, now: Instant) {
+        if !self.stale_reported.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                issuer = %self.source.issuer,
+                failing_for = ?self.failing_since().map(|since| now.saturating_duration_since(since)),
+                max_key_staleness = ?self.source.max_staleness,
+                "jwt signing keys could not be refreshed for longer than max_key_staleness: \
+                 tokens are answered 503 (jwks_stale) until a fetch succeeds"
+            );
+        }
+    }
+
+    fn set_failing_since(&self, failed: Option<Instant>) {
+        let mut since = self
+            .failing_since
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match failed {
+            None => *since = None,
+            Some(started) => {
+                since.get_or_insert(started);
+            }
         }
     }
 
@@ -332,7 +391,8 @@ impl Keys {
     }
 
     async fn fetch_locked(&self, state: &mut FetchState) -> Result<(), String> {
-        state.last_attempt = Some(Instant::now());
+        let started = Instant::now();
+        state.last_attempt = Some(started);
         let result = match tokio::time::timeout(self.source.timeout, self.fetch(state)).await {
             Ok(result) => result,
             Err(_) => Err(format!(
@@ -350,6 +410,8 @@ impl Keys {
                     "jwt signing keys loaded"
                 );
                 self.install(keys);
+                self.set_failing_since(None);
+                self.stale_reported.store(false, Ordering::Relaxed);
                 self.fetched.fetch_add(1, Ordering::Relaxed);
                 Ok(())
             }
@@ -360,6 +422,7 @@ impl Keys {
                     keeping = self.snapshot().map_or(0, |(k, _)| k.len()),
                     "jwt signing keys could not be fetched"
                 );
+                self.set_failing_since(Some(started));
                 self.failed.fetch_add(1, Ordering::Relaxed);
                 Err(error)
             }
@@ -538,6 +601,22 @@ mod tests {
         }
     }
 
+    /// Keys are too stale once fetches have failed for longer than the bound, counted from the
+    /// first failure since the last success; never with the bound at zero or while fetching works.
+    #[test]
+    fn keys_are_too_stale_only_after_failing_longer_than_the_bound() {
+        let since = Instant::now();
+        let max = Duration::from_secs(60);
+        let at = |secs| since + Duration::from_secs(secs);
+        assert!(!too_stale(None, at(3600), max), "fetches succeed");
+        assert!(!too_stale(Some(since), at(0), max));
+        assert!(!too_stale(Some(since), at(60), max), "exactly the bound");
+        assert!(too_stale(Some(since), at(61), max));
+        assert!(!too_stale(Some(since), at(86_400), Duration::ZERO), "off");
+        // A clock read before the failure (a request that started earlier) is not stale.
+        assert!(!too_stale(Some(at(10)), since, max));
+    }
+
     #[test]
     fn discovery_url_follows_the_issuer() {
         let source = |issuer: &str| KeySource {
@@ -546,6 +625,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             refresh_interval: Duration::from_secs(60),
             min_refresh_interval: Duration::from_secs(1),
+            max_staleness: Duration::ZERO,
         };
         for issuer in ["https://idp.test/realms/a", "https://idp.test/realms/a/"] {
             assert_eq!(

@@ -11,7 +11,9 @@
 //! How answers map: no token, or a token that is not a JWT (an opaque token for introspection),
 //! passes on ([`Resolution::NoCredential`]); a JWT that fails any check is
 //! [`Resolution::Invalid`] (`jwt_invalid`); keys not loaded yet, or an unknown `kid` while the
-//! key set cannot be fetched, is [`Resolution::Unavailable`] (`jwks_unavailable`).
+//! key set cannot be fetched, is [`Resolution::Unavailable`] (`jwks_unavailable`); with
+//! `max_key_staleness` set, a token checked while key fetches have kept failing for longer than
+//! that is [`Resolution::Unavailable`] too ([`JWKS_STALE`]), never verified with the old keys.
 //!
 //! What it must never do: log or echo a token (reasons name the check, never the token); accept
 //! `none` or an HMAC algorithm, whatever the configuration says; read the clock inside
@@ -35,6 +37,10 @@ use crate::request::Request;
 /// Security: a token longer than this is refused before any decoding (Envoy's own header limit
 /// is about 60 KiB).
 pub const MAX_TOKEN_BYTES: usize = 64 * 1024;
+
+/// The failure reason of a token refused because the keys could not be refreshed for longer
+/// than `max_key_staleness`. The identity cache never serves a stale user for it.
+pub const JWKS_STALE: &str = "jwks_stale";
 
 /// Attacker-chosen header and claim values are cut to this many characters in reasons.
 const MAX_ECHO_CHARS: usize = 64;
@@ -459,6 +465,7 @@ impl Jwt {
                 timeout: settings.timeout.0,
                 refresh_interval: settings.refresh_interval.0,
                 min_refresh_interval: settings.min_refresh_interval.0,
+                max_staleness: settings.max_key_staleness.0,
             },
             client,
         ));
@@ -488,6 +495,14 @@ impl Jwt {
         let Some((keys, generation)) = self.keys.snapshot() else {
             return unavailable("the issuer's signing keys are not loaded yet".to_owned());
         };
+        let checked_at = tokio::time::Instant::now();
+        if self.keys.stale_at(checked_at) {
+            self.keys.report_stale(checked_at);
+            return Resolution::Unavailable(Failure::new(
+                JWKS_STALE,
+                "the signing keys could not be refreshed for longer than max_key_staleness",
+            ));
+        }
         let now = unix_now();
         let verified = match verify(token, &keys, &self.policy, now) {
             Err(rejection) if rejection.is_unknown_key() => {
@@ -942,6 +957,7 @@ mod tests {
                 ttl: Duration::from_secs(1),
                 negative_ttl: Duration::from_secs(1),
                 max_entries: 10,
+                stale_if_error: Duration::ZERO,
             })
             .expect("cache");
             assert!(!source.cache_key(&request, &context, &mut cache.key_hasher()));

@@ -517,18 +517,31 @@ impl Resolver {
                     let mut key = cache.key_hasher();
                     key.field(name.as_bytes());
                     if source.cache_key(request, context, &mut key) {
-                        let latency = std::sync::Mutex::new(None);
+                        // How long the call took and, when it failed, why (for the log line
+                        // of a stale answer).
+                        let called = std::sync::Mutex::new(None);
                         let call = async {
                             let (resolution, took) = timed.await;
-                            if let Ok(mut slot) = latency.lock() {
-                                *slot = Some(took);
+                            let failure = match &resolution {
+                                Resolution::Unavailable(failure) => Some(failure.clone()),
+                                _ => None,
+                            };
+                            if let Ok(mut slot) = called.lock() {
+                                *slot = Some((took, failure));
                             }
                             resolution
                         };
                         let (resolution, lookup) = cache
                             .get_or_resolve(IdentityCache::key(&key), request, call)
                             .await;
-                        let took = latency.lock().ok().and_then(|slot| *slot);
+                        let (took, failure) = called
+                            .lock()
+                            .ok()
+                            .and_then(|mut slot| slot.take())
+                            .map_or((None, None), |(took, failure)| (Some(took), failure));
+                        if lookup == Lookup::Stale {
+                            log_stale_answer(name, &resolution, failure.as_ref());
+                        }
                         (resolution, Some(lookup), took)
                     } else {
                         let (resolution, took) = timed.await;
@@ -558,6 +571,23 @@ impl Resolver {
             client,
         }
     }
+}
+
+/// The log line of a stale answer (`stale_if_error`): the source was unavailable and a user
+/// it had answered before was served. `failure` is the call's, when this Check made it (not when
+/// it waited for another Check's call).
+fn log_stale_answer(source: &str, resolution: &Resolution, failure: Option<&Failure>) {
+    let user = match resolution {
+        Resolution::User(user) => user.id.as_str(),
+        _ => "",
+    };
+    tracing::warn!(
+        source,
+        user_id = user,
+        failure = failure.map_or("shared call", |f| f.reason),
+        detail = failure.map_or("", |f| f.detail.as_str()),
+        "identity source unavailable: serving the user it answered before (stale_if_error)"
+    );
 }
 
 /// Encodes a JSON value as ASCII-only JSON (non-ASCII characters as `\u` escapes), so that the

@@ -10,8 +10,12 @@
 //!   label value is resolved at start-up into a handle: a Check does no hashing, no allocation,
 //!   no lock, only atomic adds (a few tens of nanoseconds; `benches/hot_path.rs`);
 //! - read at scrape time from the counters the components keep anyway: the identity cache's
-//!   hits, misses and coalesced lookups and its size, each JWT source's key fetches and key
-//!   count, the decision log's dropped lines, the trace spans dropped.
+//!   hits, misses and coalesced lookups and its size, each JWT source's key fetches, key
+//!   count and whether it refuses its stale keys, the decision log's dropped lines, the trace
+//!   spans dropped.
+//!
+//! A Check answered with a stale user (`stale_if_error`) counts in
+//! `checkpoint_identity_stale_answers_total{source}`, and its source's answer as `unavailable`.
 //!
 //! Labels are bounded by construction: decision, reason ([`Reason::as_str`]), identity answer
 //! ([`IdentityAnswer::as_str`]), cache result, and the configured names of identity sources.
@@ -29,7 +33,7 @@ use prometheus::{
 };
 
 use crate::check::{IdentityAnswer, Outcome, Reason};
-use crate::identity::Resolver;
+use crate::identity::{Lookup, Resolver};
 
 /// Histogram buckets in seconds: 10 µs to 10 s, 1-2.5-5 steps. A Check answered from the cache
 /// takes tens of microseconds; an outbound identity call, milliseconds to its timeout.
@@ -60,6 +64,8 @@ pub struct Metrics {
     trace_spans_dropped: IntCounter,
     /// For identity sources a reload added (not among `sources`): resolved by name.
     identity_requests: IntCounterVec,
+    identity_stale: IntCounterVec,
+    jwks_stale: IntGaugeVec,
     /// `checkpoint_config_reloads_total{result}`: success, failure.
     reloads: [IntCounter; 2],
     reload_success_time: Gauge,
@@ -77,6 +83,8 @@ struct SourceMetrics {
     requests: Vec<IntCounter>,
     /// Only for sources whose answer is an outbound call.
     duration: Option<Histogram>,
+    /// `checkpoint_identity_stale_answers_total{source}`.
+    stale: IntCounter,
 }
 
 impl Metrics {
@@ -141,6 +149,12 @@ impl Metrics {
             "Duration of outbound calls to identity sources (user-info, introspection), by source.",
             &["source"],
         )?;
+        let identity_stale = counter_vec(
+            "checkpoint_identity_stale_answers_total",
+            "Checks answered with a user whose cache entry had expired, because the source was \
+             unavailable (stale_if_error), by source.",
+            &["source"],
+        )?;
         let sources = sources
             .into_iter()
             .map(|(name, outbound)| {
@@ -157,6 +171,7 @@ impl Metrics {
                     name: name.to_owned(),
                     requests,
                     duration,
+                    stale: identity_stale.get_metric_with_label_values(&[name])?,
                 })
             })
             .collect::<Result<Vec<_>, prometheus::Error>>()?;
@@ -185,6 +200,12 @@ impl Metrics {
         let jwks_keys = gauge_vec(
             "checkpoint_jwks_keys",
             "Signing keys a JWT source holds.",
+            &["source"],
+        )?;
+        let jwks_stale = gauge_vec(
+            "checkpoint_jwks_stale",
+            "1 while a JWT source refuses tokens because its key fetches have failed for longer \
+             than max_key_staleness, else 0.",
             &["source"],
         )?;
         let decision_log_dropped = counter(
@@ -242,6 +263,8 @@ impl Metrics {
             decision_log_dropped,
             trace_spans_dropped,
             identity_requests,
+            identity_stale,
+            jwks_stale,
             reloads,
             reload_success_time,
             shadow_disagreements,
@@ -256,6 +279,30 @@ impl Metrics {
             total.inc();
             duration.observe(took.as_secs_f64());
         }
+        // A stale answer stands in for a source that was unavailable: that is what it answered.
+        let stale = outcome.identity_cache == Some(Lookup::Stale);
+        if stale {
+            match self
+                .sources
+                .iter()
+                .find(|s| s.name == outcome.identity_source)
+            {
+                Some(source) => source.stale.inc(),
+                None => {
+                    if let Ok(counter) = self
+                        .identity_stale
+                        .get_metric_with_label_values(&[outcome.identity_source])
+                    {
+                        counter.inc();
+                    }
+                }
+            }
+        }
+        let answer = if stale {
+            IdentityAnswer::Unavailable
+        } else {
+            outcome.identity_answer()
+        };
         // A latency is there only when the deciding source was asked for this Check.
         if let Some(latency) = outcome.identity_latency {
             if let Some(source) = self
@@ -263,7 +310,7 @@ impl Metrics {
                 .iter()
                 .find(|s| s.name == outcome.identity_source)
             {
-                if let Some(requests) = source.requests.get(outcome.identity_answer() as usize) {
+                if let Some(requests) = source.requests.get(answer as usize) {
                     requests.inc();
                 }
                 if let Some(duration) = &source.duration {
@@ -272,10 +319,9 @@ impl Metrics {
             } else {
                 // A source a reload added: its answers are found by name (hashing; only for
                 // such sources); its call durations are timed from the next restart.
-                let answer = outcome.identity_answer().as_str();
                 if let Ok(requests) = self
                     .identity_requests
-                    .get_metric_with_label_values(&[outcome.identity_source, answer])
+                    .get_metric_with_label_values(&[outcome.identity_source, answer.as_str()])
                 {
                     requests.inc();
                 }
@@ -333,6 +379,9 @@ impl Metrics {
             }
             if let Ok(gauge) = self.jwks_keys.get_metric_with_label_values(&[name]) {
                 gauge.set(i64::try_from(keys.key_count()).unwrap_or(i64::MAX));
+            }
+            if let Ok(gauge) = self.jwks_stale.get_metric_with_label_values(&[name]) {
+                gauge.set(i64::from(keys.stale_at(tokio::time::Instant::now())));
             }
         }
         catch_up(&self.decision_log_dropped, super::dropped_lines());
@@ -430,6 +479,41 @@ mod tests {
             "checkpoint_build_info{{version=\"{}\"}} 1",
             env!("CARGO_PKG_VERSION")
         )));
+    }
+
+    /// A stale answer (`stale_if_error`) counts in its source's stale answers, and as what the
+    /// source answered: unavailable, not a user.
+    #[tokio::test]
+    async fn a_stale_answer_is_counted_as_an_outage_bridged() {
+        let metrics = Metrics::new([("userinfo", true)]).expect("metrics");
+        let resolver = Resolver::new(Vec::new(), None);
+        let user =
+            crate::identity::User::new("alice".into(), vec![], vec![], "{}".into()).expect("user");
+        let outcome = |source, cache| Outcome {
+            decision: crate::check::Decision::Allow,
+            reason: Reason::Allowed,
+            rule: None,
+            user: Some(std::sync::Arc::new(user.clone())),
+            identity_source: source,
+            failure: None,
+            identity_cache: Some(cache),
+            identity_latency: Some(Duration::from_millis(2)),
+        };
+        let took = Duration::from_micros(40);
+        metrics.record_check(&outcome("userinfo", Lookup::Stale), took);
+        metrics.record_check(&outcome("userinfo", Lookup::Miss), took);
+        // A source a reload added is counted by name.
+        metrics.record_check(&outcome("added", Lookup::Stale), took);
+        let text = metrics.render(&resolver).await;
+        for line in [
+            "checkpoint_identity_stale_answers_total{source=\"userinfo\"} 1",
+            "checkpoint_identity_stale_answers_total{source=\"added\"} 1",
+            "checkpoint_identity_requests_total{outcome=\"unavailable\",source=\"userinfo\"} 1",
+            "checkpoint_identity_requests_total{outcome=\"user\",source=\"userinfo\"} 1",
+            "checkpoint_identity_requests_total{outcome=\"unavailable\",source=\"added\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line}\n{text}");
+        }
     }
 
     #[test]
