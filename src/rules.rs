@@ -674,6 +674,47 @@ mod tests {
     }
 
     #[test]
+    fn templates_and_rbac_resources_are_checked_with_positions() {
+        let text = r#"{
+  "/t/{tenant}": { "GET": { "authorization": { "expression": "permissions.orders.read" },
+                            "rbac": { "resource": { "type": "tenant", "id": "{tenant}" } } } },
+  "/c": { "GET": { "authorization": { "expression": "true" },
+                   "rbac": { "resource": { "type": "tenant", "id": "acme" } } } },
+  "/u/{a}": { "GET": { "authorization": { "expression": "true" },
+                       "rbac": { "resource": { "type": "tenant", "id": "{b}" } } } },
+  "/x/{": { "GET": { "authorization": { "expression": "true" } } },
+  "/y/{}": { "GET": { "authorization": { "expression": "true" } } },
+  "/z/{a}b": { "GET": { "authorization": { "expression": "true" } } },
+  "/w/{a}/{a}": { "GET": { "authorization": { "expression": "true" } } }
+}"#;
+        let errors = RuleSet::parse("auth.json", text).expect_err("invalid");
+        let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            lines,
+            [
+                r#"auth.json:6:15: rule "/u/{a}" GET: rbac.resource.id: the key declares no variable "{b}""#,
+                r#"auth.json:8:3: rule "/x/{": path template segment "{": a variable is a whole segment, written {name}"#,
+                r#"auth.json:9:3: rule "/y/{}": path template segment "{}": the variable has no name"#,
+                r#"auth.json:10:3: rule "/z/{a}b": path template segment "{a}b": a variable is a whole segment, written {name}"#,
+                r#"auth.json:11:3: rule "/w/{a}/{a}": path template variable "a" is declared twice"#,
+            ]
+        );
+        let good: String = text.lines().take(5).collect::<Vec<_>>().join("\n");
+        let good = good.trim_end_matches(',').to_owned() + "\n}";
+        let rules = RuleSet::parse("auth.json", &good).expect("valid");
+        let found = rules
+            .table
+            .find("/t/acme/orders", Some(Method::Get))
+            .expect("found");
+        assert_eq!(
+            found.rule.resource_of("/t/acme/orders"),
+            Some(("tenant", "acme"))
+        );
+        let found = rules.table.find("/c", Some(Method::Get)).expect("found");
+        assert_eq!(found.rule.resource_of("/c"), Some(("tenant", "acme")));
+    }
+
+    #[test]
     fn invalid_json_names_line_and_column() {
         let errors = RuleSet::parse("auth.json", "{\n  \"/a\": { \"GET\": }\n}").expect_err("bad");
         assert_eq!(errors.len(), 1);

@@ -149,11 +149,10 @@ pub fn from_section(
         .roles_header
         .as_ref()
         .map(|h| h.to_ascii_lowercase());
-    if let Some(name) = &roles_header
-        && !super::env::is_header_name(name)
-    {
+    if let Some(name) = &roles_header {
+        // Not sent yet: refused rather than silently ignored.
         problems.push(format!(
-            "{label}: rbac.roles_header: \"{name}\" is not a valid header name"
+            "{label}: rbac.roles_header: \"{name}\": the roles header is not supported by this build yet"
         ));
     }
     match source {
