@@ -119,6 +119,7 @@ fn bench_expression(c: &mut Criterion) {
     let allowed = Facts {
         groups: &groups,
         permissions: &permissions,
+        roles: &[],
         client_type: "web",
         is_backoffice: false,
     };
@@ -263,6 +264,7 @@ fn bench_response(c: &mut Criterion) {
         failure: None,
         identity_cache: None,
         identity_latency: None,
+        rbac: None,
     };
     let deny = Outcome {
         decision: Decision::Deny(Denial::Forbidden),
@@ -273,6 +275,7 @@ fn bench_response(c: &mut Criterion) {
         failure: None,
         identity_cache: None,
         identity_latency: None,
+        rbac: None,
     };
     let mut group = c.benchmark_group("response");
     // The plain answer (pure), then the answer encoded as the codec writes it.
@@ -342,6 +345,7 @@ fn bench_metrics(c: &mut Criterion) {
         failure: None,
         identity_cache: None,
         identity_latency: latency,
+        rbac: None,
     };
     let hit = outcome(None);
     let call = outcome(Some(Duration::from_millis(3)));

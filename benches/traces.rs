@@ -60,6 +60,7 @@ fn bench_traces(c: &mut Criterion) {
         failure: None,
         identity_cache: None,
         identity_latency: None,
+        rbac: None,
     };
     // What a Check does with its span (envoy::CheckCall).
     let one_check = |metadata: &tonic::metadata::MetadataMap| {

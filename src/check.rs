@@ -15,9 +15,10 @@ use tokio::time::Instant;
 use crate::config::RequestHeaders;
 use crate::identity::{Context, Failure, Lookup, Resolution, Resolver, User};
 use crate::policy::{self, Facts, Verdict};
+use crate::rbac::{Caller, Effective, Rbac};
 use crate::request::{Request, is_truthy_flag};
 use crate::route::MethodKey;
-use crate::rules::RuleSet;
+use crate::rules::{Rule, RuleSet};
 
 /// How a Check ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -159,6 +160,9 @@ pub struct Outcome<'a> {
     pub identity_cache: Option<Lookup>,
     /// How long the identity source took, when it was called.
     pub identity_latency: Option<std::time::Duration>,
+    /// The caller's effective RBAC permissions and roles on the rule's resource, when RBAC is
+    /// configured and the identity stage ran.
+    pub rbac: Option<Arc<Effective>>,
 }
 
 impl Outcome<'_> {
@@ -187,6 +191,7 @@ impl Outcome<'_> {
             failure: None,
             identity_cache: None,
             identity_latency: None,
+            rbac: None,
         }
     }
 }
@@ -198,6 +203,8 @@ pub struct Checker {
     /// were: the identity cache survives (`reload`).
     pub identity: Arc<Resolver>,
     pub request_headers: RequestHeaders,
+    /// The RBAC roles and bindings, when configured.
+    pub rbac: Option<Arc<Rbac>>,
 }
 
 impl Checker {
@@ -255,6 +262,7 @@ impl Checker {
                     let anonymous = Facts {
                         groups: &[],
                         permissions: &[],
+                        roles: &[],
                         client_type,
                         is_backoffice,
                     };
@@ -262,6 +270,7 @@ impl Checker {
                         found.rule.policy(is_backoffice),
                         &Resolution::NoCredential,
                         &anonymous,
+                        None,
                     )
                 }
             });
@@ -288,20 +297,56 @@ impl Checker {
                 .unwrap_or_default()
         };
         let client_groups: &[String] = client.map(|c| c.groups.as_slice()).unwrap_or_default();
-        let anonymous = Facts {
+        // RBAC: the bindings that apply to this caller on the rule's resource, memoised with
+        // the identity. Security: a client binding matches only a verified API key's type.
+        let caller = Caller {
+            user: match &resolved.resolution {
+                Resolution::User(user) => Some(&**user),
+                _ => None,
+            },
+            client: if self.identity.identifies_clients() {
+                client_type
+            } else {
+                ""
+            },
+            principal: &request.principal,
+        };
+        let effective = |rule: &Rule| {
+            let rbac = self.rbac.as_deref()?;
+            Some(rbac.effective(&caller, rule.resource_of(path)))
+        };
+        let rbac = effective(found.rule);
+        fn facts<'a>(base: &Facts<'a>, rbac: Option<&'a Effective>) -> Facts<'a> {
+            Facts {
+                permissions: rbac.map(|e| e.permissions.as_slice()).unwrap_or_default(),
+                roles: rbac.map(|e| e.roles.as_slice()).unwrap_or_default(),
+                ..*base
+            }
+        }
+        let base = Facts {
             groups: client_groups,
             permissions: &[],
+            roles: &[],
             client_type,
             is_backoffice,
         };
-        let reason = judge(policy, &resolved.resolution, &anonymous);
+        let reason = judge(
+            policy,
+            &resolved.resolution,
+            &facts(&base, rbac.as_deref()),
+            rbac.as_deref(),
+        );
         let shadow = shadow.map(|rules| match rules.table.find(path, request.method) {
             None => Reason::NoRule,
-            Some(found) => judge(
-                found.rule.policy(is_backoffice),
-                &resolved.resolution,
-                &anonymous,
-            ),
+            Some(found) => {
+                let rbac = effective(found.rule);
+                judge(
+                    found.rule.policy(is_backoffice),
+                    &resolved.resolution,
+                    &facts(&base, rbac.as_deref()),
+                    rbac.as_deref(),
+                )
+            }
         });
         let mut outcome = Outcome {
             decision: reason.decision(),
@@ -312,6 +357,7 @@ impl Checker {
             failure: None,
             identity_cache: resolved.cache,
             identity_latency: resolved.latency,
+            rbac,
         };
         match resolved.resolution {
             Resolution::User(user) => outcome.user = Some(user),
@@ -325,8 +371,15 @@ impl Checker {
 }
 
 /// What `policy` decides for the caller `resolution` found; `anonymous` holds the facts that do
-/// not depend on the user (the client's groups and type, backoffice).
-fn judge(policy: &policy::Policy, resolution: &Resolution, anonymous: &Facts<'_>) -> Reason {
+/// not depend on the user (the client's groups and type, backoffice). `rbac`: the caller's
+/// effective permissions and roles, when RBAC is configured (the user's own permissions are
+/// among them).
+fn judge(
+    policy: &policy::Policy,
+    resolution: &Resolution,
+    anonymous: &Facts<'_>,
+    rbac: Option<&Effective>,
+) -> Reason {
     match resolution {
         Resolution::User(user) => {
             // A key's groups add to the user's; the common case (no key groups) borrows.
@@ -339,7 +392,7 @@ fn judge(policy: &policy::Policy, resolution: &Resolution, anonymous: &Facts<'_>
             };
             let facts = Facts {
                 groups,
-                permissions: &user.permissions,
+                permissions: rbac.map_or(user.permissions.as_slice(), |e| &e.permissions),
                 ..*anonymous
             };
             match policy::evaluate(policy, true, &facts) {

@@ -151,7 +151,17 @@ pub fn summary(app: &App, origin: &str, ignored: &[&'static str], workers: usize
     let headers = app.checker.headers_read();
     let names: Vec<&str> = headers.iter().map(String::as_str).collect();
     line(format!("  request headers: {}", names.join(", ")));
+    if let Some(rbac) = &app.checker.rbac {
+        let (roles, bindings) = rbac.counts();
+        line(format!(
+            "  rbac:            {roles} roles, {bindings} bindings from {}",
+            rbac.origin
+        ));
+    }
     for warning in crate::config::warnings::warnings(s) {
+        line(format!("  warning:         {warning}"));
+    }
+    for warning in crate::rules::rbac_warnings(&app.checker.rules, app.checker.rbac.as_deref()) {
         line(format!("  warning:         {warning}"));
     }
     line(format!(

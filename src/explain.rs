@@ -468,7 +468,16 @@ fn identity_and_policy(
     };
     let facts = Facts {
         groups: &groups,
-        permissions: user.map(|u| u.permissions.as_slice()).unwrap_or_default(),
+        permissions: match (&outcome.rbac, user) {
+            (Some(effective), _) => effective.permissions.as_slice(),
+            (None, Some(u)) => u.permissions.as_slice(),
+            (None, None) => &[],
+        },
+        roles: outcome
+            .rbac
+            .as_ref()
+            .map(|e| e.roles.as_slice())
+            .unwrap_or_default(),
         client_type: &client_type,
         is_backoffice,
     };

@@ -110,6 +110,7 @@ pub fn expression(source: &str) {
                 Facts {
                     groups: &groups,
                     permissions: &permissions,
+                    roles: &groups,
                     client_type: "mobile",
                     is_backoffice: true,
                 },

@@ -47,6 +47,7 @@ pub(crate) mod check;
 pub(crate) mod envoy;
 pub(crate) mod identity;
 pub(crate) mod policy;
+pub(crate) mod rbac;
 pub(crate) mod reload;
 pub(crate) mod request;
 pub(crate) mod response;

@@ -193,6 +193,7 @@ impl Reloader {
                 rules: config.rules,
                 identity,
                 request_headers: settings.request_headers.clone(),
+                rbac: config.rbac,
             }),
             responder: Arc::new(responder(&settings)),
             shadow: config.shadow.map(Arc::new),

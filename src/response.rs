@@ -296,6 +296,7 @@ mod tests {
             failure: None,
             identity_cache: None,
             identity_latency: None,
+            rbac: None,
         }
     }
 

@@ -129,8 +129,13 @@ pub struct DuplicateRoute {
 /// The rules of the rule file, indexed by path key and method key.
 #[derive(Debug)]
 pub struct RouteTable<T> {
-    /// Path key -> index in `entries`. Looked up by `&str`, so `find` never allocates.
+    /// Path key -> index in `entries`. Looked up by `&str`, so `find` never allocates. Template
+    /// keys are indexed by their [`Template::canonical`] form, so that `/t/{a}` and `/t/{b}`
+    /// are the same key.
     index: HashMap<Box<str>, usize>,
+    /// Indices in `entries` of the keys with `{name}` segments; empty for a rule file without
+    /// templates, and then `find` is exactly the literal lookup.
+    templates: Vec<usize>,
     /// In insertion order, so that `iter` is deterministic.
     entries: Vec<Entry<T>>,
     /// Number of (path, method key) rules.
@@ -140,6 +145,8 @@ pub struct RouteTable<T> {
 #[derive(Debug)]
 struct Entry<T> {
     path: Box<str>,
+    /// The segments of a template key; `None` for a literal key.
+    template: Option<Template>,
     /// Indexed by [`MethodKey::slot`]; a fixed array because there are only eight keys.
     rules: [Option<T>; SLOTS],
 }
@@ -157,6 +164,7 @@ impl<T> Default for RouteTable<T> {
     fn default() -> Self {
         RouteTable {
             index: HashMap::new(),
+            templates: Vec::new(),
             entries: Vec::new(),
             len: 0,
         }
@@ -174,13 +182,24 @@ impl<T> RouteTable<T> {
     /// # Errors
     ///
     /// [`DuplicateRoute`] when the pair is already present; the rule inserted first is kept.
+    ///
+    /// A key with braces is a template ([`Template::parse`]); the rule loader reports a
+    /// malformed one before inserting it, and here it is taken literally.
     pub fn insert(&mut self, path: &str, method: MethodKey, rule: T) -> Result<(), DuplicateRoute> {
-        let entry = match self.index.get(path) {
+        let template = Template::parse(path).ok().flatten();
+        let index_key = template
+            .as_ref()
+            .map_or_else(|| path.to_owned(), Template::canonical);
+        let entry = match self.index.get(index_key.as_str()) {
             Some(&i) => &mut self.entries[i],
             None => {
-                self.index.insert(path.into(), self.entries.len());
+                self.index.insert(index_key.into(), self.entries.len());
+                if template.is_some() {
+                    self.templates.push(self.entries.len());
+                }
                 self.entries.push(Entry {
                     path: path.into(),
+                    template,
                     rules: std::array::from_fn(|_| None),
                 });
                 let last = self.entries.len() - 1;
@@ -207,7 +226,7 @@ impl<T> RouteTable<T> {
     pub fn find(&self, path: &str, method: Option<Method>) -> Option<Found<'_, T>> {
         // Security: an unknown method (TRACE, CONNECT, `get`) is never covered by `ALL`.
         let method = method?;
-        let entry = self.longest_key(path)?;
+        let entry = self.best_key(path)?;
         // Security: no fallback to a shorter key when the longest one lacks the method.
         [MethodKey::Exact(method), MethodKey::All]
             .into_iter()
@@ -219,6 +238,32 @@ impl<T> RouteTable<T> {
                     rule,
                 })
             })
+    }
+
+    /// The entry of the key that governs `path`: the longest literal key, unless a template key
+    /// that matches ranks above it ([`rank`]).
+    fn best_key(&self, path: &str) -> Option<&Entry<T>> {
+        let literal = self.longest_key(path);
+        if self.templates.is_empty() {
+            return literal;
+        }
+        let mut best = literal;
+        for &i in &self.templates {
+            let Some(entry) = self.entries.get(i) else {
+                continue;
+            };
+            let Some(template) = &entry.template else {
+                continue;
+            };
+            if !template.matches(path) {
+                continue;
+            }
+            best = match best {
+                Some(current) if !outranks(entry, current) => Some(current),
+                _ => Some(entry),
+            };
+        }
+        best
     }
 
     /// The entry of the longest key that `path` equals or continues at a segment boundary.
@@ -267,7 +312,35 @@ impl<T> RouteTable<T> {
             }
             true
         });
-        keys
+        let mut keys: Vec<_> = keys
+            .into_iter()
+            .filter_map(|(key, rules)| {
+                // A literal key spelled like a template's canonical form is not a match.
+                let entry = self.entries.get(*self.index.get(key)?)?;
+                entry.template.is_none().then_some((entry, rules))
+            })
+            .collect();
+        for &i in &self.templates {
+            if let Some(entry) = self.entries.get(i)
+                && entry.template.as_ref().is_some_and(|t| t.matches(path))
+            {
+                let rules = entry
+                    .rules
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(slot, rule)| Some((MethodKey::from_slot(slot), rule.as_ref()?)))
+                    .collect();
+                keys.push((entry, rules));
+            }
+        }
+        // Literal keys come longest first; a stable sort by rank keeps that order among them.
+        keys.sort_by_cached_key(|(entry, _)| {
+            let kinds: Vec<bool> = kinds(entry).collect();
+            std::cmp::Reverse((kinds.len(), kinds))
+        });
+        keys.into_iter()
+            .map(|(entry, rules)| (&*entry.path, rules))
+            .collect()
     }
 
     /// Number of (path, method key) rules.
@@ -288,6 +361,167 @@ impl<T> RouteTable<T> {
             })
         })
     }
+}
+
+/// One segment of a template key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Literal(Box<str>),
+    /// `{name}`: exactly one non-empty path segment.
+    Variable(Box<str>),
+}
+
+/// A rule key with `{name}` segments (`/tenants/{tenant}/orders`). It matches a normalised path
+/// whose segments it equals one for one (a variable: any non-empty segment), the path going on
+/// or not after them, as a literal key does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template {
+    segments: Box<[Segment]>,
+    /// The key ends with `/`: the path must go on after the segments (as key `/docs/`).
+    trailing_slash: bool,
+}
+
+impl Template {
+    /// Parses a normalised key: `Ok(None)` when it has no braces (a literal key), the
+    /// template otherwise.
+    ///
+    /// # Errors
+    ///
+    /// A message for a malformed template: a lone brace, `{}`, a variable that is not a
+    /// whole segment (`{a}b`), a name other than letters, digits, `_` and `-`, or a name
+    /// declared twice.
+    pub fn parse(key: &str) -> Result<Option<Template>, String> {
+        if !key.contains(['{', '}']) {
+            return Ok(None);
+        }
+        let body = key.strip_prefix('/').unwrap_or(key);
+        let trailing_slash = body.ends_with('/');
+        let body = body.strip_suffix('/').unwrap_or(body);
+        let mut segments = Vec::new();
+        for segment in body.split('/') {
+            if !segment.contains(['{', '}']) {
+                segments.push(Segment::Literal(segment.into()));
+                continue;
+            }
+            let name = segment
+                .strip_prefix('{')
+                .and_then(|s| s.strip_suffix('}'))
+                .filter(|name| !name.contains(['{', '}']));
+            let Some(name) = name else {
+                return Err(format!(
+                    "path template segment \"{segment}\": a variable is a whole segment, written {{name}}"
+                ));
+            };
+            if name.is_empty() {
+                return Err(format!(
+                    "path template segment \"{segment}\": the variable has no name"
+                ));
+            }
+            if !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                return Err(format!(
+                    "path template variable \"{name}\": use letters, digits, \"_\" and \"-\""
+                ));
+            }
+            if segments
+                .iter()
+                .any(|s| matches!(s, Segment::Variable(v) if &**v == name))
+            {
+                return Err(format!(
+                    "path template variable \"{name}\" is declared twice"
+                ));
+            }
+            segments.push(Segment::Variable(name.into()));
+        }
+        Ok(Some(Template {
+            segments: segments.into(),
+            trailing_slash,
+        }))
+    }
+
+    /// The key with every variable name left out: two keys that differ only in their variables'
+    /// names are the same key. A nul byte marks a variable, so no normalised request path
+    /// (which never holds one) can look a template up as a literal key.
+    fn canonical(&self) -> String {
+        let mut out = String::new();
+        for segment in &self.segments {
+            out.push('/');
+            match segment {
+                Segment::Literal(text) => out.push_str(text),
+                Segment::Variable(_) => out.push('\0'),
+            }
+        }
+        if self.trailing_slash || out.is_empty() {
+            out.push('/');
+        }
+        out
+    }
+
+    /// Whether a normalised path equals or continues this key at a segment boundary.
+    pub fn matches(&self, path: &str) -> bool {
+        let mut parts = path.strip_prefix('/').unwrap_or(path).split('/');
+        for segment in &self.segments {
+            let Some(part) = parts.next() else {
+                return false;
+            };
+            let ok = match segment {
+                Segment::Literal(text) => **text == *part,
+                Segment::Variable(_) => !part.is_empty(),
+            };
+            if !ok {
+                return false;
+            }
+        }
+        !self.trailing_slash || parts.next().is_some()
+    }
+
+    /// The position of variable `name` among the segments (0 for the first after `/`).
+    pub fn variable(&self, name: &str) -> Option<usize> {
+        self.segments
+            .iter()
+            .position(|s| matches!(s, Segment::Variable(v) if &**v == name))
+    }
+}
+
+/// Segment `index` of a normalised path (0 for the first after `/`), borrowed.
+pub fn segment(path: &str, index: usize) -> Option<&str> {
+    path.strip_prefix('/').unwrap_or(path).split('/').nth(index)
+}
+
+/// For each non-empty segment of the key, whether it is literal: what keys are ranked by.
+fn kinds<T>(entry: &Entry<T>) -> impl Iterator<Item = bool> + '_ {
+    let literal = entry.template.is_none().then(|| {
+        entry
+            .path
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .map(|_| true)
+    });
+    let template = entry.template.as_ref().map(|t| {
+        t.segments
+            .iter()
+            .filter(|s| !matches!(s, Segment::Literal(text) if text.is_empty()))
+            .map(|s| matches!(s, Segment::Literal(_)))
+    });
+    literal
+        .into_iter()
+        .flatten()
+        .chain(template.into_iter().flatten())
+}
+
+/// Whether key `a` governs a path both match rather than `b`: more segments wins; at the same
+/// number, at the first position where they differ a literal segment beats a variable.
+fn outranks<T>(a: &Entry<T>, b: &Entry<T>) -> bool {
+    let (la, lb) = (kinds(a).count(), kinds(b).count());
+    if la != lb {
+        return la > lb;
+    }
+    kinds(a)
+        .zip(kinds(b))
+        .find(|(x, y)| x != y)
+        .is_some_and(|(x, _)| x)
 }
 
 /// Calls `visit` with every key `path` may match, from longest to shortest, until it returns
@@ -378,6 +612,72 @@ mod tests {
             }
         }
         assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
+    /// The same checks as `check_case`, on a table with template keys (`{name}` segments).
+    #[test]
+    fn template_case() {
+        let data: Cases = serde_json::from_str(include_str!("../tests/cases/route-templates.json"))
+            .expect("route-templates.json");
+        let mut table = RouteTable::new();
+        for (path, method) in &data.rules {
+            let key = MethodKey::parse(method).expect("method key of a rule");
+            table
+                .insert(path, key, (path.clone(), method.clone()))
+                .expect("no duplicate rules");
+        }
+        let mut failures = Vec::new();
+        for case in &data.cases {
+            let found = table.find(&case.path, Method::parse(&case.method));
+            let matching = table.matching(&case.path);
+            if let Some(found) = &found {
+                assert_eq!(
+                    matching.first().map(|m| m.0),
+                    Some(found.path),
+                    "{}",
+                    case.path
+                );
+            }
+            let got = found.map(|f| f.rule.clone());
+            if got != case.expect {
+                failures.push(format!(
+                    "{} {}: got {got:?}, want {:?}",
+                    case.method, case.path, case.expect
+                ));
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
+    #[test]
+    fn malformed_templates_and_same_shaped_keys() {
+        for (key, want) in [
+            ("/a/{", "a variable is a whole segment"),
+            ("/a/}", "a variable is a whole segment"),
+            ("/a/{}", "the variable has no name"),
+            ("/a/{a}b", "a variable is a whole segment"),
+            ("/a/x{a}", "a variable is a whole segment"),
+            ("/a/{{a}}", "a variable is a whole segment"),
+            ("/a/{a.b}", "use letters, digits"),
+            ("/{a}/x/{a}", "declared twice"),
+        ] {
+            let err = Template::parse(key).expect_err(key);
+            assert!(err.contains(want), "{key}: {err}");
+        }
+        assert_eq!(Template::parse("/plain/key"), Ok(None));
+        let t = Template::parse("/t/{tenant}/o/{order}")
+            .expect("valid")
+            .expect("a template");
+        assert_eq!(t.variable("tenant"), Some(1));
+        assert_eq!(t.variable("order"), Some(3));
+        assert_eq!(segment("/t/acme/o/7/x", 3), Some("7"));
+        let mut table = RouteTable::new();
+        table.insert("/t/{a}", MethodKey::All, 1).expect("first");
+        let err = table.insert("/t/{b}", MethodKey::All, 2).unwrap_err();
+        assert_eq!(err.path, "/t/{b}");
+        // A literal request path spelled like the key is a value of the variable, nothing more.
+        let found = table.find("/t/{b}", Some(Method::Get)).expect("found");
+        assert_eq!((found.path, *found.rule), ("/t/{a}", 1));
     }
 
     #[test]

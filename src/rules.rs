@@ -16,7 +16,7 @@ use crate::config::keys::{JsonKeys, Position, Segment};
 use crate::config::{ConfigErrors, RulesSource};
 use crate::policy::{Expression, Policy};
 use crate::request::path;
-use crate::route::{MethodKey, RouteTable};
+use crate::route::{MethodKey, RouteTable, Template};
 
 /// The rule for one path and method key.
 #[derive(Debug, Clone)]
@@ -29,9 +29,36 @@ pub struct Rule {
     /// Line and column of the method key in the rule file, when known: `checkpoint explain`
     /// names the rule it chose by it.
     pub position: Option<Position>,
+    /// The resource the rule is about (`rbac.resource`): RBAC bindings scoped to it apply.
+    pub resource: Option<Resource>,
+}
+
+/// A rule's `rbac.resource`: a type, and an id that is a constant or a path-template variable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resource {
+    pub kind: String,
+    pub id: ResourceId,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResourceId {
+    Constant(String),
+    /// The path segment at this position (the key's `{name}`).
+    Segment(usize),
 }
 
 impl Rule {
+    /// The (type, id) of the resource this rule governs for the normalised request `path`,
+    /// borrowed; `None` when the rule names none.
+    pub fn resource_of<'a>(&'a self, path: &'a str) -> Option<(&'a str, &'a str)> {
+        let resource = self.resource.as_ref()?;
+        let id = match &resource.id {
+            ResourceId::Constant(id) => id.as_str(),
+            ResourceId::Segment(i) => crate::route::segment(path, *i)?,
+        };
+        Some((&resource.kind, id))
+    }
+
     /// The policy that applies to a request.
     pub fn policy(&self, is_backoffice: bool) -> &Policy {
         match (&self.backoffice, is_backoffice) {
@@ -128,6 +155,8 @@ pub struct Config {
     pub origin: String,
     /// Mia variables that were set but ignored because the native file wins.
     pub ignored: Vec<&'static str>,
+    /// The RBAC roles and bindings, when configured.
+    pub rbac: Option<std::sync::Arc<crate::rbac::Rbac>>,
 }
 
 impl Config {
@@ -144,22 +173,30 @@ impl Config {
                     .as_deref()
                     .map(RuleSet::load)
                     .transpose();
-                match (rules, shadow) {
-                    (Ok(rules), Ok(shadow)) => Ok(Config {
+                let rbac = loaded
+                    .settings
+                    .rbac
+                    .as_ref()
+                    .map(crate::rbac::Rbac::load)
+                    .transpose();
+                match (rules, shadow, rbac) {
+                    (Ok(rules), Ok(shadow), Ok(rbac)) => Ok(Config {
                         settings: loaded.settings,
                         rules,
                         shadow,
                         origin: loaded.origin,
                         ignored: loaded.ignored,
+                        rbac: rbac.map(std::sync::Arc::new),
                     }),
-                    (rules, shadow) => {
-                        let problems = rules
+                    (rules, shadow, rbac) => {
+                        let mut problems: Vec<String> = rules
                             .err()
                             .into_iter()
                             .chain(shadow.err())
                             .flatten()
                             .map(|e| e.to_string())
                             .collect();
+                        problems.extend(rbac.err().into_iter().flatten());
                         Err(ConfigErrors::new(problems))
                     }
                 }
@@ -174,7 +211,38 @@ impl Config {
     }
 }
 
-const RULE_FIELDS: &[&str] = &["authorization", "backofficeAuthorization", "identity"];
+/// Permissions that a rule's expression asks for and that no RBAC role or binding grants:
+/// warnings, not errors (the identity provider may grant them). Empty without RBAC.
+pub fn rbac_warnings(rules: &RuleSet, rbac: Option<&crate::rbac::Rbac>) -> Vec<String> {
+    let Some(rbac) = rbac else {
+        return Vec::new();
+    };
+    let granted = rbac.granted();
+    let mut warnings = Vec::new();
+    for (path, method, rule) in rules.table.iter() {
+        let policies = std::iter::once(&rule.authorization).chain(rule.backoffice.as_ref());
+        for name in policies.flat_map(|p| p.expression.permissions_used()) {
+            if !granted.contains(name) {
+                let at = rule
+                    .position
+                    .map(|(l, c)| format!(":{l}:{c}"))
+                    .unwrap_or_default();
+                warnings.push(format!(
+                    "{}{at}: rule \"{path}\" {method}: no RBAC role or binding grants permission \"{name}\" (only the identity provider can)",
+                    rules.file.display()
+                ));
+            }
+        }
+    }
+    warnings
+}
+
+const RULE_FIELDS: &[&str] = &[
+    "authorization",
+    "backofficeAuthorization",
+    "identity",
+    "rbac",
+];
 const POLICY_FIELDS: &[&str] = &["expression", "public"];
 
 fn compile(label: &str, text: &str) -> Result<RouteTable<Rule>, Vec<RuleError>> {
@@ -257,6 +325,13 @@ fn compile(label: &str, text: &str) -> Result<RouteTable<Rule>, Vec<RuleError>> 
                 continue;
             }
         };
+        let template = match Template::parse(&normalized) {
+            Ok(template) => template,
+            Err(message) => {
+                errors.push(error(at, Some(route), None, message));
+                continue;
+            }
+        };
         let Value::Object(methods) = methods else {
             errors.push(error(
                 at,
@@ -279,7 +354,7 @@ fn compile(label: &str, text: &str) -> Result<RouteTable<Rule>, Vec<RuleError>> 
                 continue;
             };
             let mut problems = Vec::new();
-            let rule = rule_from(body, &mut problems).map(|rule| Rule {
+            let rule = rule_from(body, template.as_ref(), &mut problems).map(|rule| Rule {
                 position: at,
                 ..rule
             });
@@ -321,7 +396,11 @@ fn compile(label: &str, text: &str) -> Result<RouteTable<Rule>, Vec<RuleError>> 
 }
 
 /// Compiles one method's block; records problems and returns `None` if there are any.
-fn rule_from(body: &Value, problems: &mut Vec<String>) -> Option<Rule> {
+fn rule_from(
+    body: &Value,
+    template: Option<&Template>,
+    problems: &mut Vec<String>,
+) -> Option<Rule> {
     let Value::Object(fields) = body else {
         problems.push("must be an object with an \"authorization\" field".to_owned());
         return None;
@@ -329,7 +408,7 @@ fn rule_from(body: &Value, problems: &mut Vec<String>) -> Option<Rule> {
     for name in fields.keys() {
         if !RULE_FIELDS.contains(&name.as_str()) {
             problems.push(format!(
-                "unknown field \"{name}\" (expected authorization, backofficeAuthorization or identity)"
+                "unknown field \"{name}\" (expected authorization, backofficeAuthorization, identity or rbac)"
             ));
         }
     }
@@ -361,6 +440,9 @@ fn rule_from(body: &Value, problems: &mut Vec<String>) -> Option<Rule> {
             None
         }
     };
+    let resource = fields
+        .get("rbac")
+        .and_then(|value| resource_from(value, template, problems));
     if problems.len() > before {
         return None;
     }
@@ -369,6 +451,70 @@ fn rule_from(body: &Value, problems: &mut Vec<String>) -> Option<Rule> {
         backoffice,
         identity,
         position: None,
+        resource,
+    })
+}
+
+/// A method entry's `rbac`: `{"resource": {"type": "tenant", "id": "{tenant}"}}`, the id a
+/// constant or a variable the key declares.
+fn resource_from(
+    value: &Value,
+    template: Option<&Template>,
+    problems: &mut Vec<String>,
+) -> Option<Resource> {
+    let shape = "rbac: must be {\"resource\": {\"type\": ..., \"id\": ...}}";
+    let Some(Value::Object(fields)) = Some(value) else {
+        problems.push(shape.to_owned());
+        return None;
+    };
+    if fields.keys().any(|k| k != "resource") {
+        problems.push(format!("{shape}; unknown field"));
+        return None;
+    }
+    let Some(Value::Object(resource)) = fields.get("resource") else {
+        problems.push(shape.to_owned());
+        return None;
+    };
+    if resource.keys().any(|k| k != "type" && k != "id") {
+        problems.push("rbac.resource: unknown field (expected type and id)".to_owned());
+        return None;
+    }
+    let (Some(Value::String(kind)), Some(Value::String(id))) =
+        (resource.get("type"), resource.get("id"))
+    else {
+        problems.push("rbac.resource: \"type\" and \"id\" must be strings".to_owned());
+        return None;
+    };
+    if kind.is_empty() || id.is_empty() {
+        problems.push("rbac.resource: \"type\" and \"id\" must not be empty".to_owned());
+        return None;
+    }
+    let id = if id.contains(['{', '}']) {
+        let name = id
+            .strip_prefix('{')
+            .and_then(|s| s.strip_suffix('}'))
+            .filter(|n| !n.is_empty() && !n.contains(['{', '}']));
+        let Some(name) = name else {
+            problems.push(format!(
+                "rbac.resource.id \"{id}\": a variable is written {{name}}, alone"
+            ));
+            return None;
+        };
+        match template.and_then(|t| t.variable(name)) {
+            Some(i) => ResourceId::Segment(i),
+            None => {
+                problems.push(format!(
+                    "rbac.resource.id: the key declares no variable \"{{{name}}}\""
+                ));
+                return None;
+            }
+        }
+    } else {
+        ResourceId::Constant(id.clone())
+    };
+    Some(Resource {
+        kind: kind.clone(),
+        id,
     })
 }
 
@@ -525,6 +671,47 @@ mod tests {
                 r#"auth.json:3:13: rule "/a/b" GET: "/a//b" (auth.json:2:14) and "/a/b" both normalise to "/a/b""#
             ]
         );
+    }
+
+    #[test]
+    fn templates_and_rbac_resources_are_checked_with_positions() {
+        let text = r#"{
+  "/t/{tenant}": { "GET": { "authorization": { "expression": "permissions.orders.read" },
+                            "rbac": { "resource": { "type": "tenant", "id": "{tenant}" } } } },
+  "/c": { "GET": { "authorization": { "expression": "true" },
+                   "rbac": { "resource": { "type": "tenant", "id": "acme" } } } },
+  "/u/{a}": { "GET": { "authorization": { "expression": "true" },
+                       "rbac": { "resource": { "type": "tenant", "id": "{b}" } } } },
+  "/x/{": { "GET": { "authorization": { "expression": "true" } } },
+  "/y/{}": { "GET": { "authorization": { "expression": "true" } } },
+  "/z/{a}b": { "GET": { "authorization": { "expression": "true" } } },
+  "/w/{a}/{a}": { "GET": { "authorization": { "expression": "true" } } }
+}"#;
+        let errors = RuleSet::parse("auth.json", text).expect_err("invalid");
+        let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            lines,
+            [
+                r#"auth.json:6:15: rule "/u/{a}" GET: rbac.resource.id: the key declares no variable "{b}""#,
+                r#"auth.json:8:3: rule "/x/{": path template segment "{": a variable is a whole segment, written {name}"#,
+                r#"auth.json:9:3: rule "/y/{}": path template segment "{}": the variable has no name"#,
+                r#"auth.json:10:3: rule "/z/{a}b": path template segment "{a}b": a variable is a whole segment, written {name}"#,
+                r#"auth.json:11:3: rule "/w/{a}/{a}": path template variable "a" is declared twice"#,
+            ]
+        );
+        let good: String = text.lines().take(5).collect::<Vec<_>>().join("\n");
+        let good = good.trim_end_matches(',').to_owned() + "\n}";
+        let rules = RuleSet::parse("auth.json", &good).expect("valid");
+        let found = rules
+            .table
+            .find("/t/acme/orders", Some(Method::Get))
+            .expect("found");
+        assert_eq!(
+            found.rule.resource_of("/t/acme/orders"),
+            Some(("tenant", "acme"))
+        );
+        let found = rules.table.find("/c", Some(Method::Get)).expect("found");
+        assert_eq!(found.rule.resource_of("/c"), Some(("tenant", "acme")));
     }
 
     #[test]

@@ -184,6 +184,7 @@ impl App {
                 rules: config.rules,
                 identity: Arc::new(identity),
                 request_headers: config.settings.request_headers.clone(),
+                rbac: config.rbac,
             },
             shadow: config.shadow,
             settings: config.settings,

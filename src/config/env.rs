@@ -137,6 +137,7 @@ pub const ALL: &[&str] = &[
     CHECKPOINT_WORKER_THREADS,
     CHECKPOINT_DYNAMIC_METADATA,
     CHECKPOINT_DECISION_ID_HEADER_UPSTREAM,
+    super::rbac::CHECKPOINT_RBAC_FILE,
 ];
 
 /// Upper bound of `CHECKPOINT_WORKER_THREADS` (and `server.worker_threads`).
@@ -319,6 +320,14 @@ pub fn settings_from(vars: &HashMap<String, String>) -> Result<Settings, Vec<Set
         },
         user_headers,
         request_headers,
+        rbac: vars
+            .get(super::rbac::CHECKPOINT_RBAC_FILE)
+            .map(|v| v.trim())
+            .filter(|v| !v.is_empty())
+            .map(|path| super::rbac::RbacSettings {
+                source: super::rbac::RbacSource::File(path.into()),
+                roles_header: None,
+            }),
         telemetry: super::telemetry::resolve(&Default::default(), vars).unwrap_or_else(
             |problems| {
                 for (at, message) in problems {

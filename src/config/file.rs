@@ -44,6 +44,8 @@ pub struct FileConfig {
     /// `OTEL_*` variable; with no endpoint, tracing is off.
     #[serde(default)]
     pub telemetry: super::telemetry::TelemetrySection,
+    /// Roles and bindings (RBAC): inline, in a file, or Rönd's exported collections.
+    pub rbac: Option<super::rbac::RbacSection>,
 }
 
 /// What makes checkpoint reload this file and the rule files besides `SIGHUP`.
@@ -291,6 +293,14 @@ pub fn load(path: &Path, vars: &HashMap<String, String>) -> Result<Loaded, Confi
         ) {
             (Ok(traces), Ok((mut settings, rules))) if problems.is_empty() => {
                 settings.telemetry = traces;
+                // Inline roles and bindings are placed by the file's own text.
+                if let Some(super::rbac::RbacSettings {
+                    source: super::rbac::RbacSource::Inline { text: inline, .. },
+                    ..
+                }) = &mut settings.rbac
+                {
+                    inline.clone_from(text);
+                }
                 Ok(Loaded {
                     settings,
                     rules,
@@ -430,6 +440,12 @@ pub fn from_file(
         Some(RulesSource::Inline { label, .. }) => PathBuf::from(label),
         None => PathBuf::new(),
     };
+    let rbac = file
+        .rbac
+        .as_ref()
+        .map(|section| super::rbac::from_section(section, label, dir))
+        .transpose()
+        .map_err(|found| problems.extend(found));
     let on_unix_socket = matches!(grpc_addr, Ok(ListenAddr::Unix(_)));
     let grpc = super::grpc::validate(&file.server.connections, &file.server.tls, on_unix_socket)
         .map_err(|found| {
@@ -442,9 +458,14 @@ pub fn from_file(
                 problems.push(format!("{label}: server.{section}{field}: {message}"));
             }
         });
-    let (Ok(grpc_addr), Ok(grpc_socket_mode), Ok(http_addr), Some(rules), Ok(grpc)) =
-        (grpc_addr, grpc_socket_mode, http_addr, rules.clone(), grpc)
-    else {
+    let (Ok(grpc_addr), Ok(grpc_socket_mode), Ok(http_addr), Some(rules), Ok(grpc), Ok(rbac)) = (
+        grpc_addr,
+        grpc_socket_mode,
+        http_addr,
+        rules.clone(),
+        grpc,
+        rbac,
+    ) else {
         return Err((problems, rules));
     };
     if !problems.is_empty() {
@@ -500,6 +521,7 @@ pub fn from_file(
         },
         // Resolved with the variables by `load`.
         telemetry: Default::default(),
+        rbac,
     };
     let crossed = super::cross_check(&settings);
     if !crossed.is_empty() {

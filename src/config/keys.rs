@@ -220,6 +220,13 @@ pub fn yaml_duplicates(text: &str) -> Vec<Duplicate> {
     duplicates
 }
 
+/// Where the key at `path` (keys and indices from the root) first appears in a YAML document
+/// (JSON included: YAML reads it), as serde_yaml_ng reports it. One read of the document: for
+/// error messages, not for a loop.
+pub fn yaml_position(text: &str, path: &[Segment]) -> Option<Position> {
+    yaml_find(text, Target::Path(path)).map(|(position, _)| position)
+}
+
 /// Past this many, the file has a bigger problem than its duplicates.
 pub const MAX_DUPLICATES: usize = 50;
 
@@ -239,6 +246,8 @@ enum Target<'a> {
     NextDuplicate(&'a HashSet<Occurrence>),
     /// This very key.
     Exactly(&'a Occurrence),
+    /// The first key at this path.
+    Path(&'a [Segment]),
 }
 
 struct Found {
@@ -415,6 +424,11 @@ impl Key<'_, '_, '_> {
                 occurrence.occurrence > 1 && !known.contains(&occurrence)
             }
             Target::Exactly(wanted) => *wanted == occurrence,
+            Target::Path(wanted) => {
+                wanted.len() == self.path.len() + 1
+                    && wanted.starts_with(self.path)
+                    && wanted.last() == Some(&Segment::Key(text.clone()))
+            }
         };
         if !stop {
             return Ok(Some(text));

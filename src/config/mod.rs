@@ -18,6 +18,7 @@ pub mod expand;
 pub mod file;
 pub mod grpc;
 pub mod keys;
+pub mod rbac;
 pub mod sources;
 pub mod telemetry;
 pub mod warnings;
@@ -71,6 +72,8 @@ pub struct Settings {
     pub request_headers: RequestHeaders,
     /// Where trace spans go, if anywhere, and which are kept.
     pub telemetry: telemetry::TraceSettings,
+    /// The RBAC roles and bindings, when configured (`crate::rbac`).
+    pub rbac: Option<rbac::RbacSettings>,
 }
 
 #[derive(Debug, Clone)]

@@ -347,6 +347,7 @@ mod tests {
                         failure: None,
                         identity_cache: None,
                         identity_latency: None,
+                        rbac: None,
                     };
                     let answer = responder.answer(&outcome, "6f1c2b1e-3d0a");
                     let want = build(&answer);

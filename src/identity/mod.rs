@@ -52,6 +52,9 @@ pub struct User {
     /// When the credential stops being valid (seconds since the epoch), if it says: the identity
     /// cache never keeps the user longer.
     pub expires_at: Option<u64>,
+    /// The user's effective RBAC permissions and roles, per resource, computed on first use
+    /// and kept as long as the user is (`crate::rbac::Rbac::effective`). Never compared.
+    pub rbac: crate::rbac::Memo,
 }
 
 /// Why an identity answer was refused as a user.
@@ -105,6 +108,7 @@ impl User {
             groups_header,
             properties_header,
             expires_at: None,
+            rbac: crate::rbac::Memo::default(),
         })
     }
 }

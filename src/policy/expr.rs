@@ -21,7 +21,7 @@
 //! primary    = "true" | "false" | string | "clientType" | "isBackoffice"
 //!            | set "." name | set "[" string "]" | "(" or ")"
 //! list       = "[" [ string ( "," string )* ] "]"
-//! set        = "groups" | "permissions"
+//! set        = "groups" | "permissions" | "roles"
 //! ```
 
 use super::Facts;
@@ -98,6 +98,30 @@ impl Expression {
     #[must_use]
     pub fn evaluate(&self, facts: &Facts<'_>) -> bool {
         eval(&self.root, facts).truthy()
+    }
+
+    /// Every permission name the expression asks for (`permissions.NAME`,
+    /// `"NAME" in permissions`): what the rule loader checks against the RBAC roles.
+    #[must_use]
+    pub fn permissions_used(&self) -> Vec<&str> {
+        fn walk<'a>(node: &'a Node, out: &mut Vec<&'a str>) {
+            match node {
+                Node::Member {
+                    set: Set::Permissions,
+                    names,
+                } => out.extend(names.iter().map(|n| &**n)),
+                Node::Not(inner) => walk(inner, out),
+                Node::All(items) | Node::Any(items) => items.iter().for_each(|n| walk(n, out)),
+                Node::Equal { left, right, .. } => {
+                    walk(left, out);
+                    walk(right, out);
+                }
+                _ => {}
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.root, &mut out);
+        out
     }
 
     /// The text the expression was compiled from, exactly as written in the rule file.
@@ -337,6 +361,8 @@ impl Trace<'_> {
 enum Set {
     Groups,
     Permissions,
+    /// The caller's effective RBAC roles.
+    Roles,
 }
 
 impl Set {
@@ -344,6 +370,7 @@ impl Set {
         match self {
             Set::Groups => "groups",
             Set::Permissions => "permissions",
+            Set::Roles => "roles",
         }
     }
 
@@ -351,6 +378,7 @@ impl Set {
         match self {
             Set::Groups => facts.groups,
             Set::Permissions => facts.permissions,
+            Set::Roles => facts.roles,
         }
     }
 }
@@ -631,6 +659,7 @@ impl<'s> Lexer<'s> {
             "in" => return Ok(Kind::In),
             "groups" => Set::Groups,
             "permissions" => Set::Permissions,
+            "roles" => Set::Roles,
             _ => {
                 // Name the whole dotted path (`user.id`, not just `user`) in the message.
                 while self.peek() == Some('.') {
@@ -971,6 +1000,8 @@ mod tests {
         #[serde(default)]
         permissions: Vec<String>,
         #[serde(default)]
+        roles: Vec<String>,
+        #[serde(default)]
         client_type: String,
         #[serde(default)]
         is_backoffice: bool,
@@ -995,6 +1026,7 @@ mod tests {
             let facts = Facts {
                 groups: &case.groups,
                 permissions: &case.permissions,
+                roles: &case.roles,
                 client_type: &case.client_type,
                 is_backoffice: case.is_backoffice,
             };
@@ -1049,6 +1081,7 @@ mod tests {
             let facts = Facts {
                 groups: &case.groups,
                 permissions: &case.permissions,
+                roles: &case.roles,
                 client_type: &case.client_type,
                 is_backoffice: case.is_backoffice,
             };

@@ -12,8 +12,11 @@ pub use expr::Expression;
 pub struct Facts<'a> {
     /// The caller's groups; empty for an anonymous caller.
     pub groups: &'a [String],
-    /// The caller's permissions; empty for an anonymous caller.
+    /// The caller's permissions (the identity provider's and those RBAC bindings grant on the
+    /// rule's resource); empty for an anonymous caller.
     pub permissions: &'a [String],
+    /// The caller's effective RBAC roles on the rule's resource, inherited ones included.
+    pub roles: &'a [String],
     /// The value of the client-type header, `""` when absent.
     pub client_type: &'a str,
     /// Whether the request carries the backoffice marker.

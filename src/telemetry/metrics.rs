@@ -444,6 +444,7 @@ mod tests {
             failure: None,
             identity_cache: None,
             identity_latency: latency.map(Duration::from_millis),
+            rbac: None,
         };
         let took = Duration::from_micros(40);
         metrics.record_check(&outcome(Reason::Allowed, "userinfo", Some(3)), took);
