@@ -499,6 +499,7 @@ mod tests {
             failure: None,
             identity_cache: Some(cache),
             identity_latency: Some(Duration::from_millis(2)),
+            rbac: None,
         };
         let took = Duration::from_micros(40);
         metrics.record_check(&outcome("userinfo", Lookup::Stale), took);
