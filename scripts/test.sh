@@ -23,6 +23,10 @@ echo "test.sh: a first run (empty target directory, nothing installed) takes abo
 bash scripts/setup.sh
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
+# The dependency tree against deny.toml: licenses, banned crates, sources (crates.io only), and
+# duplicate versions reported. Offline: the advisories need the RustSec database from GitHub,
+# which this command cannot reach; scripts/audit.sh checks them where the network is there.
+PATH="$root/.venv/bin:$PATH" cargo deny --locked check --hide-inclusion-graph licenses bans sources
 # The Dockerfile's build step, with the production features (no dev-dependency features).
 cargo build --release --locked
 cargo test --release --locked --all-targets

@@ -901,10 +901,9 @@ fn sidecar_envoy_and_checkpoint_share_the_unix_socket() {
     );
 }
 
-#[test]
-fn dockerfile_builds_locked_and_runs_unprivileged() {
+/// The Dockerfile's instructions, with continuation lines joined and comments dropped.
+fn dockerfile_instructions() -> Vec<String> {
     let text = std::fs::read_to_string(repo().join("Dockerfile")).expect("read Dockerfile");
-    // Instructions, with continuation lines joined and comments dropped.
     let mut instructions: Vec<String> = Vec::new();
     let mut current = String::new();
     for line in text.lines() {
@@ -923,12 +922,105 @@ fn dockerfile_builds_locked_and_runs_unprivileged() {
             }
         }
     }
-    let keyword = |i: &String| {
-        i.split_whitespace()
-            .next()
-            .unwrap_or_default()
-            .to_ascii_uppercase()
-    };
+    instructions
+}
+
+/// An instruction's keyword, upper case.
+fn dockerfile_keyword(instruction: &str) -> String {
+    instruction
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_ascii_uppercase()
+}
+
+/// Every base image is pinned by digest: `FROM name:tag@sha256:<64 hex>`, or
+/// `FROM ${IMAGE}@${DIGEST}` where `DIGEST` is a build argument declared before the first FROM
+/// with no default (so a build without the digest fails instead of taking whatever the tag
+/// points at) and `IMAGE` is one with its tag as default. A FROM naming an earlier stage is
+/// not a base image.
+#[test]
+fn dockerfile_base_images_are_pinned_by_digest() {
+    let instructions = dockerfile_instructions();
+    let mut args: Vec<(String, Option<String>)> = Vec::new();
+    let mut stages: Vec<String> = Vec::new();
+    let mut bases = 0;
+    for instruction in &instructions {
+        let words: Vec<&str> = instruction.split_whitespace().collect();
+        match dockerfile_keyword(instruction).as_str() {
+            "ARG" if bases == 0 => {
+                let (name, default) = match words[1].split_once('=') {
+                    Some((n, d)) => (n.to_owned(), Some(d.to_owned())),
+                    None => (words[1].to_owned(), None),
+                };
+                args.push((name, default));
+            }
+            "FROM" => {
+                let image = words
+                    .iter()
+                    .skip(1)
+                    .find(|w| !w.starts_with("--"))
+                    .expect("FROM image");
+                let earlier_stage = stages.iter().any(|s| s == image);
+                if let Some(i) = words.iter().position(|w| w.eq_ignore_ascii_case("AS")) {
+                    stages.push(words[i + 1].to_owned());
+                }
+                if earlier_stage {
+                    continue;
+                }
+                bases += 1;
+                let (name, digest) = image
+                    .split_once('@')
+                    .unwrap_or_else(|| panic!("FROM {image}: not pinned by digest (IMAGE@DIGEST)"));
+                let arg = |reference: &str| {
+                    reference
+                        .strip_prefix("${")
+                        .and_then(|r| r.strip_suffix('}'))
+                        .map(|a| {
+                            args.iter()
+                                .find(|(n, _)| n == a)
+                                .unwrap_or_else(|| panic!("FROM {image}: ARG {a} is not declared before the first FROM"))
+                                .1
+                                .clone()
+                        })
+                };
+                match arg(digest) {
+                    Some(default) => assert_eq!(
+                        default, None,
+                        "FROM {image}: the digest argument must have no default"
+                    ),
+                    None => assert!(
+                        digest.strip_prefix("sha256:").is_some_and(
+                            |h| h.len() == 64 && h.chars().all(|c| c.is_ascii_hexdigit())
+                        ),
+                        "FROM {image}: {digest} is not a sha256 digest"
+                    ),
+                }
+                let tagged = arg(name).map_or(Some(name.to_owned()), |default| default);
+                let tagged = tagged.unwrap_or_else(|| {
+                    panic!("FROM {image}: the image argument needs its name:tag as default")
+                });
+                assert!(
+                    tagged
+                        .rsplit('/')
+                        .next()
+                        .is_some_and(|last| last.contains(':')),
+                    "FROM {image}: {tagged} names no tag (keep the tag beside the digest, for readers)"
+                );
+            }
+            _ => {}
+        }
+    }
+    assert!(
+        bases >= 2,
+        "a build stage and a runtime stage: {instructions:?}"
+    );
+}
+
+#[test]
+fn dockerfile_builds_locked_and_runs_unprivileged() {
+    let instructions = dockerfile_instructions();
+    let keyword = |i: &String| dockerfile_keyword(i);
     let builds: Vec<&String> = instructions
         .iter()
         .filter(|i| keyword(i) == "RUN" && i.contains("cargo build"))

@@ -1,0 +1,162 @@
+#!/usr/bin/env bash
+# Soak of checkpoint behind Envoy (issue 15): mixed traffic at a steady rate for a long while,
+# every answer checked, checkpoint's resident memory and the latency watched over time.
+#
+#   scripts/soak.sh                        10 minutes at 80% of the peak measured first
+#   SOAK_DURATION=60 SOAK_RATE=500 scripts/soak.sh
+#
+# The gateway is the load benchmark's scenario d (scripts/bench-load.sh): Envoy with
+# bench/envoy-ext-authz.yaml in front of a direct_response route, checkpoint as its ext_authz
+# server with bench/auth.json, the user-info server bench/userinfo.js in --soak mode. Envoy and
+# checkpoint share core 0 ("one core for the whole gateway"), the load generator and user-info
+# run on core 1.
+#
+# The load generator (examples/soak_load.rs; the mix and the checks are tests/soak_support/mod.rs)
+# sends, in every hundred requests: 88 from warm identities (100 of them; 200 with the right user
+# upstream), one cold credential never seen before (200), ten denies (four 403 for a path the
+# identity may not use, three 401 without a credential, three 401 for a credential user-info
+# rejects) and one identity-provider error (user-info answers 500; checkpoint 503). Each answer is
+# checked (status, the user Envoy's route saw, checkpoint's decision id on a deny); anything else,
+# a transport error or no answer within 10 s is "unexpected". checkpoint's VmRSS is read every
+# second; latency (from each request's scheduled time: open loop) is reported per window.
+#
+# Pass: zero unexpected answers, and VmRSS at the end (mean of the last 10 s) less than 5% above
+# VmRSS right after the warm-up (mean of the 10 s after it). p99 stability is reported (each
+# window's p99), not judged. The test command runs the same checks for 60 s (tests/soak.rs).
+#
+# Settings (environment): SOAK_DURATION seconds (600), SOAK_RATE requests/s (default: 80% of the
+# peak, measured first with SOAK_PEAK_SECONDS (15) of closed-loop load, 4 connections x 8
+# streams), SOAK_WARMUP seconds (a fifth of the duration), SOAK_WINDOW seconds per latency window
+# (60, or a tenth of a shorter run), SOAK_PORT_BASE (47300), SOAK_BUILD=0 skips `cargo build`,
+# SOAK_BIN a folder laid out like target/release (checkpoint, examples/soak_load), SOAK_KEEP=1
+# keeps the work folder (the JSON report is soak.json there), SOAK_LOG_LEVEL for checkpoint (info:
+# the decision line of every Check is written, to /dev/null).
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+case "${1:-}" in
+  "") ;;
+  -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
+  *) echo "usage: $0 [--help] (settings are environment variables)" >&2; exit 2 ;;
+esac
+
+DURATION="${SOAK_DURATION:-600}"
+WARMUP="${SOAK_WARMUP:-$((DURATION / 5))}"
+WINDOW="${SOAK_WINDOW:-$((DURATION >= 600 ? 60 : (DURATION / 10 > 0 ? DURATION / 10 : 1)))}"
+PEAK_SECONDS="${SOAK_PEAK_SECONDS:-15}"
+PORT_BASE="${SOAK_PORT_BASE:-47300}"
+LOG_LEVEL_CHECKPOINT="${SOAK_LOG_LEVEL:-info}"
+P_USERINFO=$((PORT_BASE + 0))
+P_CHECKPOINT=$((PORT_BASE + 1))
+P_CHECKPOINT_HTTP=$((PORT_BASE + 2))
+P_ENVOY=$((PORT_BASE + 3))
+P_ADMIN=$((PORT_BASE + 4))
+
+say() { printf 'soak: %s\n' "$*" >&2; }
+die() { printf 'soak: error: %s\n' "$*" >&2; exit 1; }
+
+[ "$DURATION" -ge $((WARMUP + 20)) ] ||
+  die "SOAK_DURATION ($DURATION) must be at least SOAK_WARMUP ($WARMUP) + 20 s to judge memory"
+
+work="$(mktemp -d /tmp/checkpoint-soak.XXXXXX)"
+pids=()
+cleanup() {
+  local pid
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  if [ "${SOAK_KEEP:-0}" = 1 ]; then say "work folder kept: $work"; else rm -rf "$work"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+for tool in taskset curl node python3; do
+  command -v "$tool" >/dev/null 2>&1 || die "$tool is missing (scripts/setup.sh installs most of them)"
+done
+[ -x .venv/bin/python ] || die "no .venv: run scripts/setup.sh"
+if [ "$(nproc)" -lt 2 ]; then die "needs two cores: one for the gateway, one for the load generator"; fi
+
+bin="${SOAK_BIN:-target/release}"
+if [ -z "${SOAK_BIN:-}" ] && [ -n "${CARGO_TARGET_DIR:-}" ]; then bin="$CARGO_TARGET_DIR/release"; fi
+if [ "${SOAK_BUILD:-1}" = 1 ] && [ -z "${SOAK_BIN:-}" ]; then
+  say "cargo build --release --locked --bin checkpoint --example soak_load"
+  cargo build --quiet --release --locked --bin checkpoint --example soak_load
+fi
+for b in "$bin/checkpoint" "$bin/examples/soak_load"; do
+  [ -x "$b" ] || die "$b is missing: cargo build --release --locked --bin checkpoint --example soak_load"
+done
+# The real Envoy binary, not the Python launcher, so that its pid is the one doing the work.
+envoy_bin="$(.venv/bin/python -c 'import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy"))')"
+[ -x "$envoy_bin" ] || die "no Envoy binary at $envoy_bin"
+
+wait_http() {
+  local url="$1" what="$2" pid="$3" log="$4" expect="${5:-}" i body
+  for i in $(seq 1 200); do
+    if body="$(curl -fsS "$url" 2>/dev/null)" && { [ -z "$expect" ] || [ "$body" = "$expect" ]; }; then return 0; fi
+    kill -0 "$pid" 2>/dev/null || die "$what exited: $(tail -5 "$log")"
+    sleep 0.1
+  done
+  die "$what is not ready after 20 s: $(tail -5 "$log")"
+}
+
+checkpoint_env=(env -i PATH="$PATH"
+  CONFIGURATION_PATH="$root/bench" CONFIGURATION_FILE_NAME=auth
+  USERINFO_URL="http://127.0.0.1:$P_USERINFO/userinfo"
+  CUSTOM_PERMISSIONS_KEY=permissions
+  CHECKPOINT_GRPC_ADDR="127.0.0.1:$P_CHECKPOINT"
+  CHECKPOINT_HTTP_ADDR="127.0.0.1:$P_CHECKPOINT_HTTP"
+  LOG_LEVEL="$LOG_LEVEL_CHECKPOINT" DELAY_SHUTDOWN_SECONDS=0)
+
+say "load average before: $(cut -d' ' -f1-3 /proc/loadavg) (other work on this machine skews the timings)"
+taskset -c 1 node bench/userinfo.js "$P_USERINFO" --soak >"$work/userinfo.log" 2>&1 &
+userinfo_pid=$!
+pids+=("$userinfo_pid")
+wait_http "http://127.0.0.1:$P_USERINFO/__count" user-info "$userinfo_pid" "$work/userinfo.log"
+
+taskset -c 0 "${checkpoint_env[@]}" "$bin/checkpoint" >/dev/null 2>"$work/checkpoint.err" &
+checkpoint_pid=$!
+pids+=("$checkpoint_pid")
+wait_http "http://127.0.0.1:$P_CHECKPOINT_HTTP/-/ready" checkpoint "$checkpoint_pid" "$work/checkpoint.err"
+
+ALLOWED_HEADERS="$("${checkpoint_env[@]}" "$bin/checkpoint" allowed-headers)" || die "checkpoint allowed-headers failed"
+LISTEN_PORT="$P_ENVOY" ADMIN_PORT="$P_ADMIN" ALLOWED_HEADERS="$ALLOWED_HEADERS" \
+  AUTHZ_ADDRESS="socket_address: { address: 127.0.0.1, port_value: $P_CHECKPOINT }" \
+  bash scripts/render-envoy.sh bench/envoy-ext-authz.yaml "$work/envoy.yaml" >&2
+taskset -c 0 "$envoy_bin" -c "$work/envoy.yaml" --concurrency 1 --disable-hot-restart -l warning \
+  >"$work/envoy.log" 2>&1 &
+envoy_pid=$!
+pids+=("$envoy_pid")
+wait_http "http://127.0.0.1:$P_ADMIN/ready" envoy "$envoy_pid" "$work/envoy.log" LIVE
+
+load=(taskset -c 1 "$bin/examples/soak_load" "127.0.0.1:$P_ENVOY")
+rate="${SOAK_RATE:-}"
+if [ -z "$rate" ]; then
+  say "peak: ${PEAK_SECONDS} s closed loop (4 connections x 8 streams), the same mix, answers checked"
+  "${load[@]}" --rate 0 --duration "$PEAK_SECONDS" --warmup 0 --window "$PEAK_SECONDS" \
+    --run peak --json "$work/peak.json" >"$work/peak.txt" 2>&1 || {
+    cat "$work/peak.txt" >&2
+    die "the peak run had unexpected answers"
+  }
+  peak="$(python3 -c 'import json,sys; print(round(json.load(open(sys.argv[1]))["rate"]))' "$work/peak.json")"
+  rate=$((peak * 8 / 10))
+  say "peak $peak req/s: soaking at 80%, $rate req/s"
+fi
+
+say "soak: $DURATION s at $rate req/s, warm-up $WARMUP s, windows of $WINDOW s; checkpoint pid $checkpoint_pid"
+ticks_before="$(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$checkpoint_pid/stat")"
+envoy_ticks_before="$(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$envoy_pid/stat")"
+status=0
+"${load[@]}" --rate "$rate" --duration "$DURATION" --warmup "$WARMUP" --window "$WINDOW" \
+  --pid "$checkpoint_pid" --run soak --json "$work/soak.json" || status=$?
+kill -0 "$checkpoint_pid" 2>/dev/null || die "checkpoint exited during the soak: $(tail -5 "$work/checkpoint.err")"
+hz="$(getconf CLK_TCK)"
+ticks_after="$(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$checkpoint_pid/stat")"
+envoy_ticks_after="$(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$envoy_pid/stat")"
+echo "CPU over the soak, % of one core: checkpoint $(((ticks_after - ticks_before) * 100 / hz / DURATION)), Envoy $(((envoy_ticks_after - envoy_ticks_before) * 100 / hz / DURATION))"
+# Envoy's side: ext_authz calls that failed or timed out (its own 503s, "unexpected" above).
+echo "Envoy ext_authz: $(curl -fsS "http://127.0.0.1:$P_ADMIN/stats?filter=ext_authz\.(ok|denied|error|failure_mode_allowed)$|cluster\.authz\.upstream_rq_(timeout|5xx|total)$" | tr '\n' ' ')"
+echo "user-info: $(curl -fsS "http://127.0.0.1:$P_USERINFO/__count") (peak run included)"
+echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
+if [ "$status" = 0 ]; then say "PASS: zero unexpected answers, memory flat after the warm-up"; else say "FAIL (see above)"; fi
+exit "$status"

@@ -1,0 +1,592 @@
+//! The soak's load generator: mixed traffic through Envoy, every answer checked against what that
+//! request must get, checkpoint's resident memory sampled all along.
+//!
+//! Shared by `examples/soak_load.rs` (driven by `scripts/soak.sh`, the 10-minute soak) and
+//! `tests/soak.rs` (the 60-second version in the test command). Plain HTTP/2 (prior knowledge) on
+//! a few connections to Envoy's listener, built on the `h2` crate already in the tree.
+//!
+//! The mix, by the request's sequence number `n` (so each class keeps its share at any rate):
+//! - `n % 100 == 0`: a cold credential, `cold-<run>-<n>`, never seen before: checkpoint asks the
+//!   user-info server (bench/userinfo.js `--soak`), which answers it as the user of that name;
+//!   expected 200 with `x-seen-user: cold-<run>-<n>` (Envoy's route echoes `miauserid`);
+//! - `n % 100 == 50`: an identity-provider error, `fail-<run>-<n>` (a new one each time, so no
+//!   cache hides it): the user-info server answers 500; expected 503 from checkpoint;
+//! - `n % 10 == 5` (ten in a hundred), denies: a warm identity on `GET /api/orders`, which its
+//!   permissions do not allow (403, four in a hundred); no credential (401, three); a credential
+//!   the user-info server rejects, `reject-<k>` among eight (401, three);
+//! - everything else (88 in a hundred): one of the warm identities `warm-<i>` on
+//!   `GET /api/users/42`; expected 200 with `x-seen-user: warm-<i>`.
+//!
+//! Every deny must carry `x-checkpoint-decision-id`, which only checkpoint's answers have: Envoy's
+//! own 503 (ext_authz call failed or timed out) or 403 is unexpected. So is any transport error or
+//! an answer slower than [`ANSWER_TIMEOUT`].
+//!
+//! Open loop: at a fixed rate, requests leave at their scheduled times whatever the answers do,
+//! and a latency counts from the scheduled time (a stall is not hidden by the generator waiting
+//! for it). With rate 0, closed loop: `connections x streams` requests in flight, back to back,
+//! to measure the peak.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)] // Test helpers: a broken set-up should stop loudly.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use h2::client::SendRequest;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+/// An answer slower than this is unexpected (Envoy's ext_authz deadline is 0.5 s).
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+/// At most this many requests in flight in the open loop; past it a request is not sent and
+/// counts as unexpected (the gateway has stalled).
+pub const MAX_IN_FLIGHT: u64 = 20_000;
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Envoy's plain-HTTP listener.
+    pub target: SocketAddr,
+    /// Requests per second; 0: closed loop (peak).
+    pub rate: f64,
+    pub duration: Duration,
+    /// Memory growth is measured after this.
+    pub warmup: Duration,
+    pub connections: usize,
+    /// Closed loop only: requests in flight per connection.
+    pub streams: usize,
+    pub warm_users: usize,
+    /// checkpoint's process, whose VmRSS is sampled every second.
+    pub pid: Option<u32>,
+    /// Latency statistics per window of this length (a minute in the 10-minute soak).
+    pub window: Duration,
+    /// Distinguishes the cold credentials of separate runs against the same user-info server.
+    pub run: String,
+    /// Prints each window's line to stderr as it closes.
+    pub progress: bool,
+}
+
+/// What a request is, and so what its answer must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    Warm,
+    Cold,
+    Forbidden,
+    NoCredential,
+    Rejected,
+    IdpError,
+}
+
+pub const CLASSES: [Class; 6] = [
+    Class::Warm,
+    Class::Cold,
+    Class::Forbidden,
+    Class::NoCredential,
+    Class::Rejected,
+    Class::IdpError,
+];
+
+impl Class {
+    pub fn of(n: u64) -> Class {
+        match n % 100 {
+            0 => Class::Cold,
+            50 => Class::IdpError,
+            5 | 15 | 25 | 35 => Class::Forbidden,
+            45 | 55 | 65 => Class::NoCredential,
+            75 | 85 | 95 => Class::Rejected,
+            _ => Class::Warm,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Class::Warm => "warm identity (200)",
+            Class::Cold => "cold credential (200)",
+            Class::Forbidden => "forbidden (403)",
+            Class::NoCredential => "no credential (401)",
+            Class::Rejected => "rejected credential (401)",
+            Class::IdpError => "identity-provider error (503)",
+        }
+    }
+
+    fn index(self) -> usize {
+        CLASSES.iter().position(|c| *c == self).unwrap_or(0)
+    }
+}
+
+/// Request `n`: its path, credential, expected status and, for an allow, the expected user.
+struct Planned {
+    class: Class,
+    path: &'static str,
+    token: Option<String>,
+    status: u16,
+    user: Option<String>,
+}
+
+fn plan(n: u64, options: &Options) -> Planned {
+    let class = Class::of(n);
+    let warm = || format!("warm-{}", (n / 2) % options.warm_users.max(1) as u64);
+    let (path, token, status, user) = match class {
+        Class::Warm => {
+            let t = warm();
+            ("/api/users/42", Some(t.clone()), 200, Some(t))
+        }
+        Class::Cold => {
+            let t = format!("cold-{}-{n}", options.run);
+            ("/api/users/42", Some(t.clone()), 200, Some(t))
+        }
+        Class::Forbidden => ("/api/orders", Some(warm()), 403, None),
+        Class::NoCredential => ("/api/users/42", None, 401, None),
+        Class::Rejected => (
+            "/api/users/42",
+            Some(format!("reject-{}", n % 8)),
+            401,
+            None,
+        ),
+        Class::IdpError => (
+            "/api/users/42",
+            Some(format!("fail-{}-{n}", options.run)),
+            503,
+            None,
+        ),
+    };
+    Planned {
+        class,
+        path,
+        token,
+        status,
+        user,
+    }
+}
+
+/// One answer, as the collector gets it.
+struct Done {
+    class: Class,
+    /// Since the start of the run, when the answer came.
+    at: Duration,
+    latency_us: u32,
+    /// Why the answer was not the expected one.
+    unexpected: Option<String>,
+}
+
+/// Latencies and counts of one window.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Window {
+    pub start_s: u64,
+    pub answers: u64,
+    pub unexpected: u64,
+    pub p50_us: u32,
+    pub p99_us: u32,
+    pub max_us: u32,
+    /// checkpoint's VmRSS at the window's end, kB.
+    pub rss_kb: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Report {
+    pub sent: u64,
+    pub answers: u64,
+    pub elapsed_s: f64,
+    pub rate: f64,
+    /// Answers per class, in the order of [`CLASSES`].
+    pub by_class: Vec<(String, u64)>,
+    pub unexpected: u64,
+    /// The first few unexpected answers, described.
+    pub unexpected_examples: Vec<String>,
+    pub windows: Vec<Window>,
+    /// (seconds since the start, VmRSS kB), one a second.
+    pub rss: Vec<(u64, u64)>,
+    /// Mean VmRSS over the first 10 s after the warm-up, and over the last 10 s; kB.
+    pub rss_after_warmup_kb: Option<u64>,
+    pub rss_end_kb: Option<u64>,
+    pub rss_max_after_warmup_kb: Option<u64>,
+    /// (end - after warm-up) / after warm-up, in per cent.
+    pub rss_growth_pct: Option<f64>,
+    /// Latency over the whole run after the warm-up.
+    pub p50_us: u32,
+    pub p99_us: u32,
+}
+
+impl Report {
+    /// The soak's verdict on correctness and memory (never on timings): zero unexpected answers
+    /// and resident memory growing less than `max_growth_pct` after the warm-up.
+    pub fn failures(&self, max_growth_pct: f64) -> Vec<String> {
+        let mut failures = Vec::new();
+        if self.answers == 0 {
+            failures.push("no answers at all".to_owned());
+        }
+        if self.unexpected > 0 {
+            failures.push(format!(
+                "{} unexpected answers, e.g. {:?}",
+                self.unexpected, self.unexpected_examples
+            ));
+        }
+        match self.rss_growth_pct {
+            Some(g) if g >= max_growth_pct => failures.push(format!(
+                "resident memory grew {g:.1}% after the warm-up ({} -> {} kB), limit {max_growth_pct}%",
+                self.rss_after_warmup_kb.unwrap_or(0),
+                self.rss_end_kb.unwrap_or(0)
+            )),
+            Some(_) => {}
+            None if !self.rss.is_empty() => {
+                failures.push("too few memory samples after the warm-up".to_owned())
+            }
+            None => {}
+        }
+        failures
+    }
+
+    /// A human-readable summary, one window a line.
+    pub fn text(&self) -> String {
+        let mut out = String::new();
+        out.push_str(&format!(
+            "sent {} answered {} in {:.1} s ({:.0} req/s), unexpected {}\n",
+            self.sent, self.answers, self.elapsed_s, self.rate, self.unexpected
+        ));
+        for (name, count) in &self.by_class {
+            out.push_str(&format!("  {name}: {count}\n"));
+        }
+        out.push_str("window  answers  unexpected  p50 µs  p99 µs  max µs  VmRSS kB\n");
+        for w in &self.windows {
+            out.push_str(&format!(
+                "{:>5}s {:>8} {:>11} {:>7} {:>7} {:>7} {:>9}\n",
+                w.start_s,
+                w.answers,
+                w.unexpected,
+                w.p50_us,
+                w.p99_us,
+                w.max_us,
+                w.rss_kb.map_or("-".to_owned(), |r| r.to_string())
+            ));
+        }
+        if let (Some(a), Some(e), Some(m), Some(g)) = (
+            self.rss_after_warmup_kb,
+            self.rss_end_kb,
+            self.rss_max_after_warmup_kb,
+            self.rss_growth_pct,
+        ) {
+            out.push_str(&format!(
+                "VmRSS after warm-up {a} kB, at the end {e} kB ({g:+.2}%), highest after warm-up {m} kB\n"
+            ));
+        }
+        out.push_str(&format!(
+            "after warm-up: p50 {} µs, p99 {} µs\n",
+            self.p50_us, self.p99_us
+        ));
+        out
+    }
+}
+
+/// VmRSS of `pid` in kB.
+pub fn vm_rss_kb(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+async fn connect(target: SocketAddr) -> anyhow::Result<SendRequest<Bytes>> {
+    let tcp = TcpStream::connect(target).await?;
+    tcp.set_nodelay(true)?;
+    let (send, connection) = h2::client::handshake(tcp).await?;
+    tokio::spawn(async move {
+        // The connection's end shows up in the requests that use it.
+        let _ = connection.await;
+    });
+    Ok(send)
+}
+
+/// Sends request `n` on `send` and checks the answer.
+async fn one(
+    send: SendRequest<Bytes>,
+    options: &Options,
+    n: u64,
+    scheduled: Instant,
+    start: Instant,
+) -> Done {
+    let planned = plan(n, options);
+    let result = tokio::time::timeout(ANSWER_TIMEOUT, exchange(send, options, &planned)).await;
+    let now = Instant::now();
+    let unexpected = match result {
+        Err(_) => Some(format!(
+            "request {n} ({}): no answer within {ANSWER_TIMEOUT:?}",
+            planned.class.name()
+        )),
+        Ok(Err(e)) => Some(format!("request {n} ({}): {e:#}", planned.class.name())),
+        Ok(Ok((status, user, decision_id))) => {
+            let right = status == planned.status
+                && match &planned.user {
+                    Some(u) => user.as_deref() == Some(u.as_str()),
+                    None => decision_id,
+                };
+            (!right).then(|| {
+                format!(
+                    "request {n} ({}): got {status}, x-seen-user {user:?}, decision id {decision_id}; expected {} {:?}",
+                    planned.class.name(),
+                    planned.status,
+                    planned.user
+                )
+            })
+        }
+    };
+    Done {
+        class: planned.class,
+        at: now.duration_since(start),
+        latency_us: u32::try_from(now.duration_since(scheduled).as_micros()).unwrap_or(u32::MAX),
+        unexpected,
+    }
+}
+
+/// The HTTP status, `x-seen-user`, and whether `x-checkpoint-decision-id` was there.
+async fn exchange(
+    send: SendRequest<Bytes>,
+    options: &Options,
+    planned: &Planned,
+) -> anyhow::Result<(u16, Option<String>, bool)> {
+    let mut send = send.ready().await?;
+    let mut request = http::Request::builder()
+        .method("GET")
+        .uri(format!("http://{}{}", options.target, planned.path));
+    if let Some(token) = &planned.token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    let (response, _) = send.send_request(request.body(())?, true)?;
+    let response = response.await?;
+    let status = response.status().as_u16();
+    let user = response
+        .headers()
+        .get("x-seen-user")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned);
+    let decision_id = response.headers().contains_key("x-checkpoint-decision-id");
+    let mut body = response.into_body();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk?;
+        let _ = body.flow_control().release_capacity(chunk.len());
+    }
+    Ok((status, user, decision_id))
+}
+
+fn percentile(sorted: &[u32], p: f64) -> u32 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Runs the soak (or, with rate 0, the closed-loop peak measurement) and reports.
+pub async fn run(options: Options) -> anyhow::Result<Report> {
+    let options = Arc::new(options);
+    let mut connections = Vec::new();
+    for _ in 0..options.connections.max(1) {
+        connections.push(connect(options.target).await?);
+    }
+    let start = Instant::now();
+    let sent = Arc::new(AtomicU64::new(0));
+    let in_flight = Arc::new(AtomicU64::new(0));
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
+
+    // checkpoint's memory, once a second.
+    let rss = Arc::new(std::sync::Mutex::new(Vec::<(u64, u64)>::new()));
+    let sampler = options.pid.map(|pid| {
+        let rss = rss.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                if let Some(kb) = vm_rss_kb(pid) {
+                    rss.lock().unwrap().push((start.elapsed().as_secs(), kb));
+                }
+            }
+        })
+    });
+
+    // The collector: counts and latencies per window.
+    let collector = {
+        let options = options.clone();
+        let rss = rss.clone();
+        tokio::spawn(async move {
+            let mut report = Report::default();
+            let mut counts = [0u64; CLASSES.len()];
+            let mut window_latencies: Vec<u32> = Vec::new();
+            let mut after_warmup: Vec<u32> = Vec::new();
+            let mut window = Window::default();
+            let window_s = options.window.as_secs().max(1);
+            let close = |window: &mut Window, lat: &mut Vec<u32>, report: &mut Report| {
+                lat.sort_unstable();
+                window.p50_us = percentile(lat, 50.0);
+                window.p99_us = percentile(lat, 99.0);
+                window.max_us = lat.last().copied().unwrap_or(0);
+                window.rss_kb = rss.lock().unwrap().last().map(|(_, kb)| *kb);
+                if options.progress {
+                    eprintln!(
+                        "soak: {:>5}s answers {:>7} unexpected {} p50 {} µs p99 {} µs max {} µs VmRSS {:?} kB",
+                        window.start_s,
+                        window.answers,
+                        window.unexpected,
+                        window.p50_us,
+                        window.p99_us,
+                        window.max_us,
+                        window.rss_kb
+                    );
+                }
+                report.windows.push(std::mem::take(window));
+                lat.clear();
+            };
+            while let Some(done) = done_rx.recv().await {
+                let at = done.at.as_secs();
+                while at >= window.start_s + window_s {
+                    let next = window.start_s + window_s;
+                    close(&mut window, &mut window_latencies, &mut report);
+                    window.start_s = next;
+                }
+                report.answers += 1;
+                window.answers += 1;
+                counts[done.class.index()] += 1;
+                window_latencies.push(done.latency_us);
+                if done.at >= options.warmup {
+                    after_warmup.push(done.latency_us);
+                }
+                if let Some(why) = done.unexpected {
+                    report.unexpected += 1;
+                    window.unexpected += 1;
+                    if report.unexpected_examples.len() < 10 {
+                        report.unexpected_examples.push(why);
+                    }
+                }
+            }
+            if window.answers > 0 {
+                close(&mut window, &mut window_latencies, &mut report);
+            }
+            after_warmup.sort_unstable();
+            report.p50_us = percentile(&after_warmup, 50.0);
+            report.p99_us = percentile(&after_warmup, 99.0);
+            report.by_class = CLASSES
+                .iter()
+                .map(|c| (c.name().to_owned(), counts[c.index()]))
+                .collect();
+            report
+        })
+    };
+
+    let end = start + options.duration;
+    if options.rate > 0.0 {
+        // Open loop: every millisecond, send what the schedule says is due.
+        let mut tick = tokio::time::interval(Duration::from_millis(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let interval = Duration::from_secs_f64(1.0 / options.rate);
+        let mut n: u64 = 0;
+        loop {
+            tick.tick().await;
+            let now = Instant::now();
+            if now >= end {
+                break;
+            }
+            loop {
+                let scheduled = start + interval.mul_f64(n as f64);
+                if scheduled > now {
+                    break;
+                }
+                let send = connections[(n as usize) % connections.len()].clone();
+                let i = n;
+                n += 1;
+                sent.fetch_add(1, Ordering::Relaxed);
+                if in_flight.load(Ordering::Relaxed) >= MAX_IN_FLIGHT {
+                    let _ = done_tx.send(Done {
+                        class: Class::of(i),
+                        at: now.duration_since(start),
+                        latency_us: 0,
+                        unexpected: Some(format!(
+                            "request {i}: not sent, {MAX_IN_FLIGHT} requests already in flight"
+                        )),
+                    });
+                    continue;
+                }
+                in_flight.fetch_add(1, Ordering::Relaxed);
+                let (options, done_tx, in_flight) =
+                    (options.clone(), done_tx.clone(), in_flight.clone());
+                tokio::spawn(async move {
+                    let done = one(send, &options, i, scheduled, start).await;
+                    in_flight.fetch_sub(1, Ordering::Relaxed);
+                    let _ = done_tx.send(done);
+                });
+            }
+        }
+    } else {
+        // Closed loop: `connections x streams` workers, each sending its share back to back.
+        let workers = connections.len() * options.streams.max(1);
+        let next = Arc::new(AtomicU64::new(0));
+        let mut handles = Vec::new();
+        for w in 0..workers {
+            let send = connections[w % connections.len()].clone();
+            let (options, done_tx, next, sent) =
+                (options.clone(), done_tx.clone(), next.clone(), sent.clone());
+            handles.push(tokio::spawn(async move {
+                while Instant::now() < end {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    sent.fetch_add(1, Ordering::Relaxed);
+                    let done = one(send.clone(), &options, i, Instant::now(), start).await;
+                    let _ = done_tx.send(done);
+                }
+            }));
+        }
+        for h in handles {
+            h.await?;
+        }
+    }
+    // Wait (bounded) for the answers still in flight.
+    let drain = Instant::now() + ANSWER_TIMEOUT + Duration::from_secs(1);
+    while in_flight.load(Ordering::Relaxed) > 0 && Instant::now() < drain {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let elapsed = start.elapsed();
+    if let Some(s) = sampler {
+        s.abort();
+    }
+    drop(done_tx);
+    let mut report = collector.await?;
+    report.sent = sent.load(Ordering::Relaxed);
+    report.elapsed_s = elapsed.as_secs_f64();
+    report.rate = report.answers as f64 / options.duration.as_secs_f64();
+    let lost = report.sent.saturating_sub(report.answers);
+    if lost > 0 {
+        report.unexpected += lost;
+        report
+            .unexpected_examples
+            .push(format!("{lost} requests still unanswered at the end"));
+    }
+    report.rss = rss.lock().unwrap().clone();
+    memory_verdict(&mut report, options.warmup, options.duration);
+    Ok(report)
+}
+
+/// Mean VmRSS over the first 10 s after the warm-up and over the last 10 s of the run.
+fn memory_verdict(report: &mut Report, warmup: Duration, duration: Duration) {
+    let (w, d) = (warmup.as_secs(), duration.as_secs());
+    let mean = |from: u64, to: u64| {
+        let v: Vec<u64> = report
+            .rss
+            .iter()
+            .filter(|(t, _)| *t >= from && *t < to)
+            .map(|(_, kb)| *kb)
+            .collect();
+        (!v.is_empty()).then(|| v.iter().sum::<u64>() / v.len() as u64)
+    };
+    if d < w + 20 {
+        return;
+    }
+    report.rss_after_warmup_kb = mean(w, w + 10);
+    report.rss_end_kb = mean(d - 10, d + 1);
+    report.rss_max_after_warmup_kb = report
+        .rss
+        .iter()
+        .filter(|(t, _)| *t >= w)
+        .map(|(_, kb)| *kb)
+        .max();
+    if let (Some(a), Some(e)) = (report.rss_after_warmup_kb, report.rss_end_kb) {
+        report.rss_growth_pct = Some((e as f64 - a as f64) * 100.0 / a as f64);
+    }
+}
