@@ -11,14 +11,13 @@ mod support;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use e2e_support::{Proc, free_ports};
+use e2e_support::spawn_checkpoint_ready;
 use serde_json::json;
 use support::{Server, answer, request};
 
@@ -458,32 +457,15 @@ async fn oversized_answers_in_flight_hold_bounded_memory() {
     let (manager, addr) = Manager::start().await;
     let dir = tempfile::tempdir().expect("temp dir");
     std::fs::write(dir.path().join("auth.json"), RULES).expect("write rules");
-    let [grpc, http] = free_ports::<2>();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_checkpoint"));
-    command
-        .env_clear()
-        .env("CONFIGURATION_PATH", dir.path())
-        .env("CONFIGURATION_FILE_NAME", "auth")
-        .env("USERINFO_URL", format!("http://{addr}/userinfo"))
-        .env("CHECKPOINT_USERINFO_TIMEOUT", "10s")
-        .env("CHECKPOINT_GRPC_ADDR", format!("127.0.0.1:{grpc}"))
-        .env("CHECKPOINT_HTTP_ADDR", format!("127.0.0.1:{http}"))
-        .env("DELAY_SHUTDOWN_SECONDS", "0")
-        .env("LOG_LEVEL", "warn");
-    let mut checkpoint = Proc::spawn("checkpoint", command, dir.path());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{http}/-/ready")).await
-            && r.status() == 200
-        {
-            break;
-        }
-        checkpoint.assert_running();
-        if Instant::now() > deadline {
-            checkpoint.fail("was not ready in time");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (mut checkpoint, grpc, _) = spawn_checkpoint_ready(
+        dir.path(),
+        &[
+            ("USERINFO_URL", format!("http://{addr}/userinfo")),
+            ("CHECKPOINT_USERINFO_TIMEOUT", "10s".to_owned()),
+            ("LOG_LEVEL", "warn".to_owned()),
+        ],
+    )
+    .await;
     let client = envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient::connect(
         format!("http://127.0.0.1:{grpc}"),
     )

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use e2e_support::{Proc, free_ports, repo};
+use e2e_support::{Proc, free_ports, repo, spawn_checkpoint_ready};
 use serde_json::{Value, json};
 use support::userinfo::UserInfoServer;
 use support::{Server, answer, request};
@@ -551,31 +551,14 @@ async fn the_dashboard_queries_only_what_checkpoint_exposes() {
 async fn denies_carry_the_decision_id_and_the_log_line_names_it() {
     let dir = tempfile::tempdir().expect("temp dir");
     std::fs::write(dir.path().join("auth.json"), RULES).expect("write rules");
-    let [grpc, http] = free_ports::<2>();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_checkpoint"));
-    command
-        .env_clear()
-        .env("CONFIGURATION_PATH", dir.path())
-        .env("CONFIGURATION_FILE_NAME", "auth")
-        .env("USERINFO_URL", "http://127.0.0.1:9/userinfo")
-        .env("CHECKPOINT_GRPC_ADDR", format!("127.0.0.1:{grpc}"))
-        .env("CHECKPOINT_HTTP_ADDR", format!("127.0.0.1:{http}"))
-        .env("DELAY_SHUTDOWN_SECONDS", "0")
-        .env("LOG_LEVEL", "info");
-    let mut checkpoint = Proc::spawn("checkpoint", command, dir.path());
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{http}/-/ready")).await
-            && r.status() == 200
-        {
-            break;
-        }
-        checkpoint.assert_running();
-        if Instant::now() > deadline {
-            checkpoint.fail("was not ready in time");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (mut checkpoint, grpc, _) = spawn_checkpoint_ready(
+        dir.path(),
+        &[
+            ("USERINFO_URL", "http://127.0.0.1:9/userinfo".to_owned()),
+            ("LOG_LEVEL", "info".to_owned()),
+        ],
+    )
+    .await;
     let mut client = envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient::connect(
         format!("http://127.0.0.1:{grpc}"),
     )
@@ -758,32 +741,15 @@ async fn credentials_never_reach_the_logs() {
     let userinfo = UserInfoServer::start().await;
     let dir = tempfile::tempdir().expect("temp dir");
     std::fs::write(dir.path().join("auth.json"), RULES).expect("write rules");
-    let [grpc, http] = free_ports::<2>();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_checkpoint"));
-    command
-        .env_clear()
-        .env("CONFIGURATION_PATH", dir.path())
-        .env("CONFIGURATION_FILE_NAME", "auth")
-        .env("USERINFO_URL", userinfo.url("/userinfo"))
-        .env("HEADERS_TO_PROXY", "cookie,authorization")
-        .env("CHECKPOINT_GRPC_ADDR", format!("127.0.0.1:{grpc}"))
-        .env("CHECKPOINT_HTTP_ADDR", format!("127.0.0.1:{http}"))
-        .env("DELAY_SHUTDOWN_SECONDS", "0")
-        .env("LOG_LEVEL", "trace");
-    let mut checkpoint = Proc::spawn("checkpoint", command, dir.path());
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{http}/-/ready")).await
-            && r.status() == 200
-        {
-            break;
-        }
-        checkpoint.assert_running();
-        if Instant::now() > deadline {
-            checkpoint.fail("was not ready in time");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (mut checkpoint, grpc, _) = spawn_checkpoint_ready(
+        dir.path(),
+        &[
+            ("USERINFO_URL", userinfo.url("/userinfo").to_string()),
+            ("HEADERS_TO_PROXY", "cookie,authorization".to_owned()),
+            ("LOG_LEVEL", "trace".to_owned()),
+        ],
+    )
+    .await;
     let mut client = envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient::connect(
         format!("http://127.0.0.1:{grpc}"),
     )

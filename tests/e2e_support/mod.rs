@@ -575,6 +575,34 @@ pub fn spawn_checkpoint_native(dir: &Path, yaml: &str) -> Proc {
     Proc::spawn("checkpoint", command, dir)
 }
 
+/// The checkpoint binary configured by Mia's variables: `dir/auth.json` (written by the caller)
+/// as its rules, gRPC and status routes on free loopback ports, no shutdown delay, and `vars` on
+/// top, with nothing else in its environment. Returns once `/-/ready` answers 200, with its
+/// gRPC and status ports.
+pub async fn spawn_checkpoint_ready(dir: &Path, vars: &[(&str, String)]) -> (Proc, u16, u16) {
+    let [grpc, http] = free_ports::<2>();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_checkpoint"));
+    command
+        .env_clear()
+        .env("CONFIGURATION_PATH", dir)
+        .env("CONFIGURATION_FILE_NAME", "auth")
+        .env("CHECKPOINT_GRPC_ADDR", format!("127.0.0.1:{grpc}"))
+        .env("CHECKPOINT_HTTP_ADDR", format!("127.0.0.1:{http}"))
+        .env("DELAY_SHUTDOWN_SECONDS", "0")
+        .envs(vars.iter().map(|(k, v)| (*k, v.as_str())));
+    let mut checkpoint = Proc::spawn("checkpoint", command, dir);
+    let url = format!("http://127.0.0.1:{http}/-/ready");
+    wait_for_status(
+        &plain_client(),
+        &url,
+        200,
+        &mut checkpoint,
+        Duration::from_secs(30),
+    )
+    .await;
+    (checkpoint, grpc, http)
+}
+
 /// Polls `url` (a plain-HTTP GET) until it answers `status`; panics, with what `owner` printed,
 /// if it does not within `timeout` or if `owner` exits.
 pub async fn wait_for_status(
