@@ -124,21 +124,22 @@ pub fn from_env(vars: &HashMap<String, String>) -> Option<Raw> {
 
 /// The one validator: every problem at once, each with the setting it is about.
 pub fn validate(raw: &Raw) -> Result<LoginRedirect, Vec<(Field, String)>> {
+    // Listed in the order of the section's fields.
     let mut problems = Vec::new();
     let param = raw
         .param
         .clone()
         .unwrap_or_else(|| DEFAULT_CHECKPOINT_LOGIN_REDIRECT_PARAM.to_owned());
-    if param.is_empty()
+    let param_problem = (param.is_empty()
         || !param
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
-    {
-        problems.push((
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b)))
+    .then(|| {
+        (
             Field::Param,
             format!("\"{param}\" is not a query parameter name (letters, digits, `-._~`)"),
-        ));
-    }
+        )
+    });
     let url = match raw.url.as_deref() {
         None => {
             problems.push((
@@ -155,6 +156,7 @@ pub fn validate(raw: &Raw) -> Result<LoginRedirect, Vec<(Field, String)>> {
             }
         },
     };
+    problems.extend(param_problem);
     let allowed_hosts = raw.allowed_hosts.as_ref().map(|hosts| {
         let mut kept = Vec::new();
         for host in hosts {
@@ -294,8 +296,8 @@ mod tests {
         assert_eq!(
             fields,
             [
-                Field::Param,
                 Field::Url,
+                Field::Param,
                 Field::AllowedHosts,
                 Field::AllowedHosts,
                 Field::AllowedHosts,
