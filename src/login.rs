@@ -266,7 +266,8 @@ mod tests {
     #[test]
     fn only_browser_navigations_are_redirected() {
         let login = settings("https://login.example.com/web-login", None);
-        let cases: &[(&str, &[(&str, &str)], bool)] = &[
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], bool);
+        let cases: &[Case] = &[
             ("GET", &[("accept", CHROME)], true),
             ("HEAD", &[("accept", FIREFOX)], true),
             (
