@@ -176,6 +176,14 @@ pub fn summary(app: &App, origin: &str, ignored: &[&'static str], workers: usize
     for warning in crate::rules::rbac_warnings(&app.checker.rules, app.checker.rbac.as_deref()) {
         line(format!("  warning:         {warning}"));
     }
+    if let Some(warning) = app
+        .checker
+        .login_redirect
+        .as_ref()
+        .and_then(|redirect| crate::login::loop_warning(redirect, &app.checker.rules))
+    {
+        line(format!("  warning:         {warning}"));
+    }
     line(format!(
         "  grpc tls:        {}",
         match &s.grpc.tls {

@@ -11,8 +11,10 @@
 //! (`:scheme`, `:authority`, the normalised path and the query).
 
 use crate::config::login_redirect::LoginRedirect;
-use crate::request::Request;
+use crate::policy::{self, Facts, Verdict};
+use crate::request::{Request, path};
 use crate::route::Method;
+use crate::rules::RuleSet;
 
 /// Past this, the original URL is carried without its query, and past it again not at all:
 /// Envoy and browsers bound the headers and URLs they take, and the login page needs only
@@ -38,6 +40,29 @@ pub fn location(settings: &LoginRedirect, request: &Request) -> Option<String> {
             .append_pair(&settings.param, &original);
     }
     Some(url.into())
+}
+
+/// `check-config`'s warning when the login page's own path is behind a rule of `rules` that an
+/// anonymous browser does not pass: served through this gateway, a browser sent there would be
+/// sent there again. Only a warning: another gateway may serve the login page under that path.
+pub fn loop_warning(settings: &LoginRedirect, rules: &RuleSet) -> Option<String> {
+    let login_path = path::normalize(settings.url.path()).ok()?;
+    let found = rules.table.find(&login_path, Some(Method::Get))?;
+    let anonymous = Facts {
+        groups: &[],
+        permissions: &[],
+        roles: &[],
+        client_type: "",
+        is_backoffice: false,
+    };
+    match policy::evaluate(found.rule.policy(false), false, &anonymous) {
+        Verdict::Allow => None,
+        Verdict::LoginRequired | Verdict::Forbidden => Some(format!(
+            "login redirect: the login page's path {login_path} matches rule \"{}\" {}, which needs a login: a browser sent there through this gateway would be sent there again",
+            found.path,
+            found.method.as_str()
+        )),
+    }
 }
 
 /// A browser loading a page: `GET` or `HEAD` (a redirected `POST` would lose its body and
@@ -381,6 +406,31 @@ mod tests {
                 assert_eq!(carried, carries.unwrap_or("/orders"), "{host}");
             }
         }
+    }
+
+    #[test]
+    fn a_login_page_behind_a_private_rule_is_warned_about() {
+        let rules = |text: &str| {
+            RuleSet::from_source(&crate::config::RulesSource::Inline {
+                label: "auth.json".into(),
+                text: text.into(),
+            })
+            .expect("rules")
+        };
+        let login = settings("https://app.example.com/web-login?app=a", None);
+        let private =
+            rules(r#"{"/": {"ALL": {"authorization": {"expression": "true", "public": false}}}}"#);
+        let warning = loop_warning(&login, &private).expect("warned");
+        assert!(
+            warning.contains("/web-login matches rule \"/\" ALL"),
+            "{warning}"
+        );
+        let public = rules(
+            r#"{"/": {"ALL": {"authorization": {"expression": "true", "public": false}}},
+                "/web-login": {"GET": {"authorization": {"expression": "true", "public": true}}}}"#,
+        );
+        assert_eq!(loop_warning(&login, &public), None);
+        assert_eq!(loop_warning(&login, &rules("{}")), None);
     }
 
     #[test]

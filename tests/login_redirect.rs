@@ -420,4 +420,28 @@ fn check_config_lists_every_problem_of_the_redirect_with_its_place() {
         headers.contains("accept") && headers.contains("sec-fetch-mode"),
         "{headers}"
     );
+    assert!(!stdout.contains("warning:"), "{stdout}");
+
+    // A login page behind a rule that needs a login here would loop: a warning, not an error
+    // (another gateway may serve it).
+    std::fs::write(
+        dir.path().join("auth.json"),
+        r#"{"/": {"ALL": {"authorization": {"expression": "true", "public": false}}}}"#,
+    )
+    .expect("write rules");
+    let output = Command::new(env!("CARGO_BIN_EXE_checkpoint"))
+        .arg("check-config")
+        .env_clear()
+        .env("CONFIGURATION_PATH", dir.path())
+        .env("CONFIGURATION_FILE_NAME", "auth")
+        .env("TRUST_MIA_USER_HEADERS", "true")
+        .env("CHECKPOINT_LOGIN_REDIRECT_URL", LOGIN)
+        .output()
+        .expect("run check-config");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("warning:         login redirect: the login page's path /web-login matches rule \"/\" ALL, which needs a login"),
+        "{stdout}"
+    );
 }
