@@ -265,6 +265,7 @@ fn bench_response(c: &mut Criterion) {
         identity_cache: None,
         identity_latency: None,
         rbac: None,
+        location: None,
     };
     let deny = Outcome {
         decision: Decision::Deny(Denial::Forbidden),
@@ -276,6 +277,7 @@ fn bench_response(c: &mut Criterion) {
         identity_cache: None,
         identity_latency: None,
         rbac: None,
+        location: None,
     };
     let mut group = c.benchmark_group("response");
     // The plain answer (pure), then the answer encoded as the codec writes it.
@@ -346,6 +348,7 @@ fn bench_metrics(c: &mut Criterion) {
         identity_cache: None,
         identity_latency: latency,
         rbac: None,
+        location: None,
     };
     let hit = outcome(None);
     let call = outcome(Some(Duration::from_millis(3)));

@@ -61,6 +61,7 @@ fn bench_traces(c: &mut Criterion) {
         identity_cache: None,
         identity_latency: None,
         rbac: None,
+        location: None,
     };
     // What a Check does with its span (envoy::CheckCall).
     let one_check = |metadata: &tonic::metadata::MetadataMap| {

@@ -13,7 +13,9 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 use crate::config::RequestHeaders;
+use crate::config::login_redirect::LoginRedirect;
 use crate::identity::{Context, Failure, Lookup, Resolution, Resolver, User};
+use crate::login;
 use crate::policy::{self, Facts, Verdict};
 use crate::rbac::{Caller, Effective, Rbac};
 use crate::request::{Request, is_truthy_flag};
@@ -51,11 +53,14 @@ pub enum Reason {
     ExpressionFalse,
     InvalidCredential,
     IdentityUnavailable,
+    /// A login was needed (none, or an invalid credential) and the caller is a browser
+    /// navigation: sent to the configured login page (302) instead of a 401.
+    LoginRedirect,
 }
 
 impl Reason {
     /// Every reason, for tests and documentation.
-    pub const ALL: [Reason; 8] = [
+    pub const ALL: [Reason; 9] = [
         Reason::Allowed,
         Reason::AllowedIdentityUnavailable,
         Reason::NoRule,
@@ -64,6 +69,7 @@ impl Reason {
         Reason::ExpressionFalse,
         Reason::InvalidCredential,
         Reason::IdentityUnavailable,
+        Reason::LoginRedirect,
     ];
 
     /// Whether a Check that ends for this reason is allowed: each reason belongs to one
@@ -83,6 +89,7 @@ impl Reason {
             }
             Reason::ExpressionFalse => Decision::Deny(Denial::Forbidden),
             Reason::IdentityUnavailable => Decision::Deny(Denial::Unavailable),
+            Reason::LoginRedirect => Decision::Deny(Denial::LoginRedirect),
         }
     }
 
@@ -96,6 +103,7 @@ impl Reason {
             Reason::ExpressionFalse => "expression_false",
             Reason::InvalidCredential => "invalid_credential",
             Reason::IdentityUnavailable => "identity_unavailable",
+            Reason::LoginRedirect => "login_redirect",
         }
     }
 }
@@ -141,6 +149,8 @@ pub enum Denial {
     Forbidden,
     /// Identity is needed and cannot be established: 503.
     Unavailable,
+    /// A browser that needs a login is sent to the login page: 302 to `Outcome::location`.
+    LoginRedirect,
 }
 
 /// Everything the response and the decision log need.
@@ -163,6 +173,9 @@ pub struct Outcome<'a> {
     /// The caller's effective RBAC permissions and roles on the rule's resource, when RBAC is
     /// configured and the identity stage ran.
     pub rbac: Option<Arc<Effective>>,
+    /// Where a browser is sent (`Denial::LoginRedirect`): the configured login URL with the
+    /// original URL in its parameter.
+    pub location: Option<String>,
 }
 
 impl Outcome<'_> {
@@ -174,6 +187,8 @@ impl Outcome<'_> {
         }
         match self.reason {
             Reason::InvalidCredential => IdentityAnswer::Invalid,
+            // Sent to log in after a refused credential, or with none.
+            Reason::LoginRedirect if self.failure.is_some() => IdentityAnswer::Invalid,
             Reason::IdentityUnavailable | Reason::AllowedIdentityUnavailable => {
                 IdentityAnswer::Unavailable
             }
@@ -192,6 +207,7 @@ impl Outcome<'_> {
             identity_cache: None,
             identity_latency: None,
             rbac: None,
+            location: None,
         }
     }
 }
@@ -205,6 +221,8 @@ pub struct Checker {
     pub request_headers: RequestHeaders,
     /// The RBAC roles and bindings, when configured.
     pub rbac: Option<Arc<Rbac>>,
+    /// Where browsers that need a login are sent instead of a 401, when configured.
+    pub login_redirect: Option<LoginRedirect>,
 }
 
 impl Checker {
@@ -219,6 +237,9 @@ impl Checker {
         names.insert(self.request_headers.client_type.clone());
         names.insert("x-request-id".to_owned());
         names.insert("authorization".to_owned());
+        if self.login_redirect.is_some() {
+            names.extend(login::HEADERS_READ.map(str::to_owned));
+        }
         names.retain(|name| !name.is_empty());
         names
     }
@@ -330,12 +351,23 @@ impl Checker {
             client_type,
             is_backoffice,
         };
-        let reason = judge(
+        let mut reason = judge(
             policy,
             &resolved.resolution,
             &facts(&base, rbac.as_deref()),
             rbac.as_deref(),
         );
+        // A browser with no login, or an expired or refused one, is sent to log in; a 403
+        // (logged in, not allowed) and a 503 never are: logging in again would not help.
+        let mut location = None;
+        if let (Reason::LoginRequired | Reason::InvalidCredential, Some(redirect)) =
+            (reason, &self.login_redirect)
+        {
+            location = login::location(redirect, request);
+            if location.is_some() {
+                reason = Reason::LoginRedirect;
+            }
+        }
         let shadow = shadow.map(|rules| match rules.table.find(path, request.method) {
             None => Reason::NoRule,
             Some(found) => {
@@ -358,6 +390,7 @@ impl Checker {
             identity_cache: resolved.cache,
             identity_latency: resolved.latency,
             rbac,
+            location,
         };
         match resolved.resolution {
             Resolution::User(user) => outcome.user = Some(user),

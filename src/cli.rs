@@ -130,6 +130,18 @@ pub fn summary(app: &App, origin: &str, ignored: &[&'static str], workers: usize
     let names: Vec<&str> = app.checker.identity.names().collect();
     line(format!("  identity source: {}", names.join(", ")));
     line(format!("  strict mode:     {}", s.strict_mode));
+    if let Some(redirect) = &s.login_redirect {
+        line(format!(
+            "  login redirect:  {} (parameter {}, {})",
+            redirect.url,
+            redirect.param,
+            match &redirect.allowed_hosts {
+                None => "every host carried".to_owned(),
+                Some(hosts) if hosts.is_empty() => "path only".to_owned(),
+                Some(hosts) => format!("hosts carried: {}", hosts.join(", ")),
+            }
+        ));
+    }
     line(format!("  grpc address:    {}", s.grpc_addr));
     line(format!("  status address:  {}", s.http_addr));
     line(format!(
@@ -162,6 +174,14 @@ pub fn summary(app: &App, origin: &str, ignored: &[&'static str], workers: usize
         line(format!("  warning:         {warning}"));
     }
     for warning in crate::rules::rbac_warnings(&app.checker.rules, app.checker.rbac.as_deref()) {
+        line(format!("  warning:         {warning}"));
+    }
+    if let Some(warning) = app
+        .checker
+        .login_redirect
+        .as_ref()
+        .and_then(|redirect| crate::login::loop_warning(redirect, &app.checker.rules))
+    {
         line(format!("  warning:         {warning}"));
     }
     line(format!(

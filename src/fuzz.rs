@@ -303,6 +303,62 @@ fn jwt_fixture() -> &'static (KeySet, Policy) {
     })
 }
 
+/// The login redirect (`login::location`) on a browser request with any `Accept`, `Host` and
+/// path: never panics, and a Location, when there is one, is the configured login page with
+/// only its parameter added, whose value is a path (never `//`, which a login page would follow
+/// to another site) or an `http(s)://` URL of a plain host.
+pub fn login_redirect(accept: &str, host: &str, target: &str) {
+    use crate::config::login_redirect::{LoginRedirect, Raw, validate};
+    static SETTINGS: OnceLock<Option<LoginRedirect>> = OnceLock::new();
+    let Some(settings) = SETTINGS
+        .get_or_init(|| {
+            validate(&Raw {
+                url: Some("https://login.example/web-login?app=a".to_owned()),
+                ..Raw::default()
+            })
+            .ok()
+        })
+        .as_ref()
+    else {
+        panic!("the fixed login URL is valid");
+    };
+    let _ = crate::login::prefers_html(accept);
+    let headers = crate::request::Headers::from_pairs([("accept", accept), (":authority", host)]);
+    let request = Request::finish(
+        headers,
+        "GET",
+        target,
+        "",
+        "https",
+        "",
+        String::new(),
+        String::new(),
+        None,
+    );
+    let Some(location) = crate::login::location(settings, &request) else {
+        return;
+    };
+    let prefix = "https://login.example/web-login?app=a";
+    assert!(
+        location.starts_with(prefix),
+        "{host:?} {target:?}: {location}"
+    );
+    let rest = &location[prefix.len()..];
+    assert!(
+        rest.is_empty() || (rest.starts_with("&redirect=") && !rest[1..].contains('&')),
+        "{host:?} {target:?}: {location}"
+    );
+    let parsed = reqwest::Url::parse(&location).unwrap_or_else(|e| panic!("{location}: {e}"));
+    assert_eq!(parsed.host_str(), Some("login.example"), "{location}");
+    if let Some((_, carried)) = parsed.query_pairs().find(|(name, _)| name == "redirect") {
+        let path_only = carried.starts_with('/') && !carried.starts_with("//");
+        let url = reqwest::Url::parse(&carried).is_ok_and(|url| {
+            url.scheme() == "https" && url.username().is_empty() && url.password().is_none()
+        });
+        assert!(path_only || url, "{host:?} {target:?}: carried {carried:?}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -399,6 +455,47 @@ mod tests {
                 cut -= 1;
             }
             path(&format!("{}{insert}{}", &seed[..cut], &seed[cut..]));
+        }
+    }
+
+    /// Text over what matters to `Accept` lists, hosts and request targets.
+    fn header_like() -> impl Strategy<Value = String> {
+        prop::collection::vec(
+            prop_oneof![
+                Just("text/html".to_owned()),
+                Just("application/json".to_owned()),
+                Just("*/*".to_owned()),
+                Just(";q=0.5".to_owned()),
+                Just(";q=1".to_owned()),
+                Just(",".to_owned()),
+                Just("\"".to_owned()),
+                Just("@".to_owned()),
+                Just("//".to_owned()),
+                Just("/".to_owned()),
+                Just("?".to_owned()),
+                Just("#".to_owned()),
+                Just(":443".to_owned()),
+                Just("evil.example".to_owned()),
+                Just("%2e%2e".to_owned()),
+                any::<char>().prop_map(String::from),
+            ],
+            0..12,
+        )
+        .prop_map(|parts| parts.concat())
+    }
+
+    proptest! {
+        #![proptest_config(config(2000))]
+
+        #[test]
+        fn login_redirects_point_only_at_the_login_page(
+            accept in header_like(),
+            host in header_like(),
+            target in header_like(),
+        ) {
+            login_redirect(&accept, &host, &format!("/{target}"));
+            login_redirect("text/html", &host, &format!("/{target}"));
+            login_redirect(&accept, "app.example", &target);
         }
     }
 

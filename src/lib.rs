@@ -13,6 +13,8 @@
 //!   (user-info, JWT, introspection, API keys, mTLS, Envoy metadata, trusted headers), with the
 //!   identity cache.
 //! - [`policy`]: stage 3. Evaluates the rule's compiled expression; pure functions.
+//! - [`login`]: the browser login redirect: whether a request that needs a login is a browser
+//!   navigation, and the `Location` to the configured login page (`check` asks it).
 //! - [`response`]: stage 4. Turns the outcome into a plain answer; holds the one table from
 //!   outcome to gRPC code, HTTP status and body. Pure.
 //!
@@ -46,6 +48,7 @@ pub mod telemetry;
 pub(crate) mod check;
 pub(crate) mod envoy;
 pub(crate) mod identity;
+pub(crate) mod login;
 pub(crate) mod policy;
 pub(crate) mod rbac;
 pub(crate) mod reload;

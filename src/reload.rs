@@ -194,6 +194,7 @@ impl Reloader {
                 identity,
                 request_headers: settings.request_headers.clone(),
                 rbac: config.rbac,
+                login_redirect: settings.login_redirect.clone(),
             }),
             responder: Arc::new(responder(&settings)),
             shadow: config.shadow.map(Arc::new),

@@ -64,6 +64,14 @@ pub fn status_of(denial: Denial) -> (i32, u16, &'static str, &'static str) {
             "Service Unavailable",
             "the caller's identity cannot be verified right now",
         ),
+        // The status of the Check is a 401's: the caller is not authenticated; what the
+        // browser gets is the redirect.
+        Denial::LoginRedirect => (
+            code::UNAUTHENTICATED,
+            302,
+            "Found",
+            "a login is required: redirected to the login page",
+        ),
     }
 }
 
@@ -137,16 +145,17 @@ pub struct Responder {
     user_id: String,
     groups: String,
     properties: String,
-    /// The JSON body of each denial, built once.
-    bodies: [String; 5],
+    /// The JSON body of each denial, built once (the redirect has none).
+    bodies: [String; 6],
 }
 
-const DENIALS: [Denial; 5] = [
+const DENIALS: [Denial; 6] = [
     Denial::BadRequest,
     Denial::NotFound,
     Denial::Unauthenticated,
     Denial::Forbidden,
     Denial::Unavailable,
+    Denial::LoginRedirect,
 ];
 
 fn index(denial: Denial) -> usize {
@@ -156,12 +165,16 @@ fn index(denial: Denial) -> usize {
         Denial::Unauthenticated => 2,
         Denial::Forbidden => 3,
         Denial::Unavailable => 4,
+        Denial::LoginRedirect => 5,
     }
 }
 
 impl Responder {
     pub fn new(strict: bool, headers: &UserHeaders) -> Responder {
         let bodies = DENIALS.map(|denial| {
+            if denial == Denial::LoginRedirect {
+                return String::new();
+            }
             let (_, http, error, message) = status_of(denial);
             serde_json::json!({ "statusCode": http, "error": error, "message": message })
                 .to_string()
@@ -204,6 +217,11 @@ impl Responder {
             {
                 self.allow(outcome.user.as_deref(), false, decision_id)
             }
+            Decision::Deny(Denial::LoginRedirect) => match outcome.location.as_deref() {
+                Some(location) => Self::redirect(location, decision_id),
+                // Not built without a location; should one be, the client gets the 401.
+                None => self.deny(Denial::Unauthenticated, decision_id),
+            },
             Decision::Deny(denial) => self.deny(denial, decision_id),
         };
         let metadata = self.dynamic_metadata.then(|| {
@@ -255,6 +273,23 @@ impl Responder {
         Verdict::Allow { set, remove }
     }
 
+    /// The 302 to the login page. Security: `no-store`, so that no cache between the browser
+    /// and Envoy keeps a redirect that was built for one request's URL.
+    fn redirect<'a>(location: &'a str, decision_id: &'a str) -> Verdict<'a> {
+        let (code, status, _, message) = status_of(Denial::LoginRedirect);
+        let mut headers = List::default();
+        headers.push(("location", location));
+        headers.push(("cache-control", "no-store"));
+        headers.push((decision_id::HEADER, decision_id));
+        Verdict::Deny {
+            code,
+            message,
+            status,
+            headers,
+            body: "",
+        }
+    }
+
     fn deny<'a>(&'a self, denial: Denial, decision_id: &'a str) -> Verdict<'a> {
         let (code, status, _, message) = status_of(denial);
         let mut headers = List::default();
@@ -297,6 +332,7 @@ mod tests {
             identity_cache: None,
             identity_latency: None,
             rbac: None,
+            location: None,
         }
     }
 
@@ -351,7 +387,10 @@ mod tests {
         let strict = Responder::new(true, &headers());
         let lax = Responder::new(false, &headers());
         for denial in DENIALS {
-            let outcome = outcome(Decision::Deny(denial), None);
+            let mut outcome = outcome(Decision::Deny(denial), None);
+            if denial == Denial::LoginRedirect {
+                outcome.location = Some("https://login.example/?redirect=%2F".into());
+            }
             let (code, status, error, _) = status_of(denial);
             match strict.answer(&outcome, "req-1").verdict {
                 Verdict::Deny {
@@ -362,7 +401,11 @@ mod tests {
                     ..
                 } => {
                     assert_eq!((c, s), (code, status));
-                    assert!(body.contains(error), "{body}");
+                    if denial == Denial::LoginRedirect {
+                        assert_eq!(body, "");
+                    } else {
+                        assert!(body.contains(error), "{body}");
+                    }
                     let challenge = headers
                         .as_slice()
                         .iter()
@@ -419,6 +462,44 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// The redirect: 302 with the outcome's location, `no-store`, the decision id, and neither
+    /// a body nor a challenge; an outcome that lost its location still denies, with the 401.
+    #[test]
+    fn a_login_redirect_is_a_302_to_the_outcome_location() {
+        let responder = Responder::new(true, &headers());
+        let mut outcome = outcome(Decision::Deny(Denial::LoginRedirect), None);
+        outcome.location = Some("https://login.example/web-login?redirect=%2Forders".into());
+        match responder.answer(&outcome, "req-1").verdict {
+            Verdict::Deny {
+                code,
+                status,
+                headers,
+                body,
+                ..
+            } => {
+                assert_eq!((code, status), (code::UNAUTHENTICATED, 302));
+                assert_eq!(
+                    headers.as_slice(),
+                    [
+                        (
+                            "location",
+                            "https://login.example/web-login?redirect=%2Forders"
+                        ),
+                        ("cache-control", "no-store"),
+                        (decision_id::HEADER, "req-1"),
+                    ]
+                );
+                assert_eq!(body, "");
+            }
+            other => panic!("{other:?}"),
+        }
+        outcome.location = None;
+        match responder.answer(&outcome, "req-1").verdict {
+            Verdict::Deny { status, .. } => assert_eq!(status, 401),
+            other => panic!("{other:?}"),
         }
     }
 

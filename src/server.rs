@@ -185,6 +185,7 @@ impl App {
                 identity: Arc::new(identity),
                 request_headers: config.settings.request_headers.clone(),
                 rbac: config.rbac,
+                login_redirect: config.settings.login_redirect.clone(),
             },
             shadow: config.shadow,
             settings: config.settings,

@@ -328,6 +328,7 @@ pub fn settings_from(vars: &HashMap<String, String>) -> Result<Settings, Vec<Set
                 source: super::rbac::RbacSource::File(path.into()),
                 roles_header: None,
             }),
+        login_redirect: None,
         telemetry: super::telemetry::resolve(&Default::default(), vars).unwrap_or_else(
             |problems| {
                 for (at, message) in problems {
@@ -339,6 +340,17 @@ pub fn settings_from(vars: &HashMap<String, String>) -> Result<Settings, Vec<Set
             },
         ),
     };
+    let mut settings = settings;
+    if let Some(raw) = super::login_redirect::from_env(vars) {
+        match super::login_redirect::validate(&raw) {
+            Ok(redirect) => settings.login_redirect = Some(redirect),
+            Err(problems) => {
+                for (field, message) in problems {
+                    r.error(field.variable(), message);
+                }
+            }
+        }
+    }
     for problem in super::cross_check(&settings) {
         r.error(problem.variable, problem.message);
     }

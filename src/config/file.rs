@@ -46,6 +46,9 @@ pub struct FileConfig {
     pub telemetry: super::telemetry::TelemetrySection,
     /// Roles and bindings (RBAC): inline, in a file, or Rönd's exported collections.
     pub rbac: Option<super::rbac::RbacSection>,
+    /// Send a browser that needs a login and has none to this login page (302) instead of
+    /// answering 401; API clients still get the 401. Off when left out; needs strict mode.
+    pub login_redirect: Option<super::login_redirect::LoginRedirectSection>,
 }
 
 /// What makes checkpoint reload this file and the rule files besides `SIGHUP`.
@@ -289,7 +292,18 @@ pub fn load(path: &Path, vars: &HashMap<String, String>) -> Result<Loaded, Confi
                     })
                     .collect::<Vec<_>>()
             }),
-            from_file(file, &label, path.parent().unwrap_or(Path::new("."))),
+            from_file(
+                file,
+                &label,
+                path.parent().unwrap_or(Path::new(".")),
+                &|keys: &[&str]| {
+                    let path: Vec<super::keys::Segment> = keys
+                        .iter()
+                        .map(|k| super::keys::Segment::Key((*k).to_owned()))
+                        .collect();
+                    super::keys::yaml_position(text, &path).map_or_else(|| label.clone(), place)
+                },
+            ),
         ) {
             (Ok(traces), Ok((mut settings, rules))) if problems.is_empty() => {
                 settings.telemetry = traces;
@@ -364,12 +378,18 @@ fn strip_position(message: &str) -> String {
         .to_owned()
 }
 
-/// Validates a parsed file; `dir` is where relative paths start. On failure, where the rules
-/// are when that could be told, so that their problems are listed too.
+/// Where a key path of the file is, for a problem's message: `file:line:column`, or the file's
+/// label when the key is not in the file.
+pub type Locate<'a> = &'a dyn Fn(&[&str]) -> String;
+
+/// Validates a parsed file; `dir` is where relative paths start; `locate` places the problems
+/// that have a key. On failure, where the rules are when that could be told, so that their
+/// problems are listed too.
 pub fn from_file(
     file: FileConfig,
     label: &str,
     dir: &Path,
+    locate: Locate<'_>,
 ) -> Result<(Settings, RulesSource), (Vec<String>, Option<RulesSource>)> {
     let mut problems = Vec::new();
     if file.version != VERSION {
@@ -446,6 +466,21 @@ pub fn from_file(
         .map(|section| super::rbac::from_section(section, label, dir))
         .transpose()
         .map_err(|found| problems.extend(found));
+    let login_redirect = file
+        .login_redirect
+        .as_ref()
+        .map(|section| {
+            super::login_redirect::validate(&section.into()).map_err(|found| {
+                for (field, message) in found {
+                    problems.push(format!(
+                        "{}: login_redirect.{}: {message}",
+                        locate(&["login_redirect", field.key()][..]),
+                        field.key()
+                    ));
+                }
+            })
+        })
+        .transpose();
     let on_unix_socket = matches!(grpc_addr, Ok(ListenAddr::Unix(_)));
     let grpc = super::grpc::validate(&file.server.connections, &file.server.tls, on_unix_socket)
         .map_err(|found| {
@@ -458,14 +493,24 @@ pub fn from_file(
                 problems.push(format!("{label}: server.{section}{field}: {message}"));
             }
         });
-    let (Ok(grpc_addr), Ok(grpc_socket_mode), Ok(http_addr), Some(rules), Ok(grpc), Ok(rbac)) = (
+    let (
+        Ok(grpc_addr),
+        Ok(grpc_socket_mode),
+        Ok(http_addr),
+        Some(rules),
+        Ok(grpc),
+        Ok(rbac),
+        Ok(login_redirect),
+    ) = (
         grpc_addr,
         grpc_socket_mode,
         http_addr,
         rules.clone(),
         grpc,
         rbac,
-    ) else {
+        login_redirect,
+    )
+    else {
         return Err((problems, rules));
     };
     if !problems.is_empty() {
@@ -522,12 +567,16 @@ pub fn from_file(
         // Resolved with the variables by `load`.
         telemetry: Default::default(),
         rbac,
+        login_redirect,
     };
     let crossed = super::cross_check(&settings);
     if !crossed.is_empty() {
         let problems = crossed
             .into_iter()
-            .map(|p| format!("{label}: {}: {}", p.field, p.message))
+            .map(|p| {
+                let keys: Vec<&str> = p.field.split('.').collect();
+                format!("{}: {}: {}", locate(&keys[..]), p.field, p.message)
+            })
             .collect();
         return Err((problems, Some(rules)));
     }
@@ -545,7 +594,9 @@ mod tests {
         let file = serde_yaml_ng::from_str::<FileConfig>(yaml).map_err(|e| vec![e.to_string()])?;
         let strings =
             |e: Vec<crate::rules::RuleError>| e.iter().map(ToString::to_string).collect::<Vec<_>>();
-        match from_file(file, "checkpoint.yaml", Path::new(".")) {
+        match from_file(file, "checkpoint.yaml", Path::new("."), &|_| {
+            "checkpoint.yaml".to_owned()
+        }) {
             Ok((settings, source)) => {
                 Ok((settings, RuleSet::from_source(&source).map_err(strings)?))
             }

@@ -18,6 +18,7 @@ pub mod expand;
 pub mod file;
 pub mod grpc;
 pub mod keys;
+pub mod login_redirect;
 pub mod rbac;
 pub mod sources;
 pub mod telemetry;
@@ -74,6 +75,9 @@ pub struct Settings {
     pub telemetry: telemetry::TraceSettings,
     /// The RBAC roles and bindings, when configured (`crate::rbac`).
     pub rbac: Option<rbac::RbacSettings>,
+    /// Where a browser without a login is sent instead of a 401, when configured
+    /// (`crate::login`).
+    pub login_redirect: Option<login_redirect::LoginRedirect>,
 }
 
 #[derive(Debug, Clone)]
@@ -214,6 +218,15 @@ pub fn cross_check(settings: &Settings) -> Vec<CrossProblem> {
                 "{:?} needs the identity cache, which a zero TTL turns off",
                 cache.stale_if_error
             ),
+        });
+    }
+    // A redirect replaces a 401 deny; with strict mode off there is none to replace (the
+    // request goes on with `mia-allowed: 0`), so the setting would silently do nothing.
+    if settings.login_redirect.is_some() && !settings.strict_mode {
+        problems.push(CrossProblem {
+            variable: login_redirect::CHECKPOINT_LOGIN_REDIRECT_URL,
+            field: "login_redirect",
+            message: "the login redirect needs strict mode: with strict mode off, a request without a login goes on with mia-allowed: 0".to_owned(),
         });
     }
     problems
@@ -424,6 +437,7 @@ pub fn load(vars: &std::collections::HashMap<String, String>) -> Result<Loaded, 
         let ignored = env::ALL
             .iter()
             .chain(grpc::ALL)
+            .chain(login_redirect::ALL)
             .copied()
             .filter(|name| {
                 *name != env::CHECKPOINT_CONFIG

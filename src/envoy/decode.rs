@@ -68,6 +68,8 @@ struct Fields<'a> {
     id: &'a str,
     method: &'a str,
     path: &'a str,
+    host: &'a str,
+    scheme: &'a str,
     /// `HttpRequest.headers`, the map form: (key, value), in arrival order.
     map: Vec<(&'a str, &'a str)>,
     /// `HttpRequest.header_map.headers`, the pair form: (key, raw value or else value).
@@ -137,6 +139,8 @@ impl<'a> Fields<'a> {
                     self.map.push((key, value));
                 }
                 4 => self.path = reader.string(wire_type)?,
+                5 => self.host = reader.string(wire_type)?,
+                6 => self.scheme = reader.string(wire_type)?,
                 13 => {
                     let mut map = reader.message(wire_type)?;
                     while let Some((field, wire_type)) = map.key()? {
@@ -190,15 +194,20 @@ impl<'a> Fields<'a> {
         if !self.has_http {
             return Ok(Request::without_http(principal, certificate, metadata));
         }
+        // Room for the pseudo-headers `Request::finish` may add from the fields.
+        let extra =
+            Request::PSEUDO_HEADER_BYTES + self.host.len() + self.scheme.len() + self.path.len();
         // Envoy fills one form or the other; the pair form wins when it has entries.
         let headers = match self.pairs.is_empty() {
-            false => pair_headers(&self.pairs),
-            true => map_headers(&self.map),
+            false => pair_headers(&self.pairs, extra),
+            true => map_headers(&self.map, extra),
         };
         Ok(Request::finish(
             headers,
             self.method,
             self.path,
+            self.host,
+            self.scheme,
             self.id,
             principal,
             certificate,
@@ -209,9 +218,9 @@ impl<'a> Fields<'a> {
 
 /// The pair form: names lower-cased, repeated names joined, raw bytes that are not UTF-8 as
 /// U+FFFD.
-fn pair_headers(pairs: &[(&str, &[u8])]) -> Headers {
-    let bytes = pairs.iter().map(|(k, v)| k.len() + v.len()).sum();
-    let mut headers = Headers::with_capacity(bytes, pairs.len());
+fn pair_headers(pairs: &[(&str, &[u8])], extra: usize) -> Headers {
+    let bytes = pairs.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>() + extra;
+    let mut headers = Headers::with_capacity(bytes, pairs.len() + 3);
     for (key, value) in pairs {
         // Nearly always valid: the plain check is several times cheaper than the lossy walk.
         match std::str::from_utf8(value) {
@@ -225,9 +234,9 @@ fn pair_headers(pairs: &[(&str, &[u8])]) -> Headers {
 /// The map form: a key seen twice keeps its last value (a map), names lower-cased and those
 /// that then collide joined. From Envoy every key is unique and lower-case, so nothing
 /// collides and one pass does; the rare other case is built again by the map's rules.
-fn map_headers(map: &[(&str, &str)]) -> Headers {
-    let bytes = map.iter().map(|(k, v)| k.len() + v.len()).sum();
-    let mut headers = Headers::with_capacity(bytes, map.len());
+fn map_headers(map: &[(&str, &str)], extra: usize) -> Headers {
+    let bytes = map.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>() + extra;
+    let mut headers = Headers::with_capacity(bytes, map.len() + 3);
     let mut collided = false;
     for (key, value) in map {
         collided |= headers.append(key, value);
@@ -235,7 +244,7 @@ fn map_headers(map: &[(&str, &str)]) -> Headers {
     if !collided {
         return headers;
     }
-    let mut headers = Headers::with_capacity(bytes, map.len());
+    let mut headers = Headers::with_capacity(bytes, map.len() + 3);
     for (i, (key, value)) in map.iter().enumerate() {
         let replaced_later = map
             .get(i + 1..)
@@ -462,6 +471,8 @@ pub(crate) mod reference {
             headers,
             &http.method,
             &http.path,
+            &http.host,
+            &http.scheme,
             &http.id,
             principal,
             certificate,
@@ -538,6 +549,31 @@ mod tests {
         assert_eq!(req.path.as_deref(), Ok("/users/42"));
         assert_eq!(req.header("authorization"), Some("Bearer t"));
         assert_eq!(req.request_id, "req-1");
+    }
+
+    /// `host`, `scheme` and `path` become pseudo-headers when the headers lack them; a header
+    /// already there is kept as it is, never joined with the field.
+    #[test]
+    fn the_url_fields_become_pseudo_headers_when_missing() {
+        use prost::Message;
+        let mut http = HttpRequest {
+            method: "GET".into(),
+            path: "/a?b=1".into(),
+            host: "app.example".into(),
+            scheme: "https".into(),
+            ..Default::default()
+        };
+        let bytes = check_with(http.clone()).encode_to_vec();
+        let req = decode(&bytes).expect("decodes");
+        assert_eq!(req.header(":authority"), Some("app.example"));
+        assert_eq!(req.header(":scheme"), Some("https"));
+        assert_eq!(req.header(":path"), Some("/a?b=1"));
+        http.headers
+            .insert(":authority".into(), "other.example".into());
+        let bytes = check_with(http).encode_to_vec();
+        let req = decode(&bytes).expect("decodes");
+        assert_eq!(req.header(":authority"), Some("other.example"));
+        assert_eq!(req.header(":scheme"), Some("https"));
     }
 
     #[test]
@@ -773,7 +809,9 @@ mod tests {
         let view = decode(&bytes).expect("wire decodes");
         assert_eq!(view.header("x-a"), Some("3"));
         assert_eq!(view.header("x-b"), Some("2"));
-        assert_eq!(view.headers.len(), 2);
+        // Besides `:path`, which the path field adds.
+        assert_eq!(view.headers.len(), 3);
+        assert_eq!(view.header(":path"), Some("/"));
 
         // The same with names that collide only once lower-cased: joined, the repeated key
         // still keeping its last value.
@@ -785,7 +823,7 @@ mod tests {
         let view = decode(&bytes).expect("wire decodes");
         let joined = view.header("x-a").expect("x-a");
         assert!(joined == "2,3" || joined == "3,2", "{joined}");
-        assert_eq!(view.headers.len(), 1);
+        assert_eq!(view.headers.len(), 2);
     }
 
     /// A message field seen twice is merged, as protobuf says: headers from both, the last

@@ -329,6 +329,7 @@ mod tests {
             Decision::Deny(Denial::Unauthenticated),
             Decision::Deny(Denial::Forbidden),
             Decision::Deny(Denial::Unavailable),
+            Decision::Deny(Denial::LoginRedirect),
         ];
         let mut checked = 0;
         for (strict, metadata) in [(true, true), (false, true), (true, false), (false, false)] {
@@ -348,6 +349,8 @@ mod tests {
                         identity_cache: None,
                         identity_latency: None,
                         rbac: None,
+                        location: (*decision == Decision::Deny(Denial::LoginRedirect))
+                            .then(|| "https://login.example/?redirect=%2F".to_owned()),
                     };
                     let answer = responder.answer(&outcome, "6f1c2b1e-3d0a");
                     let want = build(&answer);
@@ -360,7 +363,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(checked, 4 * 6 * 4);
+        assert_eq!(checked, 4 * 7 * 4);
     }
 
     #[test]

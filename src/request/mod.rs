@@ -196,16 +196,34 @@ impl Request {
         }
     }
 
-    /// What both decodings share once the headers are read.
+    /// The bytes of the pseudo-header names [`Request::finish`] may add.
+    pub(crate) const PSEUDO_HEADER_BYTES: usize =
+        ":authority".len() + ":scheme".len() + ":path".len();
+
+    /// What both decodings share once the headers are read. `host`, `scheme` and `path` are
+    /// `HttpRequest`'s fields: each becomes its pseudo-header (`:authority`, `:scheme`,
+    /// `:path`) when the headers do not already carry it, so that every later stage reads the
+    /// request's URL from one place whichever form Envoy (or a proxyless client) sent.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the fields of one message, read once"
+    )]
     pub(crate) fn finish(
-        headers: Headers,
+        mut headers: Headers,
         method: &str,
         path: &str,
+        host: &str,
+        scheme: &str,
         id: &str,
         principal: String,
         certificate: String,
         metadata: Option<serde_json::Map<String, serde_json::Value>>,
     ) -> Request {
+        for (name, value) in [(":authority", host), (":scheme", scheme), (":path", path)] {
+            if !value.is_empty() && !headers.contains(name) {
+                headers.append(name, value);
+            }
+        }
         let method_text = non_empty(method).or_else(|| headers.get(":method"));
         let method = method_text.and_then(Method::parse);
         let raw_path = non_empty(path).or_else(|| headers.get(":path"));

@@ -445,6 +445,7 @@ mod tests {
             identity_cache: None,
             identity_latency: latency.map(Duration::from_millis),
             rbac: None,
+            location: None,
         };
         let took = Duration::from_micros(40);
         metrics.record_check(&outcome(Reason::Allowed, "userinfo", Some(3)), took);
@@ -500,6 +501,7 @@ mod tests {
             identity_cache: Some(cache),
             identity_latency: Some(Duration::from_millis(2)),
             rbac: None,
+            location: None,
         };
         let took = Duration::from_micros(40);
         metrics.record_check(&outcome("userinfo", Lookup::Stale), took);

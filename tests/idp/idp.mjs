@@ -6,6 +6,8 @@
 //   alice / alice-password  groups admins, engineering; permissions orders:read, orders:write, users:admin;
 //                           properties {department, tenant, employee_id}
 //   bob   / bob-password    group viewers; permission orders:read
+//   sam   / sam-password    no groups of its own; its access tokens carry what a broker issues after a SAML
+//                           login (fixture `token_claims`: `idp`, `amr`, the SAML group attribute as `saml_groups`)
 // Client: authz-service / authz-service-secret (client_secret_basic), grants password, client_credentials,
 // authorization_code, refresh_token.
 //
@@ -137,7 +139,8 @@ const provider = new Provider(issuer, {
   async extraTokenClaims(_ctx, token) {
     if (token.accountId) {
       const u = users.get(token.accountId);
-      return u ? { groups: u.groups, permissions: u.permissions, properties: u.properties } : undefined;
+      // `token_claims`: what a broker adds for a user it federates (e.g. a SAML login's attributes).
+      return u ? { groups: u.groups, permissions: u.permissions, properties: u.properties, ...u.token_claims } : undefined;
     }
     const sc = serviceClaims.get(token.clientId);
     return sc && Object.keys(sc).length ? sc : undefined;
