@@ -28,6 +28,17 @@ fn cache_warning(cache: &super::CacheSettings) -> Option<String> {
 fn source_warnings(sources: &[SourceSettings]) -> Vec<String> {
     let mut found = Vec::new();
     for source in sources {
+        if let SourceSettings::Ldap(ldap) = source
+            && ldap.allow_plaintext
+            && !ldap.start_tls
+            && ldap.url.starts_with("ldap://")
+        {
+            found.push(format!(
+                "ldap source \"{}\": allow_plaintext sends every password to {} in clear",
+                source.name(),
+                ldap.url
+            ));
+        }
         let SourceSettings::Jwt(jwt) = source else {
             continue;
         };
@@ -80,6 +91,20 @@ mod tests {
         );
         let strict = warnings("type: jwt\nissuer: https://idp.example\ntyp: at+jwt\n");
         assert_eq!(strict, Vec::<String>::new());
+    }
+
+    #[test]
+    fn plain_ldap_is_named() {
+        let base = "type: ldap\nuser_dn_template: \"uid={username},dc=x\"\n";
+        let found = warnings(&format!(
+            "{base}url: ldap://127.0.0.1:389\nallow_plaintext: true\n"
+        ));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].contains("in clear"), "{found:?}");
+        let tls = warnings(&format!(
+            "{base}url: ldap://ldap.example\nstart_tls: true\nallow_plaintext: true\n"
+        ));
+        assert_eq!(tls, Vec::<String>::new());
     }
 
     #[test]
