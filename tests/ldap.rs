@@ -231,6 +231,72 @@ async fn an_unreachable_directory_is_503_never_401() {
     assert_eq!(back.http_status, 200, "{back:?}");
 }
 
+/// A hung directory: the login is cut to the Check's own deadline, so the answer (a 503) reaches
+/// the caller before it gives up, although the source's timeout is longer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_directory_is_cut_to_the_checks_deadline() {
+    let directory = Directory::start().await;
+    let source = search_source(&directory, "").replace("timeout: 5s", "timeout: 30s");
+    let server = Server::start_native(&config(&source, "{}")).await;
+    directory.freeze();
+    let answer = answer(
+        &server
+            .check_with_deadline(
+                request(
+                    "GET",
+                    "/private",
+                    &[("authorization", &basic("bob", &password("bob")))],
+                ),
+                Some(Duration::from_millis(800)),
+            )
+            .await,
+    );
+    directory.resume();
+    assert_eq!(answer.http_status, 503, "{answer:?}");
+    assert_eq!(
+        login(&server, "/private", "bob", &password("bob"))
+            .await
+            .http_status,
+        200
+    );
+}
+
+/// At most `max_connections` (2) connections are open, however many logins run at once; they
+/// are reused afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_pooled_and_bounded() {
+    let directory = Directory::start().await;
+    let server = Server::start_native(&config(&search_source(&directory, ""), "{}")).await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..12 {
+        let mut client = server.client().await;
+        // Distinct wrong passwords: no two share a cache entry, each one is a bind.
+        let authorization = basic("alice", &format!("wrong-{i}"));
+        tasks.spawn(async move {
+            let check = request(
+                "GET",
+                "/private",
+                &[("authorization", authorization.as_str())],
+            );
+            answer(&client.check(check).await.expect("Check").into_inner()).http_status
+        });
+    }
+    let mut statuses = Vec::new();
+    while let Some(status) = tasks.join_next().await {
+        statuses.push(status.expect("task"));
+    }
+    assert_eq!(statuses, vec![401; 12]);
+    let open = directory.client_connections();
+    assert!((1..=2).contains(&open), "{open} connections open");
+    assert_eq!(
+        login(&server, "/private", "bob", &password("bob"))
+            .await
+            .http_status,
+        200
+    );
+    assert!(directory.client_connections() <= 2);
+}
+
 /// Group and password changes take effect once the source's short TTLs pass; a refusal is
 /// remembered only for the negative TTL.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

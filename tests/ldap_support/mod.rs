@@ -245,6 +245,45 @@ impl Directory {
         self.run().await;
     }
 
+    /// Freezes slapd (SIGSTOP): connections are accepted by the kernel but nothing answers, as
+    /// with a hung directory. [`Directory::resume`] lets it go on.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.proc.as_ref().map_or(0, Proc::pid);
+        assert_ne!(pid, 0, "slapd is not running");
+        let status = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {signal} {pid}");
+    }
+
+    /// Connections from this process's side to slapd's ports that are established now (from
+    /// /proc/net/tcp: the remote port is slapd's).
+    pub fn client_connections(&self) -> usize {
+        let ports = [self.port, self.tls_port];
+        std::fs::read_to_string("/proc/net/tcp")
+            .expect("read /proc/net/tcp")
+            .lines()
+            .skip(1)
+            .filter(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                let remote_port = fields
+                    .get(2)
+                    .and_then(|remote| remote.rsplit_once(':'))
+                    .and_then(|(_, port)| u16::from_str_radix(port, 16).ok());
+                fields.get(3) == Some(&"01") && remote_port.is_some_and(|p| ports.contains(&p))
+            })
+            .count()
+    }
+
     /// Applies an LDIF change as the administrator, with `ldapmodify` over `ldap://`.
     pub fn modify(&self, ldif: &str) {
         let mut child = Command::new(program("ldapmodify"))
