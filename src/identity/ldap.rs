@@ -8,10 +8,12 @@
 //! 2. the password: a simple bind as that DN. Security: an empty password is refused before
 //!    anything is sent, because a simple bind with a DN and no password is an *unauthenticated*
 //!    bind (RFC 4513 section 5.1.2) that many directories answer with success;
-//! 3. the connection goes back to the service account (or to anonymous), then the entry's
-//!    attributes are read (from the search, or a base search in template mode) and the groups
-//!    found: the first RDN value of each DN in the `memberOf`-style attribute, or the
-//!    `name_attribute` of every group entry a group search (`member`/`uniqueMember`) finds;
+//! 3. the connection binds back to the service account (without one, the next reads run as the
+//!    user, and the connection goes back to anonymous after them); the entry's attributes are
+//!    read (from the search, or a base search in template mode) and the groups found: the first
+//!    RDN value of each DN in the `memberOf`-style attribute, or the `name_attribute` of every
+//!    group entry a group search (`member`/`uniqueMember`) finds. A refused bind also puts the
+//!    connection back in its state between logins;
 //! 4. the attributes map onto a user as the token sources' `claims` do
 //!    ([`claims::user_from_claims`]).
 //!
