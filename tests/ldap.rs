@@ -202,6 +202,30 @@ async fn a_dn_template_and_a_group_attribute_work_too() {
     assert_eq!(ODD_DN.matches("\\,").count(), 1);
 }
 
+/// Groups from `memberOf`, as OpenLDAP's memberof overlay maintains it (for a group added while
+/// slapd runs; the seed's groups predate the overlay's bookkeeping).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_come_from_member_of() {
+    let directory = Directory::start().await;
+    directory.modify(&format!(
+        "dn: cn=auditors,{GROUPS}\nchangetype: add\nobjectClass: groupOfNames\ncn: auditors\nmember: uid=alice,{PEOPLE}\nmember: {ODD_DN}\n"
+    ));
+    let source = search_source(&directory, "").replace(
+        &format!("groups: {{ search: {{ base: \"{GROUPS}\" }} }}"),
+        "groups: { attribute: memberOf }",
+    );
+    assert!(source.contains("attribute: memberOf"), "{source}");
+    let server = Server::start_native(&config(&source, "{}")).await;
+    for user in ["alice", ODD_USER] {
+        let answer = login(&server, "/public", user, &password(user)).await;
+        assert_eq!(answer.http_status, 200, "{user}: {answer:?}");
+        assert_eq!(answer.headers["miausergroups"], "auditors", "{user}");
+    }
+    let bob = login(&server, "/public", "bob", &password("bob")).await;
+    assert_eq!(bob.http_status, 200, "{bob:?}");
+    assert!(!bob.headers.contains_key("miausergroups"), "{bob:?}");
+}
+
 /// The directory down: a 503 on a private rule (never a 401, never anonymous), anonymous on a
 /// public one; back up, logins work again on fresh connections.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,7 @@
 //! Test support: a real OpenLDAP directory (Debian's `slapd`) on loopback, for the `ldap` source.
 //!
-//! [`Directory::start`] writes a `slapd.conf` (mdb backend, the standard schemas) into a temporary
+//! [`Directory::start`] writes a `slapd.conf` (mdb backend, memberof overlay, the standard
+//! schemas) into a temporary
 //! folder, seeds the database with `slapadd` ([`SEED`]: users, groups with `member` and
 //! `uniqueMember`, an entry with special characters in its name), and starts `slapd` in the
 //! foreground on two free loopback ports: `ldap://` (StartTLS offered) and `ldaps://`, with a
@@ -335,7 +336,8 @@ impl Drop for Directory {
 }
 
 /// The slapd.conf of a test directory in `dir`: the standard schemas, TLS with the test
-/// certificates, one mdb database under [`SUFFIX`], and access rules as a real deployment has
+/// certificates, one mdb database under [`SUFFIX`] with the memberof overlay (it maintains
+/// `memberOf` for groups changed while slapd runs, not for the seed), and access rules as a real deployment has
 /// them (passwords usable only to bind).
 fn slapd_conf(dir: &Path, tls: &Path, db: &Path) -> String {
     let schema = |name: &str| format!("include /etc/ldap/schema/{name}.schema\n");
@@ -348,6 +350,7 @@ fn slapd_conf(dir: &Path, tls: &Path, db: &Path) -> String {
 argsfile {dir}/slapd.args
 modulepath /usr/lib/ldap
 moduleload back_mdb
+moduleload memberof
 TLSCACertificateFile {tls}/ca.crt
 TLSCertificateFile {tls}/server.crt
 TLSCertificateKeyFile {tls}/server.key
@@ -357,6 +360,7 @@ suffix "{SUFFIX}"
 rootdn "{ADMIN_DN}"
 rootpw {ADMIN_PASSWORD}
 directory {db}
+overlay memberof
 access to attrs=userPassword
   by * auth
 access to *
