@@ -2,7 +2,11 @@
 # The checkpoint demo, all on 127.0.0.1:
 #
 #   curl --> Envoy :8443 (TLS; :8080 redirects) --Check--> checkpoint :50051 --GET /me--> test IdP :4444
+#                 |                                                  \--bind/search (ldaps)--> slapd :3636
 #                 \--> echo upstream :3001 (answers with the headers it received: miauserid, miausergroups, ...)
+#
+#   checkpoint reads scripts/demo/checkpoint.yaml: Basic credentials go to the LDAP directory (OpenLDAP's slapd,
+#   seeded from scripts/demo/directory.ldif), bearer tokens to the IdP's user-info endpoint.
 #
 #   scripts/demo.sh            installs what is missing (scripts/setup.sh), builds checkpoint, starts everything,
 #                              prints curl commands to try, and runs until Ctrl-C, which stops all it started.
@@ -11,6 +15,7 @@
 #   DEMO_HTTPS_PORT (8443)  DEMO_HTTP_PORT (8080)  DEMO_ADMIN_PORT (9901)     Envoy
 #   DEMO_GRPC_PORT (50051)  DEMO_STATUS_PORT (3000)                           checkpoint (gRPC, status routes)
 #   DEMO_UPSTREAM_PORT (3001)  DEMO_IDP_PORT (4444)                           echo upstream, test IdP
+#   DEMO_LDAP_PORT (3636)                                                      slapd (ldaps)
 #   DEMO_SKIP_BUILD=1       do not run cargo build (use an existing binary)
 #   CHECKPOINT_BIN          the checkpoint binary (default target/release/checkpoint)
 #   DEMO_NO_WAIT=1          stop everything right after the self-check instead of waiting for Ctrl-C
@@ -27,6 +32,7 @@ grpc_port="${DEMO_GRPC_PORT:-50051}"
 status_port="${DEMO_STATUS_PORT:-3000}"
 upstream_port="${DEMO_UPSTREAM_PORT:-3001}"
 idp_port="${DEMO_IDP_PORT:-4444}"
+ldap_port="${DEMO_LDAP_PORT:-3636}"
 checkpoint_bin="${CHECKPOINT_BIN:-$root/target/release/checkpoint}"
 ready_timeout=15
 
@@ -126,28 +132,56 @@ issuer="http://127.0.0.1:$idp_port"
 start upstream env ECHO_PORT="$upstream_port" node "$root/tests/upstream/echo.mjs"
 wait_ready upstream grep -q '^ECHO_READY ' "$logs/upstream.out"
 
+# ---- the LDAP directory (OpenLDAP's slapd, from scripts/setup.sh) ----------------------------------------
+# A fresh database each run, seeded from scripts/demo/directory.ldif; ldaps with the demo's server certificate.
+sbin() { command -v "$1" 2>/dev/null || echo "/usr/sbin/$1"; }
+ldap="$state/ldap"
+rm -rf "$ldap"
+mkdir -p "$ldap/db"
+cat >"$ldap/slapd.conf" <<CONF
+include /etc/ldap/schema/core.schema
+include /etc/ldap/schema/cosine.schema
+include /etc/ldap/schema/inetorgperson.schema
+pidfile $ldap/slapd.pid
+modulepath /usr/lib/ldap
+moduleload back_mdb
+TLSCACertificateFile $tls/ca.crt
+TLSCertificateFile $tls/server.crt
+TLSCertificateKeyFile $tls/server.key
+database mdb
+maxsize 16777216
+suffix "dc=demo,dc=test"
+directory $ldap/db
+access to attrs=userPassword
+  by * auth
+access to *
+  by * read
+CONF
+"$(sbin slapadd)" -f "$ldap/slapd.conf" -l "$root/scripts/demo/directory.ldif" >"$logs/slapadd.out" 2>&1 ||
+  fail_with_log slapadd "slapadd could not seed the demo directory"
+start ldap "$(sbin slapd)" -f "$ldap/slapd.conf" -h "ldaps://127.0.0.1:$ldap_port/" -d 0
+wait_ready ldap env LDAPTLS_CACERT="$tls/ca.crt" ldapwhoami -x -H "ldaps://127.0.0.1:$ldap_port" \
+  -D cn=checkpoint,dc=demo,dc=test -w checkpoint-secret
+
 # ---- checkpoint ------------------------------------------------------------------------------------------
-# The IdP's /me answers {"sub","name","preferred_username","email","email_verified","groups","permissions",
-# "properties":{"department","tenant","employee_id"}}: the user properties proxied are top-level fields.
-start checkpoint env \
-  CONFIGURATION_PATH="$root/envoy/demo" \
-  CONFIGURATION_FILE_NAME=auth \
-  USERINFO_URL="$issuer/me" \
-  HEADERS_TO_PROXY=authorization,cookie,x-request-id \
-  CUSTOM_PERMISSIONS_KEY=permissions \
-  USER_PROPERTIES_TO_PROXY=email,preferred_username,properties \
-  CHECKPOINT_GRPC_ADDR="127.0.0.1:$grpc_port" \
-  HTTP_PORT="$status_port" \
-  CHECKPOINT_USERINFO_TIMEOUT=400ms \
-  LOG_LEVEL="${LOG_LEVEL:-info}" \
-  DELAY_SHUTDOWN_SECONDS=0 \
-  "$checkpoint_bin"
+# scripts/demo/checkpoint.yaml: the IdP's /me answers {"sub","name","preferred_username","email","email_verified",
+# "groups","permissions","properties":{"department","tenant","employee_id"}}: the user properties proxied are
+# top-level fields; Basic credentials are checked against the directory above.
+demo_env=(
+  CHECKPOINT_CONFIG="$root/scripts/demo/checkpoint.yaml"
+  DEMO_GRPC_ADDR="127.0.0.1:$grpc_port"
+  DEMO_STATUS_ADDR="127.0.0.1:$status_port"
+  DEMO_IDP_URL="$issuer"
+  DEMO_LDAP_URL="ldaps://127.0.0.1:$ldap_port"
+  DEMO_LDAP_CA="$tls/ca.crt"
+  LOG_LEVEL="${LOG_LEVEL:-info}"
+)
+start checkpoint env "${demo_env[@]}" "$checkpoint_bin"
 wait_ready checkpoint curl -sf "http://127.0.0.1:$status_port/-/ready"
 
 # ---- Envoy -------------------------------------------------------------------------------------------------
-# The headers Envoy sends on each Check: what checkpoint says its configuration (the same variables) reads.
-allowed_headers="$(env -i CONFIGURATION_PATH="$root/envoy/demo" CONFIGURATION_FILE_NAME=auth USERINFO_URL="$issuer/me" \
-  HEADERS_TO_PROXY=authorization,cookie,x-request-id "$checkpoint_bin" allowed-headers)"
+# The headers Envoy sends on each Check: what checkpoint says its configuration (the same file) reads.
+allowed_headers="$(env -i "${demo_env[@]}" "$checkpoint_bin" allowed-headers)"
 LISTEN_ADDRESS=127.0.0.1 HTTPS_PORT="$https_port" HTTP_PORT="$http_port" ADMIN_PORT="$admin_port" \
   CHECKPOINT_ADDRESS=127.0.0.1 CHECKPOINT_PORT="$grpc_port" \
   UPSTREAM_ADDRESS=127.0.0.1 UPSTREAM_PORT="$upstream_port" TLS_DIR="$tls" ALLOWED_HEADERS="$allowed_headers" \
@@ -168,6 +202,7 @@ checkpoint demo is running (logs in $logs):
   Envoy        $gw  (http://127.0.0.1:$http_port redirects; admin http://127.0.0.1:$admin_port)
   checkpoint   gRPC 127.0.0.1:$grpc_port, status http://127.0.0.1:$status_port/-/ready
   IdP          $issuer  (users alice/alice-password: admins, engineering; bob/bob-password: viewers)
+  LDAP         ldaps://127.0.0.1:$ldap_port  (users carol/carol-password: admins, staff; dave/dave-password: staff)
   upstream     http://127.0.0.1:$upstream_port  (echoes the headers it receives)
   rules        $root/envoy/demo/auth.json
 
@@ -186,6 +221,14 @@ curl -s --cacert $ca -H "Authorization: Bearer \$ALICE" $gw/api/admin/users | py
 # bob is not in the admins group -> 403 on the admin route (his plain /api calls get 200)
 BOB=\$($(token_cmd bob))
 curl -s -i --cacert $ca -H "Authorization: Bearer \$BOB" $gw/api/admin/users
+
+# an LDAP login with HTTP Basic: carol is in the directory's admins group -> 200 (a browser asks for it too:
+# a 401 says WWW-Authenticate: Basic realm="checkpoint demo")
+curl -s --cacert $ca -u carol:carol-password $gw/api/admin/users | python3 -m json.tool
+
+# dave is not an admin -> 403; a wrong password -> 401
+curl -s -i --cacert $ca -u dave:dave-password $gw/api/admin/users
+curl -s -i --cacert $ca -u carol:wrong $gw/api/hello
 
 # a path and method with no rule -> 404 ("/" only has GET)
 curl -s -i --cacert $ca -X DELETE $gw/nowhere
@@ -220,11 +263,18 @@ expect 403 "bob GET /api/admin/users" -H "Authorization: Bearer $bob" "$gw/api/a
 expect 200 "bob GET /api/hello" -H "Authorization: Bearer $bob" "$gw/api/hello"
 expect 403 "bob POST /api/orders" -X POST -H "Authorization: Bearer $bob" "$gw/api/orders"
 expect 404 "anonymous DELETE /nowhere" -X DELETE "$gw/nowhere"
+expect 200 "LDAP carol GET /api/admin/users" -u carol:carol-password "$gw/api/admin/users"
+expect 403 "LDAP dave GET /api/admin/users" -u dave:dave-password "$gw/api/admin/users"
+expect 401 "LDAP carol, wrong password" -u carol:wrong "$gw/api/hello"
 expect 301 "http GET /api/hello" "http://127.0.0.1:$http_port/api/hello"
 headers="$(curl -s --cacert "$ca" -H "Authorization: Bearer $alice" "$gw/api/admin/users" |
   python3 -c 'import json,sys; h=json.load(sys.stdin)["headers"]; print(" ".join(f"{k}={h.get(k)!r}" for k in ("miauserid","miausergroups","miauserproperties")))' 2>/dev/null ||
   echo "(no echo JSON: the request did not reach the upstream)")"
 printf '  upstream saw for alice: %s\n' "$headers"
+headers="$(curl -s --cacert "$ca" -u carol:carol-password "$gw/api/admin/users" |
+  python3 -c 'import json,sys; h=json.load(sys.stdin)["headers"]; print(" ".join(f"{k}={h.get(k)!r}" for k in ("miauserid","miausergroups","miauserproperties")))' 2>/dev/null ||
+  echo "(no echo JSON: the request did not reach the upstream)")"
+printf '  upstream saw for carol (LDAP): %s\n' "$headers"
 say "self-check: $ok passed, $bad unexpected"
 
 if [ "${DEMO_NO_WAIT:-0}" = "1" ]; then

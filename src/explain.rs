@@ -107,9 +107,7 @@ impl Explainer {
     /// From the application exactly as `serve` builds it (sources, rules, responses).
     pub fn new(app: App) -> Explainer {
         let settings = &app.settings;
-        let responder = Responder::new(settings.strict_mode, &settings.user_headers)
-            .with_dynamic_metadata(settings.dynamic_metadata)
-            .with_decision_id_upstream(settings.decision_id_upstream);
+        let responder = crate::reload::responder(settings);
         Explainer {
             checker: app.checker,
             responder,

@@ -269,6 +269,43 @@ pub fn jwks(document: &[u8]) {
     }
 }
 
+/// The `ldap` source's readers of outside input: an `Authorization` value as Basic credentials
+/// (`identity::ldap::basic_credentials`) and a group's DN as its name (`first_rdn_value`). Never
+/// panic; accepted credentials have a non-empty user name without control characters and a
+/// non-empty password, both within their bounds; a group name is never empty, never starts or
+/// ends with a space.
+pub fn ldap(text: &str) {
+    use crate::identity::ldap::{MAX_PASSWORD_BYTES, MAX_USERNAME_BYTES};
+    let request = Request {
+        method: None,
+        path: Ok("/".into()),
+        headers: crate::request::Headers::from_pairs([("authorization", text.to_owned())]),
+        principal: String::new(),
+        request_id: String::new(),
+        certificate: String::new(),
+        metadata: None,
+    };
+    if let Some(Ok(credentials)) = crate::identity::ldap::basic_credentials(&request) {
+        assert!(
+            !credentials.user.is_empty()
+                && credentials.user.len() <= MAX_USERNAME_BYTES
+                && !credentials.user.chars().any(char::is_control),
+            "{text:?}: user {:?}",
+            credentials.user
+        );
+        assert!(
+            !credentials.password.is_empty() && credentials.password.len() <= MAX_PASSWORD_BYTES,
+            "{text:?}: password"
+        );
+    }
+    if let Some(name) = crate::identity::ldap::first_rdn_value(text) {
+        assert!(
+            !name.is_empty() && !name.starts_with(' ') && !name.ends_with(' '),
+            "{text:?} -> {name:?}"
+        );
+    }
+}
+
 /// The project's test keys, published as an issuer would, and a policy that accepts them.
 fn jwt_fixture() -> &'static (KeySet, Policy) {
     static FIXTURE: OnceLock<(KeySet, Policy)> = OnceLock::new();
@@ -784,6 +821,42 @@ mod tests {
                 jwk[field] = value;
                 jwks(serde_json::json!({ "keys": [jwk] }).to_string().as_bytes());
             }
+        }
+    }
+
+    /// Basic credentials and DNs around the shapes the `ldap` source reads.
+    fn ldap_like() -> impl Strategy<Value = String> {
+        let atoms = prop_oneof![
+            Just("Basic ".to_owned()),
+            Just("basic ".to_owned()),
+            Just("YWxpY2U6cHc=".to_owned()),
+            Just("Og==".to_owned()),
+            Just("cn=".to_owned()),
+            Just(",".to_owned()),
+            Just("+".to_owned()),
+            Just("\\".to_owned()),
+            Just("\\2C".to_owned()),
+            Just("#".to_owned()),
+            Just(" ".to_owned()),
+            "[A-Za-z0-9+/=]{0,12}",
+            any::<char>().prop_map(String::from),
+        ];
+        prop::collection::vec(atoms, 0..12).prop_map(|parts| parts.concat())
+    }
+
+    proptest! {
+        #![proptest_config(config(4000))]
+
+        #[test]
+        fn ldap_inputs_keep_every_property(text in ldap_like()) {
+            ldap(&text);
+        }
+
+        #[test]
+        fn any_basic_credentials_keep_every_property(user in ".{0,8}", password in ".{0,8}") {
+            use base64::Engine;
+            let pair = format!("{user}:{password}");
+            ldap(&format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair)));
         }
     }
 }

@@ -89,9 +89,10 @@ pub mod testing {
         pub use crate::identity::envoy_metadata::EnvoyMetadata;
         pub use crate::identity::introspection::{self, Introspection};
         pub use crate::identity::jwt::Jwt;
+        pub use crate::identity::ldap::Ldap;
         pub use crate::identity::mtls::Mtls;
         pub use crate::identity::{
-            CacheSettings, Context, IdentityCache, Resolution, Source, User,
+            CacheSettings, CacheTtl, Context, IdentityCache, Resolution, Source, User,
         };
     }
 }

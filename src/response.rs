@@ -147,6 +147,12 @@ pub struct Responder {
     properties: String,
     /// The JSON body of each denial, built once (the redirect has none).
     bodies: [String; 6],
+    /// The `WWW-Authenticate` challenge of a 401 decided by each `ldap` source (by name):
+    /// `Basic realm="..."`.
+    basic: Vec<(String, String)>,
+    /// The challenge of every other 401: `Bearer`, followed by the `ldap` sources' (so that a
+    /// browser offers its login prompt when no credential was sent).
+    challenge: String,
 }
 
 const DENIALS: [Denial; 6] = [
@@ -187,7 +193,31 @@ impl Responder {
             groups: headers.groups.clone(),
             properties: headers.properties.clone(),
             bodies,
+            basic: Vec::new(),
+            challenge: "Bearer".to_owned(),
         }
+    }
+
+    /// 401s name the realm of the `ldap` sources, given as (source name, realm); realms are
+    /// validated as safe quoted text by the source (`identity::ldap`).
+    pub fn with_basic_realms(mut self, realms: &[(String, String)]) -> Responder {
+        self.basic = realms
+            .iter()
+            .map(|(name, realm)| (name.clone(), format!("Basic realm=\"{realm}\"")))
+            .collect();
+        self.challenge = std::iter::once("Bearer")
+            .chain(self.basic.iter().map(|(_, c)| c.as_str()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        self
+    }
+
+    /// The challenge of a 401 that `source` decided.
+    fn challenge(&self, source: &str) -> &str {
+        self.basic
+            .iter()
+            .find(|(name, _)| name == source)
+            .map_or(self.challenge.as_str(), |(_, c)| c.as_str())
     }
 
     /// Answers also carry `decision`, `reason` and `user_id` as dynamic metadata, which Envoy
@@ -220,9 +250,13 @@ impl Responder {
             Decision::Deny(Denial::LoginRedirect) => match outcome.location.as_deref() {
                 Some(location) => Self::redirect(location, decision_id),
                 // Not built without a location; should one be, the client gets the 401.
-                None => self.deny(Denial::Unauthenticated, decision_id),
+                None => self.deny(
+                    Denial::Unauthenticated,
+                    outcome.identity_source,
+                    decision_id,
+                ),
             },
-            Decision::Deny(denial) => self.deny(denial, decision_id),
+            Decision::Deny(denial) => self.deny(denial, outcome.identity_source, decision_id),
         };
         let metadata = self.dynamic_metadata.then(|| {
             let mut entries = List::default();
@@ -290,12 +324,12 @@ impl Responder {
         }
     }
 
-    fn deny<'a>(&'a self, denial: Denial, decision_id: &'a str) -> Verdict<'a> {
+    fn deny<'a>(&'a self, denial: Denial, source: &str, decision_id: &'a str) -> Verdict<'a> {
         let (code, status, _, message) = status_of(denial);
         let mut headers = List::default();
         headers.push(("content-type", "application/json"));
         if denial == Denial::Unauthenticated {
-            headers.push(("www-authenticate", "Bearer"));
+            headers.push(("www-authenticate", self.challenge(source)));
         }
         headers.push((decision_id::HEADER, decision_id));
         Verdict::Deny {
@@ -426,6 +460,45 @@ mod tests {
                 Verdict::Deny { .. } => assert!(!let_through, "{denial:?}"),
             }
         }
+    }
+
+    /// A 401 decided by an `ldap` source challenges for Basic with its realm; any other 401
+    /// offers Bearer and then each `ldap` realm.
+    #[test]
+    fn challenges_name_the_realm_of_the_deciding_source() {
+        let challenge = |responder: &Responder, source: &'static str| {
+            let outcome = Outcome {
+                identity_source: source,
+                ..outcome(Decision::Deny(Denial::Unauthenticated), None)
+            };
+            match responder.answer(&outcome, "req-1").verdict {
+                Verdict::Deny { headers, .. } => headers
+                    .as_slice()
+                    .iter()
+                    .find(|(n, _)| *n == "www-authenticate")
+                    .map(|(_, v)| (*v).to_owned()),
+                other => panic!("{other:?}"),
+            }
+        };
+        let plain = Responder::new(true, &headers());
+        assert_eq!(challenge(&plain, "none").as_deref(), Some("Bearer"));
+        let realms = [
+            ("ldap".to_owned(), "Staff".to_owned()),
+            ("partners".to_owned(), "Partners".to_owned()),
+        ];
+        let with = Responder::new(true, &headers()).with_basic_realms(&realms);
+        assert_eq!(
+            challenge(&with, "ldap").as_deref(),
+            Some(r#"Basic realm="Staff""#)
+        );
+        assert_eq!(
+            challenge(&with, "partners").as_deref(),
+            Some(r#"Basic realm="Partners""#)
+        );
+        assert_eq!(
+            challenge(&with, "jwt").as_deref(),
+            Some(r#"Bearer, Basic realm="Staff", Basic realm="Partners""#)
+        );
     }
 
     /// Every deny carries the decision id to the client; an allow carries it upstream only when

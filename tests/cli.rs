@@ -229,6 +229,55 @@ fn sighup_reloads_and_keeps_serving() {
     assert_eq!(reloaded, 2, "{logs}");
 }
 
+/// Every problem of an `ldap` source at once, each with the source's position and the field;
+/// a misspelt field with its line and column; plain `ldap://` as a warning when allowed.
+#[test]
+fn ldap_source_problems_are_listed_at_once() {
+    let dir = tempfile::tempdir().expect("dir");
+    let config = dir.path().join("checkpoint.yaml");
+    let path = config.display().to_string();
+    std::fs::write(
+        &config,
+        "version: 1\nrules: { inline: {} }\nidentity:\n  sources:\n    - type: anonymous\n      name: first\n    - type: ldap\n      url: ldap://127.0.0.1:389\n      ca_file: missing-ca.pem\n      bind_dn: cn=checkpoint,dc=example,dc=org\n      user_search: { base: \"ou=people,dc=example,dc=org\", filter: \"(uid={user})\" }\n      user_dn_template: \"uid={username},dc=example,dc=org\"\n      groups: { attribute: \"member of\" }\n",
+    )
+    .expect("write");
+    let (code, _, stderr) = check_config(&[("CHECKPOINT_CONFIG", &path)]);
+    assert_eq!(code, 1, "{stderr}");
+    for expected in [
+        "identity.sources[1] (ldap): ldap.url: ldap:// sends passwords in clear",
+        "identity.sources[1] (ldap): ldap.ca_file: only used with ldaps:// or StartTLS",
+        "identity.sources[1] (ldap): ldap.bind_password: bind_dn needs bind_password",
+        "identity.sources[1] (ldap): ldap.user_search: give user_search or user_dn_template, not both",
+        "identity.sources[1] (ldap): ldap.user_search.filter: \"(uid={user})\" holds a placeholder",
+        "identity.sources[1] (ldap): ldap.groups.attribute: \"member of\" is not an attribute name",
+    ] {
+        assert!(stderr.contains(expected), "{expected}\nin:\n{stderr}");
+    }
+
+    std::fs::write(
+        &config,
+        "version: 1\nrules: { inline: {} }\nidentity:\n  sources:\n    - type: ldap\n      url: ldap://127.0.0.1:389\n      user_dn_template: \"uid={username},dc=example,dc=org\"\n      bind_passwd: x\n",
+    )
+    .expect("write");
+    let (code, _, stderr) = check_config(&[("CHECKPOINT_CONFIG", &path)]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("checkpoint.yaml:"), "{stderr}");
+    assert!(stderr.contains("bind_passwd"), "{stderr}");
+
+    std::fs::write(
+        &config,
+        "version: 1\nrules: { inline: {} }\nidentity:\n  sources:\n    - type: ldap\n      url: ldap://127.0.0.1:389\n      allow_plaintext: true\n      user_dn_template: \"uid={username},dc=example,dc=org\"\n",
+    )
+    .expect("write");
+    let (code, stdout, stderr) = check_config(&[("CHECKPOINT_CONFIG", &path)]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.lines().any(|l| l.contains("warning:")
+            && l.contains("ldap source \"ldap\": allow_plaintext sends every password")),
+        "{stdout}{stderr}"
+    );
+}
+
 #[test]
 fn the_native_file_wins_and_check_config_says_so() {
     let dir = tempfile::tempdir().expect("dir");
@@ -838,6 +887,7 @@ fn the_demo_prints_the_real_cause_of_a_failed_start() {
         .env("DEMO_STATUS_PORT", free())
         .env("DEMO_UPSTREAM_PORT", free())
         .env("DEMO_IDP_PORT", free())
+        .env("DEMO_LDAP_PORT", free())
         .env("TMPDIR", state.path())
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())

@@ -548,7 +548,22 @@ pub fn from_file(
             watch: file.reload.watch,
             poll_interval: file.reload.poll_interval.0,
         },
-        sources: file.identity.sources.clone(),
+        sources: file
+            .identity
+            .sources
+            .iter()
+            .cloned()
+            .map(|mut source| {
+                // Relative to the configuration file, like the TLS files.
+                if let SourceSettings::Ldap(ldap) = &mut source {
+                    ldap.ca_file = ldap
+                        .ca_file
+                        .as_ref()
+                        .map(|ca| dir.join(ca).display().to_string());
+                }
+                source
+            })
+            .collect(),
         identity_cache: CacheSettings {
             ttl: file.identity.cache.ttl.0,
             negative_ttl: file.identity.cache.negative_ttl.0,

@@ -67,6 +67,8 @@ pub enum SourceSettings {
     EnvoyMetadata(EnvoyMetadataSource),
     /// Mia's trust mode: the user headers of the request.
     TrustedHeaders(TrustedHeadersSource),
+    /// An LDAP directory (OpenLDAP, Active Directory): HTTP Basic credentials checked by binding.
+    Ldap(LdapSource),
     /// Always answers "anonymous": ends the list explicitly.
     Anonymous(AnonymousSource),
 }
@@ -82,10 +84,22 @@ impl SourceSettings {
             SourceSettings::Mtls(s) => (&s.name, "mtls"),
             SourceSettings::EnvoyMetadata(s) => (&s.name, "envoy_metadata"),
             SourceSettings::TrustedHeaders(s) => (&s.name, "trusted_headers"),
+            SourceSettings::Ldap(s) => (&s.name, "ldap"),
             SourceSettings::Anonymous(s) => (&s.name, "anonymous"),
         };
         name.as_deref().unwrap_or(kind)
     }
+}
+
+/// The (name, realm) of every `ldap` source, for the `WWW-Authenticate: Basic` challenges.
+pub fn basic_realms(sources: &[SourceSettings]) -> Vec<(String, String)> {
+    sources
+        .iter()
+        .filter_map(|source| match source {
+            SourceSettings::Ldap(ldap) => Some((source.name().to_owned(), ldap.realm.clone())),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Where a token is read from: `bearer`, `{ header: NAME }` or `{ cookie: NAME }`.
@@ -296,6 +310,183 @@ pub struct AnonymousSource {
     pub name: Option<String>,
 }
 
+/// The `ldap` source: `Authorization: Basic` credentials, checked by binding to the directory as
+/// the user's entry. Validated by `identity::ldap` (every problem at once, each naming its field).
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LdapSource {
+    pub name: Option<String>,
+    /// `ldaps://host[:636]`, or `ldap://host[:389]` with `start_tls` (or `allow_plaintext`).
+    pub url: String,
+    /// Upgrade an `ldap://` connection with StartTLS before anything is sent. Default false.
+    #[serde(default, deserialize_with = "super::boolean::deserialize")]
+    #[schemars(schema_with = "super::boolean::schema")]
+    pub start_tls: bool,
+    /// PEM file of the certificate authorities trusted for the directory's certificate
+    /// (`ldaps://`, StartTLS). Required with TLS: the system's store is never used.
+    pub ca_file: Option<String>,
+    /// Security: allow `ldap://` without StartTLS, passwords in clear on the wire. Default false;
+    /// only for a directory on the same host or a test.
+    #[serde(default, deserialize_with = "super::boolean::deserialize")]
+    #[schemars(schema_with = "super::boolean::schema")]
+    pub allow_plaintext: bool,
+    /// The realm of the `WWW-Authenticate: Basic realm="..."` challenge on this source's 401s.
+    /// Default `checkpoint`.
+    #[serde(default = "default_ldap_realm")]
+    pub realm: String,
+    /// The service account bound before searches; without one, searches are anonymous (search
+    /// mode) or run as the user who just logged in (`user_dn_template`).
+    pub bind_dn: Option<String>,
+    /// The service account's password; `bind_password_env` names an environment variable
+    /// holding it instead.
+    pub bind_password: Option<String>,
+    pub bind_password_env: Option<String>,
+    /// How the user's entry is found: a search (`user_search`) or a DN template
+    /// (`user_dn_template`); exactly one of the two.
+    pub user_search: Option<LdapSearch>,
+    /// The user's DN, with `{username}` replaced by the user name escaped per RFC 4514
+    /// (`uid={username},ou=people,dc=example,dc=org`).
+    pub user_dn_template: Option<String>,
+    /// Where the user's groups come from. Default: the `memberOf` attribute.
+    #[serde(default)]
+    pub groups: LdapGroups,
+    /// Which attributes of the user's entry become the user id, permissions and properties.
+    #[serde(default)]
+    pub attributes: LdapAttributes,
+    /// Bound of one login (connection, binds and searches), cut to the Check's deadline.
+    /// Default 5s.
+    #[serde(default = "default_userinfo_timeout")]
+    pub timeout: Span,
+    /// Most connections open to the directory at once; a login waits for a free one (within
+    /// its timeout). Default 8.
+    #[serde(default = "default_ldap_pool_size")]
+    pub max_connections: usize,
+    /// How long a login is reused before the directory is asked again (a changed password or a
+    /// removed group takes effect within it), never longer than `identity.cache.ttl`.
+    /// Default 60s.
+    #[serde(default = "default_ldap_cache_ttl")]
+    pub cache_ttl: Span,
+    /// How long a refused login (wrong password, unknown user) is remembered, never longer than
+    /// `identity.cache.negative_ttl`. Default 5s.
+    #[serde(default = "default_ldap_negative_ttl")]
+    pub negative_ttl: Span,
+}
+
+/// A search for the user's entry.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LdapSearch {
+    /// Where the search starts (`ou=people,dc=example,dc=org`).
+    pub base: String,
+    /// An RFC 4515 filter with `{username}`, replaced by the user name escaped per RFC 4515.
+    /// Default `(uid={username})`.
+    #[serde(default = "default_ldap_user_filter")]
+    pub filter: String,
+    /// `sub` (the whole subtree, the default) or `one` (the entries right below `base`).
+    #[serde(default)]
+    pub scope: LdapScope,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LdapScope {
+    #[default]
+    Sub,
+    One,
+}
+
+/// A search for the groups that list the user.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LdapGroupSearch {
+    /// Where the search starts (`ou=groups,dc=example,dc=org`).
+    pub base: String,
+    /// An RFC 4515 filter with `{dn}` and `{username}`, each replaced escaped per RFC 4515.
+    /// Default `(|(member={dn})(uniqueMember={dn}))`.
+    #[serde(default = "default_ldap_group_filter")]
+    pub filter: String,
+    /// `sub` (the default) or `one`.
+    #[serde(default)]
+    pub scope: LdapScope,
+}
+
+/// Where groups come from: an attribute of the user's entry holding the groups' DNs
+/// (`memberOf`), or a search for the groups that list the user.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LdapGroups {
+    /// The attribute of the user's entry holding the DNs of its groups; a group's name is the
+    /// value of its DN's first component (`cn=admins,ou=groups,...` is `admins`). Default
+    /// `memberOf`; ignored when `search` is given.
+    #[serde(default = "default_ldap_member_of")]
+    pub attribute: String,
+    /// A search for group entries instead: its filter may use `{dn}` (the user's DN) and
+    /// `{username}`, each escaped per RFC 4515. Default filter
+    /// `(|(member={dn})(uniqueMember={dn}))`.
+    pub search: Option<LdapGroupSearch>,
+    /// The attribute of a group entry that is its name (with `search`). Default `cn`.
+    #[serde(default = "default_ldap_group_name")]
+    pub name_attribute: String,
+}
+
+impl Default for LdapGroups {
+    fn default() -> Self {
+        LdapGroups {
+            attribute: default_ldap_member_of(),
+            search: None,
+            name_attribute: default_ldap_group_name(),
+        }
+    }
+}
+
+/// How the user's entry becomes a user, as `claims` does for the token sources.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct LdapAttributes {
+    /// The attribute that is the user id (one value). Default `uid` (`sAMAccountName` on Active
+    /// Directory).
+    pub user_id: String,
+    /// An attribute holding the user's permissions, if any.
+    pub permissions: Option<String>,
+    /// Attributes copied into the properties header (`mail`, `cn`, ...): one value as a string,
+    /// several as a list.
+    pub properties: Vec<String>,
+}
+
+impl Default for LdapAttributes {
+    fn default() -> Self {
+        LdapAttributes {
+            user_id: "uid".into(),
+            permissions: None,
+            properties: Vec::new(),
+        }
+    }
+}
+
+fn default_ldap_realm() -> String {
+    "checkpoint".into()
+}
+fn default_ldap_pool_size() -> usize {
+    8
+}
+fn default_ldap_cache_ttl() -> Span {
+    Span(Duration::from_secs(60))
+}
+fn default_ldap_negative_ttl() -> Span {
+    Span(Duration::from_secs(5))
+}
+fn default_ldap_user_filter() -> String {
+    "(uid={username})".into()
+}
+fn default_ldap_group_filter() -> String {
+    "(|(member={dn})(uniqueMember={dn}))".into()
+}
+fn default_ldap_member_of() -> String {
+    "memberOf".into()
+}
+fn default_ldap_group_name() -> String {
+    "cn".into()
+}
 fn default_headers_to_proxy() -> Vec<String> {
     super::env::DEFAULT_HEADERS_TO_PROXY
         .split(',')

@@ -27,7 +27,36 @@ fn cache_warning(cache: &super::CacheSettings) -> Option<String> {
 
 fn source_warnings(sources: &[SourceSettings]) -> Vec<String> {
     let mut found = Vec::new();
-    for source in sources {
+    for (index, source) in sources.iter().enumerate() {
+        // A user-info source asked before an ldap source forwards the Basic header it proxies.
+        if let SourceSettings::Userinfo(userinfo) = source
+            && userinfo
+                .headers_to_proxy
+                .iter()
+                .any(|h| h.eq_ignore_ascii_case("authorization"))
+            && let Some(ldap) = sources[index..]
+                .iter()
+                .find(|s| matches!(s, SourceSettings::Ldap(_)))
+        {
+            found.push(format!(
+                "userinfo source \"{}\" is asked before ldap source \"{}\" and forwards the \
+                 authorization header: HTTP Basic passwords reach {}; list the ldap source first",
+                source.name(),
+                ldap.name(),
+                userinfo.url
+            ));
+        }
+        if let SourceSettings::Ldap(ldap) = source
+            && ldap.allow_plaintext
+            && !ldap.start_tls
+            && ldap.url.starts_with("ldap://")
+        {
+            found.push(format!(
+                "ldap source \"{}\": allow_plaintext sends every password to {} in clear",
+                source.name(),
+                ldap.url
+            ));
+        }
         let SourceSettings::Jwt(jwt) = source else {
             continue;
         };
@@ -80,6 +109,33 @@ mod tests {
         );
         let strict = warnings("type: jwt\nissuer: https://idp.example\ntyp: at+jwt\n");
         assert_eq!(strict, Vec::<String>::new());
+    }
+
+    #[test]
+    fn plain_ldap_is_named() {
+        let base = "type: ldap\nuser_dn_template: \"uid={username},dc=x\"\n";
+        let found = warnings(&format!(
+            "{base}url: ldap://127.0.0.1:389\nallow_plaintext: true\n"
+        ));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].contains("in clear"), "{found:?}");
+        let tls = warnings(&format!(
+            "{base}url: ldap://ldap.example\nstart_tls: true\nallow_plaintext: true\n"
+        ));
+        assert_eq!(tls, Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_userinfo_source_before_an_ldap_source_is_named() {
+        let source = |yaml: &str| serde_yaml_ng::from_str::<SourceSettings>(yaml).expect("source");
+        let ldap = source(
+            "type: ldap\nurl: ldaps://ldap.example\nca_file: ca.pem\nuser_dn_template: \"uid={username},dc=x\"\n",
+        );
+        let userinfo = source("type: userinfo\nurl: http://auth.example/me\n");
+        let found = source_warnings(&[userinfo.clone(), ldap.clone()]);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].contains("Basic passwords reach"), "{found:?}");
+        assert_eq!(source_warnings(&[ldap, userinfo]), Vec::<String>::new());
     }
 
     #[test]

@@ -31,7 +31,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine;
 use tokio::time::Instant;
 
-use super::Resolution;
+use super::{CacheTtl, Resolution};
 use crate::config::CacheSettings;
 use crate::request::Request;
 
@@ -234,10 +234,13 @@ impl IdentityCache {
 
     /// The cached answer for `key`, or the answer of `resolve`, stored if definitive.
     /// Concurrent callers with the same key share one call of `resolve`.
+    /// `ttl` is the source's own lifetimes ([`super::Source::cache_ttl`]): the shorter of them
+    /// and the cache's settings apply.
     pub async fn get_or_resolve<F>(
         &self,
         key: u128,
         request: &Request,
+        ttl: Option<CacheTtl>,
         resolve: F,
     ) -> (Resolution, Lookup)
     where
@@ -253,14 +256,21 @@ impl IdentityCache {
         }
         let ran = AtomicBool::new(false);
         let credential_exp = jwt_exp(request);
-        let settings = self.settings;
+        let settings = match ttl {
+            Some(own) => CacheSettings {
+                ttl: self.settings.ttl.min(own.ttl),
+                negative_ttl: self.settings.negative_ttl.min(own.negative_ttl),
+                ..self.settings
+            },
+            None => self.settings,
+        };
         let result = self
             .entries
             .try_get_with(key, async {
                 ran.store(true, Ordering::Relaxed);
                 let resolution = resolve.await;
                 let unix_now = unix_seconds();
-                self.keep_stale(key, &resolution, credential_exp, unix_now)
+                self.keep_stale(key, &resolution, &settings, credential_exp, unix_now)
                     .await;
                 match ttl_for(&resolution, &settings, credential_exp, unix_now) {
                     Some(ttl) => Ok(Entry {
@@ -298,6 +308,7 @@ impl IdentityCache {
         &self,
         key: u128,
         resolution: &Resolution,
+        settings: &CacheSettings,
         credential_exp: Option<u64>,
         unix_now: u64,
     ) {
@@ -305,7 +316,7 @@ impl IdentityCache {
         match resolution {
             Resolution::Unavailable(_) | Resolution::NoCredential => {}
             Resolution::User(_) => {
-                match stale_keep(resolution, &self.settings, credential_exp, unix_now) {
+                match stale_keep(resolution, settings, credential_exp, unix_now) {
                     Some((keep, exp)) => {
                         let entry = StaleEntry {
                             resolution: resolution.clone(),
@@ -648,31 +659,89 @@ mod tests {
         };
         let k = key_of(&cache, "Bearer alice");
         assert_eq!(
-            cache.get_or_resolve(k, &req, ask(user("alice"))).await.1,
+            cache
+                .get_or_resolve(k, &req, None, ask(user("alice")))
+                .await
+                .1,
             Lookup::Miss
         );
         tokio::time::advance(Duration::from_secs(29)).await;
-        let (r, lookup) = cache.get_or_resolve(k, &req, ask(user("other"))).await;
+        let (r, lookup) = cache
+            .get_or_resolve(k, &req, None, ask(user("other")))
+            .await;
         assert_eq!((r, lookup), (user("alice"), Lookup::Hit));
         tokio::time::advance(Duration::from_secs(2)).await;
-        let (r, lookup) = cache.get_or_resolve(k, &req, ask(user("fresh"))).await;
+        let (r, lookup) = cache
+            .get_or_resolve(k, &req, None, ask(user("fresh")))
+            .await;
         assert_eq!((r, lookup), (user("fresh"), Lookup::Miss));
 
         let anon = key_of(&cache, "Bearer bad");
         cache
-            .get_or_resolve(anon, &req, ask(Resolution::Anonymous))
+            .get_or_resolve(anon, &req, None, ask(Resolution::Anonymous))
             .await;
         tokio::time::advance(Duration::from_secs(4)).await;
         assert_eq!(
-            cache.get_or_resolve(anon, &req, ask(user("x"))).await.1,
+            cache
+                .get_or_resolve(anon, &req, None, ask(user("x")))
+                .await
+                .1,
             Lookup::Hit
         );
         tokio::time::advance(Duration::from_secs(2)).await;
         assert_eq!(
-            cache.get_or_resolve(anon, &req, ask(user("x"))).await,
+            cache.get_or_resolve(anon, &req, None, ask(user("x"))).await,
             (user("x"), Lookup::Miss)
         );
         assert_eq!(calls.load(Ordering::SeqCst), 4);
+    }
+
+    /// A source's own lifetimes (the `ldap` source) shorten the cache's, never lengthen them.
+    #[tokio::test(start_paused = true)]
+    async fn a_source_may_shorten_the_lifetimes() {
+        let cache = IdentityCache::new(settings()).expect("on");
+        let req = request("Basic x");
+        let short = Some(CacheTtl {
+            ttl: Duration::from_secs(2),
+            negative_ttl: Duration::from_secs(1),
+        });
+        let long = Some(CacheTtl {
+            ttl: Duration::from_secs(300),
+            negative_ttl: Duration::from_secs(300),
+        });
+        let refused = Resolution::Invalid(Failure::new("ldap_invalid_credentials", "no"));
+        let (a, b, c) = (
+            key_of(&cache, "a"),
+            key_of(&cache, "b"),
+            key_of(&cache, "c"),
+        );
+        cache
+            .get_or_resolve(a, &req, short, std::future::ready(user("alice")))
+            .await;
+        cache
+            .get_or_resolve(b, &req, short, std::future::ready(refused.clone()))
+            .await;
+        cache
+            .get_or_resolve(c, &req, long, std::future::ready(user("carol")))
+            .await;
+        tokio::time::advance(Duration::from_millis(1500)).await;
+        let again = |key, answer: Resolution| {
+            let cache = &cache;
+            let req = &req;
+            async move {
+                cache
+                    .get_or_resolve(key, req, short, std::future::ready(answer))
+                    .await
+                    .1
+            }
+        };
+        assert_eq!(again(a, user("new")).await, Lookup::Hit);
+        assert_eq!(again(b, user("new")).await, Lookup::Miss);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(again(a, user("new")).await, Lookup::Miss);
+        // The cache's own 30 s still bound a source asking for more.
+        tokio::time::advance(Duration::from_secs(28)).await;
+        assert_eq!(again(c, user("new")).await, Lookup::Miss);
     }
 
     #[tokio::test(start_paused = true)]
@@ -682,11 +751,11 @@ mod tests {
         let k = key_of(&cache, "Bearer alice");
         let down = Resolution::Unavailable(Failure::new("userinfo_status", "503"));
         let (r, _) = cache
-            .get_or_resolve(k, &req, std::future::ready(down.clone()))
+            .get_or_resolve(k, &req, None, std::future::ready(down.clone()))
             .await;
         assert_eq!(r, down);
         let (r, lookup) = cache
-            .get_or_resolve(k, &req, std::future::ready(user("alice")))
+            .get_or_resolve(k, &req, None, std::future::ready(user("alice")))
             .await;
         assert_eq!((r, lookup), (user("alice"), Lookup::Miss));
     }
@@ -702,7 +771,7 @@ mod tests {
             tasks.push(tokio::spawn(async move {
                 let req = request("Bearer new");
                 cache
-                    .get_or_resolve(k, &req, async {
+                    .get_or_resolve(k, &req, None, async {
                         calls.fetch_add(1, Ordering::SeqCst);
                         tokio::time::sleep(Duration::from_millis(100)).await;
                         user("new")
@@ -732,34 +801,36 @@ mod tests {
         let k = key_of(&cache, "Bearer alice");
         let ask = |answer: Resolution| std::future::ready(answer);
         assert_eq!(
-            cache.get_or_resolve(k, &req, ask(user("alice"))).await,
+            cache
+                .get_or_resolve(k, &req, None, ask(user("alice")))
+                .await,
             (user("alice"), Lookup::Miss)
         );
         // Within the TTL: a hit, the source is not asked.
         assert_eq!(
-            cache.get_or_resolve(k, &req, ask(down())).await,
+            cache.get_or_resolve(k, &req, None, ask(down())).await,
             (user("alice"), Lookup::Hit)
         );
         // Past the TTL, within stale_if_error: the outage is bridged, each time it is met.
         tokio::time::advance(Duration::from_secs(31)).await;
         for _ in 0..2 {
             assert_eq!(
-                cache.get_or_resolve(k, &req, ask(down())).await,
+                cache.get_or_resolve(k, &req, None, ask(down())).await,
                 (user("alice"), Lookup::Stale)
             );
         }
         // Past the TTL plus stale_if_error: the outage is the answer.
         tokio::time::advance(Duration::from_secs(60)).await;
         assert_eq!(
-            cache.get_or_resolve(k, &req, ask(down())).await,
+            cache.get_or_resolve(k, &req, None, ask(down())).await,
             (down(), Lookup::Miss)
         );
         // Off: the same sequence ends in the outage at once.
         let off = IdentityCache::new(settings()).expect("on");
-        off.get_or_resolve(k, &req, ask(user("alice"))).await;
+        off.get_or_resolve(k, &req, None, ask(user("alice"))).await;
         tokio::time::advance(Duration::from_secs(31)).await;
         assert_eq!(
-            off.get_or_resolve(k, &req, ask(down())).await,
+            off.get_or_resolve(k, &req, None, ask(down())).await,
             (down(), Lookup::Miss)
         );
     }
@@ -776,19 +847,19 @@ mod tests {
             let req = request("Bearer alice");
             let k = key_of(&cache, "Bearer alice");
             cache
-                .get_or_resolve(k, &req, std::future::ready(user("alice")))
+                .get_or_resolve(k, &req, None, std::future::ready(user("alice")))
                 .await;
             tokio::time::advance(Duration::from_secs(31)).await;
             assert_eq!(
                 cache
-                    .get_or_resolve(k, &req, std::future::ready(refusal.clone()))
+                    .get_or_resolve(k, &req, None, std::future::ready(refusal.clone()))
                     .await,
                 (refusal.clone(), Lookup::Miss)
             );
             tokio::time::advance(Duration::from_secs(6)).await;
             assert_eq!(
                 cache
-                    .get_or_resolve(k, &req, std::future::ready(down()))
+                    .get_or_resolve(k, &req, None, std::future::ready(down()))
                     .await,
                 (down(), Lookup::Miss),
                 "after {refusal:?}"
@@ -798,14 +869,14 @@ mod tests {
         let req = request("Bearer alice");
         let k = key_of(&cache, "Bearer alice");
         cache
-            .get_or_resolve(k, &req, std::future::ready(user("alice")))
+            .get_or_resolve(k, &req, None, std::future::ready(user("alice")))
             .await;
         tokio::time::advance(Duration::from_secs(31)).await;
         let stale_keys =
             Resolution::Unavailable(Failure::new(crate::identity::jwt::JWKS_STALE, "x"));
         assert_eq!(
             cache
-                .get_or_resolve(k, &req, std::future::ready(stale_keys.clone()))
+                .get_or_resolve(k, &req, None, std::future::ready(stale_keys.clone()))
                 .await,
             (stale_keys, Lookup::Miss)
         );
@@ -855,19 +926,19 @@ mod tests {
         let req = request(&jwt(exp));
         let k = key_of(&cache, "jwt");
         cache
-            .get_or_resolve(k, &req, std::future::ready(user("a")))
+            .get_or_resolve(k, &req, None, std::future::ready(user("a")))
             .await;
         tokio::time::advance(Duration::from_secs(31)).await;
         assert_eq!(
             cache
-                .get_or_resolve(k, &req, std::future::ready(down()))
+                .get_or_resolve(k, &req, None, std::future::ready(down()))
                 .await,
             (user("a"), Lookup::Stale)
         );
         tokio::time::advance(Duration::from_secs(10)).await;
         assert_eq!(
             cache
-                .get_or_resolve(k, &req, std::future::ready(down()))
+                .get_or_resolve(k, &req, None, std::future::ready(down()))
                 .await,
             (down(), Lookup::Miss),
             "past exp"
@@ -889,6 +960,7 @@ mod tests {
             .get_or_resolve(
                 k,
                 &request("Bearer alice"),
+                None,
                 std::future::ready(user("alice")),
             )
             .await;
@@ -899,7 +971,7 @@ mod tests {
                 let (cache, calls) = (cache.clone(), calls.clone());
                 tokio::spawn(async move {
                     cache
-                        .get_or_resolve(k, &request("Bearer alice"), async {
+                        .get_or_resolve(k, &request("Bearer alice"), None, async {
                             calls.fetch_add(1, Ordering::SeqCst);
                             tokio::time::sleep(Duration::from_millis(200)).await;
                             down()

@@ -1,8 +1,8 @@
-//! Turning a verified payload (JWT claims, an introspection answer, Envoy's jwt_authn metadata)
-//! into a [`User`], and finding a token in a request.
+//! Turning a verified payload (JWT claims, an introspection answer, Envoy's jwt_authn metadata,
+//! a directory entry after a successful bind) into a [`User`], and finding a token in a request.
 //!
-//! Called by the `jwt`, `introspection` and `envoy_metadata` sources after verification; never
-//! sees unverified data as a user.
+//! Called by the `jwt`, `introspection`, `envoy_metadata` and `ldap` sources after verification;
+//! never sees unverified data as a user.
 
 use serde_json::{Map, Value};
 

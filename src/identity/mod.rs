@@ -5,7 +5,8 @@
 //! finds none passes on ([`Resolution::NoCredential`]); when every source passes on, the caller
 //! is anonymous. The sources: the authentication manager's user-info endpoint ([`userinfo`]),
 //! local JWT validation ([`jwt`], keys in [`jwks`]), token introspection ([`introspection`]),
-//! API keys that identify the calling application ([`api_key`]), mTLS principals ([`mtls`]),
+//! API keys that identify the calling application ([`api_key`]), an LDAP directory checking
+//! HTTP Basic credentials ([`ldap`]), mTLS principals ([`mtls`]),
 //! Envoy's jwt_authn metadata ([`envoy_metadata`]), Mia's trust mode ([`trusted`]) and
 //! [`anonymous`]. Answers a source can key by credential go through the identity [`cache`].
 //!
@@ -22,6 +23,7 @@ pub mod http;
 pub mod introspection;
 pub mod jwks;
 pub mod jwt;
+pub mod ldap;
 pub mod mtls;
 pub mod trusted;
 pub mod userinfo;
@@ -193,6 +195,13 @@ pub trait Source: Send + Sync {
         false
     }
 
+    /// The source's own lifetimes for its cached answers, when it has them (the `ldap` source:
+    /// a changed password or group must take effect soon). The cache keeps an answer for the
+    /// shorter of these and its own settings.
+    fn cache_ttl(&self) -> Option<CacheTtl> {
+        None
+    }
+
     /// Whether the source can answer yet (a JWT source before its first key fetch cannot);
     /// `/-/ready` and gRPC health report not ready until every source is.
     fn ready(&self) -> bool {
@@ -215,6 +224,13 @@ pub trait Source: Send + Sync {
     fn key_set(&self) -> Option<&jwks::Keys> {
         None
     }
+}
+
+/// How long one source's answers may be cached: users, and refusals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheTtl {
+    pub ttl: std::time::Duration,
+    pub negative_ttl: std::time::Duration,
 }
 
 /// The header a token location reads.
@@ -300,6 +316,7 @@ fn build_source(
         S::TrustedHeaders(_) => user(Box::new(trusted::TrustedHeaders::new(
             all.user_headers.clone(),
         ))),
+        S::Ldap(source) => user(Box::new(ldap::Ldap::new(source, env)?)),
         S::Anonymous(source) => user(Box::new(anonymous::Anonymous::new(source)?)),
     }
 }
@@ -536,7 +553,12 @@ impl Resolver {
                             resolution
                         };
                         let (resolution, lookup) = cache
-                            .get_or_resolve(IdentityCache::key(&key), request, call)
+                            .get_or_resolve(
+                                IdentityCache::key(&key),
+                                request,
+                                source.cache_ttl(),
+                                call,
+                            )
                             .await;
                         let (took, failure) = called
                             .lock()
