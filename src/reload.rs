@@ -50,6 +50,12 @@ pub fn responder(settings: &Settings) -> Responder {
     Responder::new(settings.strict_mode, &settings.user_headers)
         .with_dynamic_metadata(settings.dynamic_metadata)
         .with_decision_id_upstream(settings.decision_id_upstream)
+        .with_roles_header(
+            settings
+                .rbac
+                .as_ref()
+                .and_then(|r| r.roles_header.as_deref()),
+        )
 }
 
 /// Every rule of `rules` that names an identity source not in `names`, as a problem naming the
