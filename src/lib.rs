@@ -12,7 +12,8 @@
 //! - [`identity`]: stage 2. Finds out who the caller is through the configured identity sources
 //!   (user-info, JWT, introspection, API keys, mTLS, Envoy metadata, trusted headers), with the
 //!   identity cache.
-//! - [`policy`]: stage 3. Evaluates the rule's compiled expression; pure functions.
+//! - [`policy`]: stage 3. Evaluates the rule's compiled expression; pure functions. With RBAC
+//!   ([`rbac`]), the caller's permissions and roles on the rule's resource feed it.
 //! - [`response`]: stage 4. Turns the outcome into a plain answer; holds the one table from
 //!   outcome to gRPC code, HTTP status and body. Pure.
 //!
@@ -21,6 +22,8 @@
 //! - [`check`]: runs the stages in order for one request and produces the [`check::Outcome`].
 //! - [`config`]: process settings (Mia-Platform's environment variables and the native file
 //!   mapped onto one model, one cross-field validator); imports no stage.
+//! - [`rbac`]: roles, bindings and resource scopes, loaded and checked once; the caller's
+//!   effective permissions and roles on a resource, memoised with the cached identity.
 //! - [`rules`]: the rule file: load, validate, compile; and [`Config`], settings and rules
 //!   together, every problem reported at once.
 //! - [`transport`]: the connections tonic serves: limits, idle timeout, TLS.
