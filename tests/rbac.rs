@@ -396,3 +396,45 @@ rbac:
     assert!(!globex.reached_upstream(), "{globex:?}");
     assert_eq!(globex.json["statusCode"], 403, "{}", globex.text);
 }
+
+/// README's Rönd example (the worked example's roles and bindings as Rönd keeps them) gives
+/// the answers of the table's `readme` cases, except that Rönd roles inherit nothing: alice's
+/// roles on acme are `owner` alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_rond_example_answers_as_the_worked_example() {
+    let table: Value = serde_json::from_str(TABLE).expect("valid JSON");
+    let userinfo = format!(
+        "http://{}/userinfo",
+        user_info(table["users"].clone()).await
+    );
+    let command = readme_rbac_block(4);
+    assert!(command.contains("--out roles.json") && command.contains("--out bindings.json"));
+    let files = tempfile::tempdir().expect("dir");
+    let roles: Value = serde_json::from_str(&readme_rbac_block(5)).expect("README's roles.json");
+    let bindings: Value =
+        serde_json::from_str(&readme_rbac_block(6)).expect("README's bindings.json");
+    let mut config = table["configs"]["readme"].clone();
+    config["rbac"] = serde_json::json!({
+        "rond": { "roles": "${DIR}/roles.json", "bindings": "${DIR}/bindings.json" },
+        "roles_header": ROLES_HEADER,
+    });
+    config["files"] = serde_json::json!({ "roles.json": roles, "bindings.json": bindings });
+    let server = Server::start_native(&native_config(&config, &userinfo, files.path())).await;
+    let mut failures = Vec::new();
+    let mut ran = 0;
+    for case in table["cases"].as_array().expect("cases") {
+        if case["config"] != "readme" {
+            continue;
+        }
+        let mut case = case.clone();
+        if case["expect"]["roles"] == "owner,viewer" {
+            case["expect"]["roles"] = "owner".into();
+        }
+        if let Err(e) = check_case(&case, &server).await {
+            failures.push(format!("{}: {e}", case["name"]));
+        }
+        ran += 1;
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert!(ran >= 12, "{ran}");
+}
