@@ -156,23 +156,20 @@ async fn check_case(case: &Value, server: &Server) -> Result<(), String> {
             got.http_status
         ));
     }
+    let set = got.headers.get(ROLES_HEADER).map(String::as_str);
+    let removed = got.removed.iter().any(|r| r == ROLES_HEADER);
     match expect.get("roles") {
         None => {}
-        Some(Value::Null) => {
-            if got.headers.contains_key(ROLES_HEADER)
-                || !got.removed.iter().any(|r| r == ROLES_HEADER)
-            {
-                return Err(format!("{ROLES_HEADER} must be removed, not set: {got:?}"));
-            }
+        Some(Value::Null) if set.is_some() || !removed => {
+            return Err(format!("{ROLES_HEADER} must be removed, not set: {got:?}"));
         }
-        Some(roles) => {
-            if got.headers.get(ROLES_HEADER).map(String::as_str) != roles.as_str() {
-                return Err(format!(
-                    "{ROLES_HEADER} is {:?}, expected {roles} ({got:?})",
-                    got.headers.get(ROLES_HEADER)
-                ));
-            }
+        Some(Value::Null) => {}
+        Some(roles) if set != roles.as_str() => {
+            return Err(format!(
+                "{ROLES_HEADER} is {set:?}, expected {roles} ({got:?})"
+            ));
         }
+        Some(_) => {}
     }
     Ok(())
 }
