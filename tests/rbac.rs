@@ -435,3 +435,59 @@ async fn the_readme_rond_example_answers_as_the_worked_example() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert!(ran >= 12, "{ran}");
 }
+
+/// The roles header counts in the user headers' 16 KiB budget: a caller whose effective roles
+/// would pass it is answered as when the identity provider is unavailable (503), never sent
+/// upstream; the same roles without the header configured are no problem.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_past_the_header_budget_are_an_unavailable_identity() {
+    let table: Value = serde_json::from_str(TABLE).expect("valid JSON");
+    let userinfo = format!(
+        "http://{}/userinfo",
+        user_info(table["users"].clone()).await
+    );
+    let files = tempfile::tempdir().expect("dir");
+    let long = |i: usize| format!("{}-{i}", "r".repeat(6000));
+    let mut config = serde_json::json!({
+        "sources": [{ "type": "userinfo", "url": "${USERINFO}" }],
+        "rules": { "/docs": { "GET": { "authorization": { "expression": "permissions.docs.read" } } } },
+        "rbac": {
+            "roles": [
+                { "id": long(1), "permissions": ["docs.read"] },
+                { "id": long(2) },
+                { "id": long(3) },
+            ],
+            "bindings": [
+                { "id": "many", "subjects": ["alice"], "roles": [long(1), long(2), long(3)] },
+                { "id": "one", "subjects": ["bob"], "roles": [long(1)] },
+            ],
+            "roles_header": ROLES_HEADER,
+        },
+    });
+    let check = async |server: &Server, user: &str| {
+        let authorization = format!("Bearer {user}");
+        answer(
+            &server
+                .check(request(
+                    "GET",
+                    "/docs",
+                    &[("authorization", authorization.as_str())],
+                ))
+                .await,
+        )
+    };
+    let server = Server::start_native(&native_config(&config, &userinfo, files.path())).await;
+    let alice = check(&server, "alice").await;
+    assert_eq!(alice.http_status, 503, "{alice:?}");
+    let bob = check(&server, "bob").await;
+    assert_eq!(bob.http_status, 200, "{bob:?}");
+    assert_eq!(bob.headers.get(ROLES_HEADER), Some(&long(1)));
+    config["rbac"]
+        .as_object_mut()
+        .expect("rbac")
+        .remove("roles_header");
+    let server = Server::start_native(&native_config(&config, &userinfo, files.path())).await;
+    let alice = check(&server, "alice").await;
+    assert_eq!(alice.http_status, 200, "{alice:?}");
+    assert!(!alice.headers.contains_key(ROLES_HEADER), "{alice:?}");
+}
