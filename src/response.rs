@@ -490,6 +490,15 @@ mod tests {
                 assert_eq!(remove.as_slice().contains(&"x-roles"), want.is_none());
             }
         }
+        // Non-strict mode lets a 403 through with `mia-allowed: 0` and the caller's headers.
+        let lax = Responder::new(false, &headers()).with_roles_header(Some("x-roles"));
+        let mut forbidden = outcome(Decision::Deny(Denial::Forbidden), Some(user("bob", &[])));
+        forbidden.rbac = Some(effective(&["viewer"]));
+        let Verdict::Allow { set, .. } = lax.answer(&forbidden, "req-1").verdict else {
+            panic!("let through")
+        };
+        assert!(set.as_slice().contains(&("x-roles", "viewer")));
+        assert!(set.as_slice().contains(&(MIA_ALLOWED, "0")));
         let off = Responder::new(true, &headers());
         let mut outcome = outcome(Decision::Allow, Some(user("alice", &["staff"])));
         outcome.rbac = Some(effective(&["owner"]));
