@@ -336,7 +336,22 @@ impl Checker {
             let rbac = self.rbac.as_deref()?;
             Some(rbac.effective(&caller, rule.resource_of(path)))
         };
-        let rbac = effective(found.rule);
+        let mut rbac = effective(found.rule);
+        // Security: effective roles that do not fit beside the user headers in the upstream
+        // header budget are treated as a profile too large to send: identity unavailable.
+        let too_large = rbac.as_ref().is_some_and(|e| e.too_large).then(|| {
+            Resolution::Unavailable(Failure::new(
+                "rbac_roles_too_large",
+                format!(
+                    "the roles header and the user headers would exceed {} bytes",
+                    crate::identity::MAX_USER_HEADER_BYTES
+                ),
+            ))
+        });
+        if too_large.is_some() {
+            rbac = None;
+        }
+        let resolution = too_large.as_ref().unwrap_or(&resolved.resolution);
         fn facts<'a>(base: &Facts<'a>, rbac: Option<&'a Effective>) -> Facts<'a> {
             Facts {
                 permissions: rbac.map(|e| e.permissions.as_slice()).unwrap_or_default(),
@@ -353,7 +368,7 @@ impl Checker {
         };
         let mut reason = judge(
             policy,
-            &resolved.resolution,
+            resolution,
             &facts(&base, rbac.as_deref()),
             rbac.as_deref(),
         );
@@ -371,10 +386,10 @@ impl Checker {
         let shadow = shadow.map(|rules| match rules.table.find(path, request.method) {
             None => Reason::NoRule,
             Some(found) => {
-                let rbac = effective(found.rule);
+                let rbac = effective(found.rule).filter(|_| too_large.is_none());
                 judge(
                     found.rule.policy(is_backoffice),
-                    &resolved.resolution,
+                    resolution,
                     &facts(&base, rbac.as_deref()),
                     rbac.as_deref(),
                 )
@@ -392,7 +407,7 @@ impl Checker {
             rbac,
             location,
         };
-        match resolved.resolution {
+        match too_large.unwrap_or(resolved.resolution) {
             Resolution::User(user) => outcome.user = Some(user),
             Resolution::Invalid(failure) | Resolution::Unavailable(failure) => {
                 outcome.failure = Some(failure);

@@ -169,6 +169,10 @@ pub fn summary(app: &App, origin: &str, ignored: &[&'static str], workers: usize
             "  rbac:            {roles} roles, {bindings} bindings from {}",
             rbac.origin
         ));
+        line(format!(
+            "  roles header:    {}",
+            rbac.roles_header.as_deref().unwrap_or("off")
+        ));
     }
     for warning in crate::config::warnings::warnings(s) {
         line(format!("  warning:         {warning}"));

@@ -152,8 +152,14 @@ pub struct Explanation {
     pub route: Option<RoutePart>,
     pub identity: Option<IdentityPart>,
     pub policy: Option<PolicyPart>,
+    /// The caller's RBAC bindings, roles and resource on this request, when RBAC is configured
+    /// and the rule was judged on an identity.
+    pub rbac: Option<RbacPart>,
     /// Each permission the expression asked for and the caller holds, with what granted it.
     pub permissions: Vec<Grant>,
+    /// Each role the expression asked for and the caller holds, with the bindings that granted
+    /// it.
+    pub roles: Vec<RoleGrant>,
     pub decision: &'static str,
     pub reason: &'static str,
     /// The HTTP status the client gets (200 when the request goes upstream).
@@ -244,12 +250,31 @@ pub struct PolicyPart {
 #[derive(Debug, Clone, Serialize)]
 pub struct Grant {
     pub permission: String,
-    /// Where the caller's permissions came from: the identity source (or `--user`).
+    /// Where the caller's permission came from: the identity source (or `--user`) when the
+    /// identity provider granted it, else `rbac`.
     pub from: String,
-    /// The RBAC bindings that grant it. checkpoint has no RBAC yet: always empty. When roles
-    /// and bindings exist, the policy stage will say which binding granted which permission,
-    /// and this lists them.
+    /// The RBAC bindings that applied to the caller on this request and grant it (directly or
+    /// through a role); empty when only the identity provider did.
     pub rbac_bindings: Vec<String>,
+}
+
+/// A role the expression used and the caller holds on this request.
+#[derive(Debug, Clone, Serialize)]
+pub struct RoleGrant {
+    pub role: String,
+    /// The RBAC bindings that applied to the caller and grant it (directly or by inheritance).
+    pub rbac_bindings: Vec<String>,
+}
+
+/// What RBAC made of the caller on this request.
+#[derive(Debug, Clone, Serialize)]
+pub struct RbacPart {
+    /// The rule's resource (`rbac.resource`) for this path: type and id.
+    pub resource: Option<(String, String)>,
+    /// Every binding that applied (no resource, or this one).
+    pub bindings: Vec<String>,
+    /// The effective roles, inherited ones included.
+    pub roles: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -321,14 +346,32 @@ async fn explain_with(
         }
         None => (None, None),
     };
-    let permissions = grants(policy.as_ref(), identity.as_ref());
+    let rbac = match (&checker.rbac, &outcome.rbac) {
+        (Some(_), Some(effective)) => Some(RbacPart {
+            resource: found
+                .as_ref()
+                .zip(request.path.as_ref().ok())
+                .and_then(|(found, path)| found.rule.resource_of(path))
+                .map(|(kind, id)| (kind.to_owned(), id.to_owned())),
+            bindings: effective.bindings.clone(),
+            roles: effective.roles.clone(),
+        }),
+        _ => None,
+    };
+    let (permissions, roles) = grants(
+        policy.as_ref(),
+        identity.as_ref(),
+        checker.rbac.as_deref().zip(outcome.rbac.as_deref()),
+    );
     Explanation {
         method: request.method.map(|m| m.as_str()),
         path,
         route,
         identity,
         policy,
+        rbac,
         permissions,
+        roles,
         decision: outcome.decision.as_str(),
         reason: outcome.reason.as_str(),
         status,
@@ -502,25 +545,61 @@ fn identity_and_policy(
     (identity, Some(part))
 }
 
-fn grants(policy: Option<&PolicyPart>, identity: Option<&IdentityPart>) -> Vec<Grant> {
+/// The permissions and roles the expression used and the caller holds, each with what granted
+/// it: the identity provider, and the RBAC bindings that applied (`rbac`: the roles and
+/// bindings, and the caller's effective answer).
+fn grants(
+    policy: Option<&PolicyPart>,
+    identity: Option<&IdentityPart>,
+    rbac: Option<(&crate::rbac::Rbac, &crate::rbac::Effective)>,
+) -> (Vec<Grant>, Vec<RoleGrant>) {
     let (Some(policy), Some(identity)) = (policy, identity) else {
-        return Vec::new();
+        return (Vec::new(), Vec::new());
     };
-    let mut seen = Vec::new();
+    let mut permissions: Vec<String> = Vec::new();
+    let mut roles: Vec<String> = Vec::new();
     for step in &policy.steps {
-        for permission in &step.permissions_held {
-            if !seen.contains(permission) {
-                seen.push(permission.clone());
+        for (held, seen) in [
+            (&step.permissions_held, &mut permissions),
+            (&step.roles_held, &mut roles),
+        ] {
+            for name in held {
+                if !seen.contains(name) {
+                    seen.push(name.clone());
+                }
             }
         }
     }
-    seen.into_iter()
+    let from_provider = |permission: &str| {
+        identity
+            .user
+            .as_ref()
+            .is_some_and(|u| u.permissions.iter().any(|p| p == permission))
+    };
+    let permissions = permissions
+        .into_iter()
         .map(|permission| Grant {
+            from: if from_provider(&permission) || rbac.is_none() {
+                identity.source.clone()
+            } else {
+                "rbac".to_owned()
+            },
+            rbac_bindings: rbac
+                .map(|(rbac, e)| rbac.granting_permission(&e.bindings, &permission))
+                .unwrap_or_default(),
             permission,
-            from: identity.source.clone(),
-            rbac_bindings: Vec::new(),
         })
-        .collect()
+        .collect();
+    let roles = roles
+        .into_iter()
+        .map(|role| RoleGrant {
+            rbac_bindings: rbac
+                .map(|(rbac, e)| rbac.granting_role(&e.bindings, &role))
+                .unwrap_or_default(),
+            role,
+        })
+        .collect();
+    (permissions, roles)
 }
 
 impl Explanation {
@@ -617,10 +696,30 @@ impl Explanation {
                 ));
             }
         }
+        if let Some(rbac) = &self.rbac {
+            let resource = match &rbac.resource {
+                Some((kind, id)) => format!("{kind} {}", Value::from(id.as_str())),
+                None => "none".to_owned(),
+            };
+            line(format!(
+                "rbac:        resource {resource}; bindings {}",
+                list(&rbac.bindings)
+            ));
+            line(format!("  roles:     {}", list(&rbac.roles)));
+        }
         for grant in &self.permissions {
             line(format!(
-                "permission:  {} held, from {}; RBAC bindings: none (checkpoint has no RBAC)",
-                grant.permission, grant.from
+                "permission:  {} held, from {}; RBAC bindings: {}",
+                grant.permission,
+                grant.from,
+                list(&grant.rbac_bindings)
+            ));
+        }
+        for grant in &self.roles {
+            line(format!(
+                "role:        {} held; RBAC bindings: {}",
+                grant.role,
+                list(&grant.rbac_bindings)
             ));
         }
         line(format!(

@@ -10,9 +10,10 @@
 //!   normalised the way upstreams read it.
 //! - [`route`]: stage 1. Finds the `auth.json` rule for the path and method.
 //! - [`identity`]: stage 2. Finds out who the caller is through the configured identity sources
-//!   (user-info, JWT, introspection, API keys, mTLS, Envoy metadata, trusted headers), with the
+//!   (user-info, JWT, introspection, LDAP, API keys, mTLS, Envoy metadata, trusted headers), with the
 //!   identity cache.
-//! - [`policy`]: stage 3. Evaluates the rule's compiled expression; pure functions.
+//! - [`policy`]: stage 3. Evaluates the rule's compiled expression; pure functions. With RBAC
+//!   ([`rbac`]), the caller's permissions and roles on the rule's resource feed it.
 //! - [`login`]: the browser login redirect: whether a request that needs a login is a browser
 //!   navigation, and the `Location` to the configured login page (`check` asks it).
 //! - [`response`]: stage 4. Turns the outcome into a plain answer; holds the one table from
@@ -23,6 +24,8 @@
 //! - [`check`]: runs the stages in order for one request and produces the [`check::Outcome`].
 //! - [`config`]: process settings (Mia-Platform's environment variables and the native file
 //!   mapped onto one model, one cross-field validator); imports no stage.
+//! - [`rbac`]: roles, bindings and resource scopes, loaded and checked once; the caller's
+//!   effective permissions and roles on a resource, memoised with the cached identity.
 //! - [`rules`]: the rule file: load, validate, compile; and [`Config`], settings and rules
 //!   together, every problem reported at once.
 //! - [`transport`]: the connections tonic serves: limits, idle timeout, TLS.

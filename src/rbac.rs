@@ -20,7 +20,7 @@ use serde::Deserialize;
 
 use crate::config::keys::{Position, Segment, yaml_position};
 use crate::config::rbac::{BindingDoc, RbacDoc, RbacSettings, RbacSource, ResourceDoc, RoleDoc};
-use crate::identity::User;
+use crate::identity::{MAX_USER_HEADER_BYTES, User};
 
 /// The compiled roles and bindings.
 #[derive(Debug)]
@@ -79,6 +79,10 @@ pub struct Effective {
     pub bindings: Vec<String>,
     /// `roles` joined with `,`: the roles header's value.
     pub roles_header: String,
+    /// With the roles header configured: whether the user headers and this one together pass
+    /// [`MAX_USER_HEADER_BYTES`]; `check` then treats the identity as unavailable, as it does a
+    /// profile too large for the user headers.
+    pub too_large: bool,
 }
 
 /// Answers of [`Rbac::effective`] kept with an identity: at most [`MEMO_ENTRIES`], the oldest
@@ -144,6 +148,8 @@ struct Placed<T> {
 struct Doc {
     label: String,
     text: String,
+    /// Maps positions in `text` to the file as written (the native file's `${VAR}`).
+    shifts: crate::config::expand::Shifts,
     rond: bool,
     /// How the document spells an item's id: `id`, Rönd's `roleId` or `bindingId`.
     id_field: &'static str,
@@ -176,7 +182,8 @@ impl Loader {
         };
         let position = field
             .and_then(|f| yaml_position(&d.text, &spelled(f)))
-            .or_else(|| yaml_position(&d.text, &spelled("id")));
+            .or_else(|| yaml_position(&d.text, &spelled("id")))
+            .map(|p| d.shifts.original(p));
         let place = match position {
             Some((line, column)) => format!("{}:{line}:{column}", d.label),
             None => d.label.clone(),
@@ -257,11 +264,17 @@ impl Rbac {
         let mut loader = Loader::default();
         let origin;
         match &settings.source {
-            RbacSource::Inline { label, text, doc } => {
+            RbacSource::Inline {
+                label,
+                text,
+                shifts,
+                doc,
+            } => {
                 origin = format!("{label} (rbac inline)");
                 loader.docs.push(Doc {
                     label: label.clone(),
                     text: text.clone(),
+                    shifts: shifts.clone(),
                     rond: false,
                     id_field: "id",
                 });
@@ -276,6 +289,7 @@ impl Rbac {
                 loader.docs.push(Doc {
                     label,
                     text,
+                    shifts: Default::default(),
                     rond: false,
                     id_field: "id",
                 });
@@ -303,12 +317,14 @@ impl Rbac {
                 loader.docs.push(Doc {
                     label: roles_label,
                     text: roles_text,
+                    shifts: Default::default(),
                     rond: true,
                     id_field: "roleId",
                 });
                 loader.docs.push(Doc {
                     label: bindings_label,
                     text: bindings_text,
+                    shifts: Default::default(),
                     rond: true,
                     id_field: "bindingId",
                 });
@@ -360,6 +376,28 @@ impl Rbac {
             .chain(self.bindings.iter().flat_map(|b| b.permissions.iter()))
             .map(String::as_str)
             .collect()
+    }
+
+    /// Of the bindings that applied (`Effective::bindings`), those that grant `permission`, for
+    /// `checkpoint explain`.
+    pub fn granting_permission(&self, applied: &[String], permission: &str) -> Vec<String> {
+        self.applied(applied)
+            .filter(|b| b.permissions.iter().any(|p| p == permission))
+            .map(|b| b.id.clone())
+            .collect()
+    }
+
+    /// Of the bindings that applied, those that grant `role` (directly or by inheritance), for
+    /// `checkpoint explain`.
+    pub fn granting_role(&self, applied: &[String], role: &str) -> Vec<String> {
+        self.applied(applied)
+            .filter(|b| b.roles.iter().any(|r| r == role))
+            .map(|b| b.id.clone())
+            .collect()
+    }
+
+    fn applied<'a>(&'a self, applied: &'a [String]) -> impl Iterator<Item = &'a Binding> {
+        self.bindings.iter().filter(|b| applied.contains(&b.id))
     }
 
     /// Number of roles and bindings, for `check-config`.
@@ -428,11 +466,19 @@ impl Rbac {
         }
         roles.sort();
         let roles_header = roles.join(",");
+        // Security: the roles header counts in the user headers' budget, so that bindings
+        // cannot push the upstream request past Envoy's header limit either.
+        let user_bytes = caller.user.map_or(0, |u| {
+            u.id.len() + u.groups_header.len() + u.properties_header.len()
+        });
+        let too_large =
+            self.roles_header.is_some() && user_bytes + roles_header.len() > MAX_USER_HEADER_BYTES;
         Effective {
             permissions,
             roles,
             bindings,
             roles_header,
+            too_large,
         }
     }
 }
@@ -502,6 +548,20 @@ fn compile(
             continue;
         }
         first.insert(&role.item.id, i);
+        // The roles header is comma-joined, as the groups header: an id must read as one.
+        if roles_header.is_some()
+            && (role.item.id.contains(',') || role.item.id.chars().any(char::is_control))
+        {
+            loader.problem(
+                role.doc,
+                &role.path,
+                Some("id"),
+                format!(
+                    "role \"{}\" cannot be sent in the roles header: it holds a comma or a control character",
+                    role.item.id.escape_debug()
+                ),
+            );
+        }
         for parent in &role.item.inherits {
             if !roles.iter().any(|r| r.item.id == *parent) {
                 loader.problem(
@@ -799,6 +859,100 @@ bindings:
         );
         assert_eq!(principal.roles, ["editor", "viewer"]);
         assert!(rbac.effective(&Caller::default(), None).roles.is_empty());
+    }
+
+    /// With the roles header configured, a role id must read as one item of a comma-joined
+    /// header, and the header counts in the user headers' 16 KiB budget.
+    #[test]
+    fn the_roles_header_needs_header_safe_ids_and_fits_the_budget() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("rbac.yaml");
+        let load = |text: &str, header: Option<&str>| {
+            std::fs::write(&path, text).expect("write");
+            Rbac::load(&RbacSettings {
+                source: RbacSource::File(path.clone()),
+                roles_header: header.map(str::to_owned),
+            })
+        };
+        let commas = "roles:\n  - { id: 'a,b', permissions: [x] }\nbindings:\n  - { id: k, subjects: [u], roles: ['a,b'] }\n";
+        assert!(load(commas, None).is_ok(), "no header, no constraint");
+        let problems = load(commas, Some("x-roles")).expect_err("a comma");
+        assert_eq!(
+            problems,
+            [format!(
+                "{}:2:7: roles[0]: role \"a,b\" cannot be sent in the roles header: it holds a comma or a control character",
+                path.display()
+            )]
+        );
+        let long = "r".repeat(6000);
+        let text = format!(
+            "roles:\n  - {{ id: {long}a }}\n  - {{ id: {long}b }}\n  - {{ id: {long}c }}\nbindings:\n  - {{ id: k, subjects: [big], roles: [{long}a, {long}b, {long}c] }}\n  - {{ id: s, subjects: [small], roles: [{long}a] }}\n"
+        );
+        for (header, too_large) in [(None, false), (Some("x-roles"), true)] {
+            let rbac = load(&text, header).expect("valid");
+            let big = user("big", &[], &[]);
+            let effective = rbac.effective(
+                &Caller {
+                    user: Some(&big),
+                    ..Caller::default()
+                },
+                None,
+            );
+            assert_eq!(effective.roles.len(), 3);
+            assert_eq!(effective.too_large, too_large, "{header:?}");
+            let small = user("small", &[], &[]);
+            let effective = rbac.effective(
+                &Caller {
+                    user: Some(&small),
+                    ..Caller::default()
+                },
+                None,
+            );
+            assert!(!effective.too_large);
+        }
+    }
+
+    /// The native file's inline section is placed in the file as written, also on lines where a
+    /// `${VAR}` reference expanded to a value of another length before the problem.
+    #[test]
+    fn inline_problems_are_placed_in_the_file_as_written() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("checkpoint.yaml");
+        std::fs::write(
+            &path,
+            r#"version: 1
+rules: { inline: {} }
+identity: { sources: [ { type: anonymous } ] }
+rbac:
+  roles:
+    - { id: "${ROLE_NAME}", inherits: [ghost] }
+  bindings:
+    - { id: "${B}", subjects: [alice], roles: [nope] }
+"#,
+        )
+        .expect("write");
+        let vars: std::collections::HashMap<String, String> = [
+            ("CHECKPOINT_CONFIG", path.display().to_string()),
+            (
+                "ROLE_NAME",
+                "a-role-name-much-longer-than-its-reference".into(),
+            ),
+            ("B", "b".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        let problems = crate::Config::load(&vars).expect_err("invalid").problems;
+        let file = path.display();
+        assert_eq!(
+            problems,
+            [
+                format!("{file}:6:29: rbac.roles[0]: inherits the unknown role \"ghost\""),
+                format!(
+                    "{file}:8:40: rbac.bindings[0]: binding \"b\" grants the unknown role \"nope\""
+                ),
+            ]
+        );
     }
 
     #[test]

@@ -51,6 +51,12 @@ pub fn responder(settings: &Settings) -> Responder {
         .with_dynamic_metadata(settings.dynamic_metadata)
         .with_decision_id_upstream(settings.decision_id_upstream)
         .with_basic_realms(&crate::config::sources::basic_realms(&settings.sources))
+        .with_roles_header(
+            settings
+                .rbac
+                .as_ref()
+                .and_then(|r| r.roles_header.as_deref()),
+        )
 }
 
 /// Every rule of `rules` that names an identity source not in `names`, as a problem naming the
@@ -318,7 +324,8 @@ fn folder(file: &Path) -> PathBuf {
 }
 
 /// The files the configuration is read from: the native file, the rule file, the shadow rule
-/// file (inline rules have no file of their own: they are in the native file).
+/// file, the RBAC file or Rönd's two collections (inline rules and inline roles have no file of
+/// their own: they are in the native file).
 fn files(vars: &HashMap<String, String>, settings: &Settings) -> Vec<PathBuf> {
     let native = vars
         .get(env::CHECKPOINT_CONFIG)
@@ -331,7 +338,17 @@ fn files(vars: &HashMap<String, String>, settings: &Settings) -> Vec<PathBuf> {
         .into_iter()
         .chain(rules)
         .chain(settings.shadow_rules_file.clone())
+        .chain(rbac_files(settings))
         .collect()
+}
+
+fn rbac_files(settings: &Settings) -> Vec<PathBuf> {
+    use crate::config::rbac::RbacSource;
+    match settings.rbac.as_ref().map(|r| &r.source) {
+        Some(RbacSource::File(path)) => vec![path.clone()],
+        Some(RbacSource::Rond { roles, bindings }) => vec![roles.clone(), bindings.clone()],
+        Some(RbacSource::Inline { .. }) | None => Vec::new(),
+    }
 }
 
 /// A digest of the files' contents (a missing file counts as its own content).
@@ -455,5 +472,33 @@ mod tests {
         std::fs::write(&watched[0], format!("{BASE}\n")).expect("rewrite");
         assert_ne!(fingerprint(&watched), before);
         assert_eq!(folder(Path::new("auth.json")), PathBuf::from("."));
+    }
+
+    /// A change to the RBAC file or to Rönd's collections reloads, as one to the rule file does.
+    #[test]
+    fn the_rbac_files_are_watched() {
+        let (dir, env, running) = settings(&format!("{BASE}rbac: {{ file: rbac.yaml }}\n"));
+        assert_eq!(
+            files(&env, &running),
+            [
+                dir.path().join("checkpoint.yaml"),
+                dir.path().join("rbac.yaml")
+            ]
+        );
+        let (dir, env, running) = settings(&format!(
+            "{BASE}rbac: {{ rond: {{ roles: r/roles.json, bindings: r/bindings.json }} }}\n"
+        ));
+        assert_eq!(
+            files(&env, &running),
+            [
+                dir.path().join("checkpoint.yaml"),
+                dir.path().join("r/roles.json"),
+                dir.path().join("r/bindings.json")
+            ]
+        );
+        let (_, env, running) = settings(&format!(
+            "{BASE}rbac: {{ roles: [ {{ id: r }} ], bindings: [] }}\n"
+        ));
+        assert_eq!(files(&env, &running).len(), 1, "inline: the native file");
     }
 }

@@ -17,6 +17,7 @@
 use crate::check::{Decision, Denial, Outcome};
 use crate::config::UserHeaders;
 use crate::identity::User;
+use crate::rbac::Effective;
 use crate::telemetry::decision_id;
 
 /// Mia's marker for non-strict mode: `1` allowed, `0` not allowed but let through.
@@ -75,7 +76,7 @@ pub fn status_of(denial: Denial) -> (i32, u16, &'static str, &'static str) {
     }
 }
 
-/// A short list with its capacity fixed at compile time: an answer names at most five headers,
+/// A short list with its capacity fixed at compile time: an answer names at most six headers,
 /// and building one must not allocate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct List<T: Copy + Default, const N: usize> {
@@ -120,8 +121,8 @@ pub struct Answer<'a> {
 pub enum Verdict<'a> {
     /// OK: headers set on the request going upstream (overwriting), and headers removed from it.
     Allow {
-        set: List<(&'a str, &'a str), 5>,
-        remove: List<&'a str, 4>,
+        set: List<(&'a str, &'a str), 6>,
+        remove: List<&'a str, 5>,
     },
     /// A denial: the gRPC code of `CheckResponse.status` and its message, then what the client
     /// gets: HTTP status, headers and body.
@@ -145,6 +146,8 @@ pub struct Responder {
     user_id: String,
     groups: String,
     properties: String,
+    /// The RBAC roles header, when configured (`rbac.roles_header`).
+    roles: Option<String>,
     /// The JSON body of each denial, built once (the redirect has none).
     bodies: [String; 6],
     /// The `WWW-Authenticate` challenge of a 401 decided by each `ldap` source (by name):
@@ -192,6 +195,7 @@ impl Responder {
             user_id: headers.user_id.clone(),
             groups: headers.groups.clone(),
             properties: headers.properties.clone(),
+            roles: None,
             bodies,
             basic: Vec::new(),
             challenge: "Bearer".to_owned(),
@@ -235,17 +239,34 @@ impl Responder {
         self
     }
 
+    /// Allowed requests also carry the caller's effective RBAC roles on the request in this
+    /// header (comma-joined, overwriting); a client's copy is always removed. Off by default.
+    pub fn with_roles_header(mut self, name: Option<&str>) -> Responder {
+        self.roles = name.map(str::to_owned);
+        self
+    }
+
     /// Envoy's answer for an outcome. `decision_id` must be a safe header value
     /// ([`crate::telemetry::DecisionId`] makes sure).
     pub fn answer<'a>(&'a self, outcome: &'a Outcome<'_>, decision_id: &'a str) -> Answer<'a> {
         let verdict = match outcome.decision {
-            Decision::Allow => self.allow(outcome.user.as_deref(), true, decision_id),
+            Decision::Allow => self.allow(
+                outcome.user.as_deref(),
+                outcome.rbac.as_deref(),
+                true,
+                decision_id,
+            ),
             // Non-strict mode: Mia's gateway lets the request through marked not allowed, with
             // the user headers of whoever was identified.
             Decision::Deny(Denial::NotFound | Denial::Unauthenticated | Denial::Forbidden)
                 if !self.strict =>
             {
-                self.allow(outcome.user.as_deref(), false, decision_id)
+                self.allow(
+                    outcome.user.as_deref(),
+                    outcome.rbac.as_deref(),
+                    false,
+                    decision_id,
+                )
             }
             Decision::Deny(Denial::LoginRedirect) => match outcome.location.as_deref() {
                 Some(location) => Self::redirect(location, decision_id),
@@ -273,6 +294,7 @@ impl Responder {
     fn allow<'a>(
         &'a self,
         user: Option<&'a User>,
+        rbac: Option<&'a Effective>,
         allowed: bool,
         decision_id: &'a str,
     ) -> Verdict<'a> {
@@ -293,6 +315,13 @@ impl Responder {
                 remove.push(self.user_id.as_str());
                 remove.push(self.groups.as_str());
                 remove.push(self.properties.as_str());
+            }
+        }
+        if let Some(name) = &self.roles {
+            // Security: like the user headers, set by checkpoint or not at all.
+            match rbac.filter(|e| !e.roles_header.is_empty()) {
+                Some(effective) => set.push((name.as_str(), effective.roles_header.as_str())),
+                None => remove.push(name.as_str()),
             }
         }
         if self.strict {
@@ -574,6 +603,74 @@ mod tests {
             Verdict::Deny { status, .. } => assert_eq!(status, 401),
             other => panic!("{other:?}"),
         }
+    }
+
+    /// The roles header: set (overwriting) with the effective roles on an allow, removed when
+    /// there are none, never passed through from the client; nothing when not configured.
+    #[test]
+    fn the_roles_header_is_set_or_removed() {
+        let effective = |roles: &[&str]| {
+            let roles: Vec<String> = roles.iter().map(|r| (*r).to_owned()).collect();
+            Arc::new(Effective {
+                roles_header: roles.join(","),
+                roles,
+                ..Effective::default()
+            })
+        };
+        for strict in [true, false] {
+            let responder = Responder::new(strict, &headers()).with_roles_header(Some("x-roles"));
+            for (user, rbac, want) in [
+                (
+                    Some(user("alice", &[])),
+                    Some(effective(&["owner", "viewer"])),
+                    Some("owner,viewer"),
+                ),
+                (Some(user("bob", &[])), Some(effective(&[])), None),
+                (None, Some(effective(&["reader"])), Some("reader")),
+                (None, None, None),
+            ] {
+                let mut outcome = outcome(Decision::Allow, user);
+                outcome.rbac = rbac;
+                let Verdict::Allow { set, remove } = responder.answer(&outcome, "req-1").verdict
+                else {
+                    panic!("an allow")
+                };
+                let value = set
+                    .as_slice()
+                    .iter()
+                    .find(|(n, _)| *n == "x-roles")
+                    .map(|(_, v)| *v);
+                assert_eq!(value, want);
+                assert_eq!(remove.as_slice().contains(&"x-roles"), want.is_none());
+            }
+        }
+        // Non-strict mode lets a 403 through with `mia-allowed: 0` and the caller's headers.
+        let lax = Responder::new(false, &headers()).with_roles_header(Some("x-roles"));
+        let mut forbidden = outcome(Decision::Deny(Denial::Forbidden), Some(user("bob", &[])));
+        forbidden.rbac = Some(effective(&["viewer"]));
+        let Verdict::Allow { set, .. } = lax.answer(&forbidden, "req-1").verdict else {
+            panic!("let through")
+        };
+        assert!(set.as_slice().contains(&("x-roles", "viewer")));
+        assert!(set.as_slice().contains(&(MIA_ALLOWED, "0")));
+        let off = Responder::new(true, &headers());
+        let mut outcome = outcome(Decision::Allow, Some(user("alice", &["staff"])));
+        outcome.rbac = Some(effective(&["owner"]));
+        let Verdict::Allow { set, remove } = off.answer(&outcome, "req-1").verdict else {
+            panic!("an allow")
+        };
+        assert!(!set.as_slice().iter().any(|(_, v)| *v == "owner"));
+        assert_eq!(remove.as_slice(), [MIA_ALLOWED]);
+    }
+
+    /// `config` cannot import this module: its copy of the headers an allow writes is checked
+    /// here.
+    #[test]
+    fn config_knows_the_headers_an_allow_writes() {
+        assert_eq!(
+            crate::config::RESERVED_UPSTREAM_HEADERS,
+            [MIA_ALLOWED, decision_id::HEADER]
+        );
     }
 
     #[test]

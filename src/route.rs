@@ -147,6 +147,9 @@ struct Entry<T> {
     path: Box<str>,
     /// The segments of a template key; `None` for a literal key.
     template: Option<Template>,
+    /// For each non-empty segment of the key, whether it is literal ([`kinds`]): what keys are
+    /// ranked by, computed once.
+    rank: Box<[bool]>,
     /// Indexed by [`MethodKey::slot`]; a fixed array because there are only eight keys.
     rules: [Option<T>; SLOTS],
 }
@@ -197,9 +200,11 @@ impl<T> RouteTable<T> {
                 if template.is_some() {
                     self.templates.push(self.entries.len());
                 }
+                let rank = kinds(path, template.as_ref()).collect();
                 self.entries.push(Entry {
                     path: path.into(),
                     template,
+                    rank,
                     rules: std::array::from_fn(|_| None),
                 });
                 let last = self.entries.len() - 1;
@@ -241,34 +246,45 @@ impl<T> RouteTable<T> {
     }
 
     /// The entry of the key that governs `path`: the longest literal key, unless a template key
-    /// that matches ranks above it ([`rank`]).
+    /// that matches ranks above it ([`outranks`]).
     fn best_key(&self, path: &str) -> Option<&Entry<T>> {
-        let literal = self.longest_key(path);
         if self.templates.is_empty() {
-            return literal;
+            return self.longest_key(path, 0);
         }
-        let mut best = literal;
+        let mut template: Option<&Entry<T>> = None;
         for &i in &self.templates {
             let Some(entry) = self.entries.get(i) else {
                 continue;
             };
-            let Some(template) = &entry.template else {
-                continue;
-            };
-            if !template.matches(path) {
+            if !entry.template.as_ref().is_some_and(|t| t.matches(path)) {
                 continue;
             }
-            best = match best {
-                Some(current) if !outranks(entry, current) => Some(current),
-                _ => Some(entry),
-            };
+            if template.is_none_or(|current| outranks(entry, current)) {
+                template = Some(entry);
+            }
         }
-        best
+        // A literal key outranks a template with as many segments (a template has a variable
+        // somewhere, the literal key none) and loses to one with more: only the literal keys
+        // with at least the template's segments are looked up.
+        let fewest = template.map_or(0, |t| t.rank.len());
+        self.longest_key(path, fewest).or(template)
     }
 
-    /// The entry of the longest key that `path` equals or continues at a segment boundary.
-    fn longest_key(&self, path: &str) -> Option<&Entry<T>> {
+    /// The entry of the longest key that `path` equals or continues at a segment boundary, if
+    /// it has at least `fewest` non-empty segments.
+    fn longest_key(&self, path: &str, fewest: usize) -> Option<&Entry<T>> {
         let lookup = |key: &str| self.index.get(key).and_then(|&i| self.entries.get(i));
+        // A normalised path has no empty segment but a trailing one: every `/` of a prefix
+        // without its trailing slash starts one segment.
+        let mut slashes = if fewest == 0 {
+            usize::MAX
+        } else {
+            let slashes = path.bytes().filter(|&b| b == b'/').count();
+            if slashes - usize::from(path.ends_with('/')) < fewest {
+                return None;
+            }
+            slashes
+        };
         if let Some(entry) = lookup(path) {
             return Some(entry);
         }
@@ -277,6 +293,11 @@ impl<T> RouteTable<T> {
         // never `/foo-bar`, which has no `/` after `/foo`).
         let mut rest = path;
         while let Some(slash) = rest.rfind('/') {
+            // Segments of the prefix before this slash: the slashes left of it.
+            slashes = slashes.saturating_sub(1);
+            if slashes < fewest {
+                return None;
+            }
             let with_slash = path.get(..=slash)?;
             // Equal to `path` only when the path ends with `/`: already looked up.
             if with_slash.len() < path.len()
@@ -335,8 +356,7 @@ impl<T> RouteTable<T> {
         }
         // Literal keys come longest first; a stable sort by rank keeps that order among them.
         keys.sort_by_cached_key(|(entry, _)| {
-            let kinds: Vec<bool> = kinds(entry).collect();
-            std::cmp::Reverse((kinds.len(), kinds))
+            std::cmp::Reverse((entry.rank.len(), entry.rank.clone()))
         });
         keys.into_iter()
             .map(|(entry, rules)| (&*entry.path, rules))
@@ -491,15 +511,11 @@ pub fn segment(path: &str, index: usize) -> Option<&str> {
 }
 
 /// For each non-empty segment of the key, whether it is literal: what keys are ranked by.
-fn kinds<T>(entry: &Entry<T>) -> impl Iterator<Item = bool> + '_ {
-    let literal = entry.template.is_none().then(|| {
-        entry
-            .path
-            .split('/')
-            .filter(|s| !s.is_empty())
-            .map(|_| true)
-    });
-    let template = entry.template.as_ref().map(|t| {
+fn kinds<'a>(path: &'a str, template: Option<&'a Template>) -> impl Iterator<Item = bool> + 'a {
+    let literal = template
+        .is_none()
+        .then(|| path.split('/').filter(|s| !s.is_empty()).map(|_| true));
+    let template = template.map(|t| {
         t.segments
             .iter()
             .filter(|s| !matches!(s, Segment::Literal(text) if text.is_empty()))
@@ -514,14 +530,8 @@ fn kinds<T>(entry: &Entry<T>) -> impl Iterator<Item = bool> + '_ {
 /// Whether key `a` governs a path both match rather than `b`: more segments wins; at the same
 /// number, at the first position where they differ a literal segment beats a variable.
 fn outranks<T>(a: &Entry<T>, b: &Entry<T>) -> bool {
-    let (la, lb) = (kinds(a).count(), kinds(b).count());
-    if la != lb {
-        return la > lb;
-    }
-    kinds(a)
-        .zip(kinds(b))
-        .find(|(x, y)| x != y)
-        .is_some_and(|(x, _)| x)
+    // Lexicographic on the kinds, `true` (literal) above `false` (variable).
+    (a.rank.len(), &*a.rank) > (b.rank.len(), &*b.rank)
 }
 
 /// Calls `visit` with every key `path` may match, from longest to shortest, until it returns

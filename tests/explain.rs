@@ -425,3 +425,132 @@ async fn the_demo_rules_pass_their_tests() {
     assert_eq!(out.status.code(), Some(0), "{stdout}");
     assert_eq!(stdout, readme_block("### Test your rules", 1));
 }
+
+/// README's `checkpoint explain` example for the worked example prints what README shows, the
+/// bindings that granted alice's role named.
+#[tokio::test]
+async fn the_readme_rbac_explain_example_is_what_explain_prints() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("auth.json"), readme_block("## RBAC", 0)).expect("rules");
+    std::fs::write(
+        dir.path().join("checkpoint.yaml"),
+        format!(
+            "version: 1\nrules: {{ file: auth.json }}\nidentity: {{ sources: [ {{ type: userinfo, url: \"http://127.0.0.1:9/userinfo\" }} ] }}\n{}",
+            readme_block("## RBAC", 1)
+        ),
+    )
+    .expect("config");
+    let command = readme_block("## RBAC", 2);
+    let args = [
+        "explain",
+        "--method",
+        "DELETE",
+        "--path",
+        "/tenants/acme/orders",
+        "--user",
+        r#"{"sub":"alice"}"#,
+    ];
+    assert!(
+        command.contains(&args[1..6].join(" ")) && command.contains(r#"--user '{"sub":"alice"}'"#),
+        "{command}"
+    );
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_checkpoint"))
+        .args(args)
+        .current_dir(dir.path())
+        .env_clear()
+        .env("CHECKPOINT_CONFIG", "checkpoint.yaml")
+        .output()
+        .await
+        .expect("run checkpoint");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        readme_block("## RBAC", 3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(0));
+}
+
+/// `explain` names the RBAC bindings behind a permission and a role, says which permissions the
+/// identity provider granted, and gives the rule's resource for the path (README's example).
+#[tokio::test]
+async fn explain_names_the_rbac_bindings_that_granted_permissions_and_roles() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("auth.json"), readme_block("## RBAC", 0)).expect("rules");
+    let config = dir.path().join("checkpoint.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "version: 1\nrules: {{ file: auth.json }}\nidentity: {{ sources: [ {{ type: userinfo, url: \"{NOBODY}\" }} ] }}\n{}",
+            readme_block("## RBAC", 1)
+        ),
+    )
+    .expect("config");
+    let vars = vec![("CHECKPOINT_CONFIG".to_owned(), config.display().to_string())];
+    let explain = async |method: &str, path: &str, user: &str| {
+        let (code, stdout, stderr) = checkpoint(
+            &[
+                "explain", "--method", method, "--path", path, "--user", user, "--json",
+            ],
+            &vars,
+        )
+        .await;
+        let json: Value =
+            serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}{stderr}"));
+        (code, json)
+    };
+    // bob reads globex's orders through the global binding of his group.
+    let (code, json) = explain(
+        "GET",
+        "/tenants/globex/orders",
+        r#"{"sub":"bob","groups":["staff"]}"#,
+    )
+    .await;
+    assert_eq!(code, 0, "{json}");
+    assert_eq!(
+        json["rbac"]["resource"],
+        serde_json::json!(["tenant", "globex"])
+    );
+    assert_eq!(json["rbac"]["bindings"], serde_json::json!(["staff-read"]));
+    assert_eq!(json["rbac"]["roles"], serde_json::json!(["viewer"]));
+    assert_eq!(
+        json["permissions"],
+        serde_json::json!([{ "permission": "orders.read", "from": "rbac", "rbac_bindings": ["staff-read"] }])
+    );
+    // alice deletes on acme: the role comes from her scoped binding (owner, inheriting viewer).
+    let (code, json) = explain("DELETE", "/tenants/acme/orders", r#"{"sub":"alice"}"#).await;
+    assert_eq!(code, 0, "{json}");
+    assert_eq!(json["rbac"]["bindings"], serde_json::json!(["alice-acme"]));
+    assert_eq!(
+        json["rbac"]["roles"],
+        serde_json::json!(["owner", "viewer"])
+    );
+    assert_eq!(
+        json["roles"],
+        serde_json::json!([{ "role": "owner", "rbac_bindings": ["alice-acme"] }])
+    );
+    let set = &json["answer"]["set"];
+    assert!(
+        set.as_array()
+            .expect("set")
+            .contains(&serde_json::json!(["x-checkpoint-roles", "owner,viewer"])),
+        "{set}"
+    );
+    // On globex no binding applies to alice: denied, nothing named.
+    let (code, json) = explain("DELETE", "/tenants/globex/orders", r#"{"sub":"alice"}"#).await;
+    assert_eq!(code, 1, "{json}");
+    assert_eq!(json["rbac"]["bindings"], serde_json::json!([]));
+    assert_eq!(json["roles"], serde_json::json!([]));
+    // carol's own identity provider grants the permission: no binding to name.
+    let (code, json) = explain(
+        "GET",
+        "/tenants/acme/orders",
+        r#"{"sub":"carol","permissions":["orders.read"]}"#,
+    )
+    .await;
+    assert_eq!(code, 0, "{json}");
+    assert_eq!(
+        json["permissions"],
+        serde_json::json!([{ "permission": "orders.read", "from": "--user", "rbac_bindings": [] }])
+    );
+}

@@ -138,6 +138,7 @@ pub const ALL: &[&str] = &[
     CHECKPOINT_DYNAMIC_METADATA,
     CHECKPOINT_DECISION_ID_HEADER_UPSTREAM,
     super::rbac::CHECKPOINT_RBAC_FILE,
+    super::rbac::CHECKPOINT_RBAC_ROLES_HEADER,
 ];
 
 /// Upper bound of `CHECKPOINT_WORKER_THREADS` (and `server.worker_threads`).
@@ -265,6 +266,28 @@ pub fn settings_from(vars: &HashMap<String, String>) -> Result<Settings, Vec<Set
         }
         super::grpc::GrpcSettings::default()
     });
+    // The header's name is checked by `cross_check`, as the native file's `rbac.roles_header`.
+    let roles_header = r
+        .string(super::rbac::CHECKPOINT_RBAC_ROLES_HEADER)
+        .or(super::rbac::DEFAULT_CHECKPOINT_RBAC_ROLES_HEADER.map(str::to_owned))
+        .map(|name| name.to_ascii_lowercase());
+    let rbac = match (r.string(super::rbac::CHECKPOINT_RBAC_FILE), roles_header) {
+        (Some(path), roles_header) => Some(super::rbac::RbacSettings {
+            source: super::rbac::RbacSource::File(path.into()),
+            roles_header,
+        }),
+        (None, Some(_)) => {
+            r.error(
+                super::rbac::CHECKPOINT_RBAC_ROLES_HEADER,
+                format!(
+                    "needs {}: without roles there are no roles to send",
+                    super::rbac::CHECKPOINT_RBAC_FILE
+                ),
+            );
+            None
+        }
+        (None, None) => None,
+    };
     let settings = Settings {
         grpc_addr,
         grpc_socket_mode,
@@ -320,14 +343,7 @@ pub fn settings_from(vars: &HashMap<String, String>) -> Result<Settings, Vec<Set
         },
         user_headers,
         request_headers,
-        rbac: vars
-            .get(super::rbac::CHECKPOINT_RBAC_FILE)
-            .map(|v| v.trim())
-            .filter(|v| !v.is_empty())
-            .map(|path| super::rbac::RbacSettings {
-                source: super::rbac::RbacSource::File(path.into()),
-                roles_header: None,
-            }),
+        rbac,
         login_redirect: None,
         telemetry: super::telemetry::resolve(&Default::default(), vars).unwrap_or_else(
             |problems| {

@@ -24,12 +24,17 @@ pub struct Expanded {
     pub text: String,
     /// Names of the variables referred to, in order of first use.
     pub referenced: Vec<String>,
-    /// Per replaced reference: line, expanded start and end column, written start and end
-    /// column (1-based, end exclusive), in text order.
-    shifts: Vec<Shift>,
+    /// Where the columns moved, for positions found later in `text` (the inline RBAC section's
+    /// problems are placed after loading).
+    pub shifts: Shifts,
 }
 
-#[derive(Debug, Clone, Copy)]
+/// Per replaced reference: line, expanded start and end column, written start and end column
+/// (1-based, end exclusive), in text order. Empty: the text is as written.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Shifts(Vec<Shift>);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Shift {
     line: usize,
     expanded: (usize, usize),
@@ -38,9 +43,16 @@ struct Shift {
 
 impl Expanded {
     /// The position in the file as written of `position` in the expanded text.
+    pub fn original(&self, position: Position) -> Position {
+        self.shifts.original(position)
+    }
+}
+
+impl Shifts {
+    /// The position in the file as written of `position` in the expanded text.
     pub fn original(&self, (line, column): Position) -> Position {
         let mut written = column;
-        for shift in self.shifts.iter().filter(|s| s.line == line) {
+        for shift in self.0.iter().filter(|s| s.line == line) {
             if column >= shift.expanded.1 {
                 written = written + (shift.written.1 - shift.written.0)
                     - (shift.expanded.1 - shift.expanded.0);
@@ -101,7 +113,7 @@ fn expand_line(
         expanded_column += advance;
         if let Some(after) = from_dollar.strip_prefix("$${") {
             out.text.push_str("${");
-            out.shifts.push(Shift {
+            out.shifts.0.push(Shift {
                 line: number,
                 expanded: (expanded_column, expanded_column + 2),
                 written: (written_column, written_column + 3),
@@ -166,7 +178,7 @@ fn expand_line(
         let written_len = reference.chars().count();
         let expanded_len = text.chars().count();
         out.text.push_str(&text);
-        out.shifts.push(Shift {
+        out.shifts.0.push(Shift {
             line: number,
             expanded: (expanded_column, expanded_column + expanded_len),
             written: (written_column, written_column + written_len),

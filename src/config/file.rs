@@ -307,13 +307,20 @@ pub fn load(path: &Path, vars: &HashMap<String, String>) -> Result<Loaded, Confi
         ) {
             (Ok(traces), Ok((mut settings, rules))) if problems.is_empty() => {
                 settings.telemetry = traces;
-                // Inline roles and bindings are placed by the file's own text.
+                // Inline roles and bindings are placed by the file's own text, and their
+                // positions mapped back over the `${VAR}` references to the file as written.
                 if let Some(super::rbac::RbacSettings {
-                    source: super::rbac::RbacSource::Inline { text: inline, .. },
+                    source:
+                        super::rbac::RbacSource::Inline {
+                            text: inline,
+                            shifts,
+                            ..
+                        },
                     ..
                 }) = &mut settings.rbac
                 {
                     inline.clone_from(text);
+                    shifts.clone_from(&expanded.shifts);
                 }
                 Ok(Loaded {
                     settings,
@@ -749,6 +756,85 @@ responses: { strict_mode: false }
             )),
             "{text:?}"
         );
+    }
+
+    /// The roles header: off by default; set, a valid name that is no other header checkpoint
+    /// reads or writes, refused the same way by the native file and by the variables.
+    #[test]
+    fn the_roles_header_is_checked_by_the_one_validator() {
+        let file = |header: &str| {
+            parse(&format!(
+                "version: 1\nrules: {{ inline: {{}} }}\nidentity: {{ sources: [ {{ type: anonymous }} ] }}\nrbac: {{ file: rbac.yaml{header} }}\n"
+            ))
+        };
+        let (settings, _) = file("").expect("valid");
+        assert_eq!(
+            settings.rbac.expect("rbac").roles_header,
+            None,
+            "off by default"
+        );
+        let (settings, _) = file(", roles_header: X-Roles").expect("valid");
+        assert_eq!(
+            settings.rbac.expect("rbac").roles_header.as_deref(),
+            Some("x-roles")
+        );
+        let env_vars = |header: &str, file: bool| {
+            let mut vars: HashMap<String, String> = [
+                ("CONFIGURATION_FILE_NAME", "auth"),
+                ("TRUST_MIA_USER_HEADERS", "true"),
+                ("CHECKPOINT_RBAC_ROLES_HEADER", header),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+            if file {
+                vars.insert("CHECKPOINT_RBAC_FILE".into(), "/etc/rbac.yaml".into());
+            }
+            env::settings_from(&vars).map_err(|errors| {
+                errors
+                    .iter()
+                    .map(|e| format!("{}: {}", e.variable, e.message))
+                    .collect::<Vec<_>>()
+            })
+        };
+        let settings = env_vars("X-Roles", true).expect("valid");
+        assert_eq!(
+            settings.rbac.expect("rbac").roles_header.as_deref(),
+            Some("x-roles")
+        );
+        assert_eq!(
+            env_vars("x-roles", false).expect_err("no roles"),
+            [
+                "CHECKPOINT_RBAC_ROLES_HEADER: needs CHECKPOINT_RBAC_FILE: without roles there are no roles to send"
+            ]
+        );
+        for (name, says) in [
+            ("bad header", "\"bad header\" is not a valid header name"),
+            (
+                "MiaUserGroups",
+                "\"miausergroups\" is also one of the user headers checkpoint writes",
+            ),
+            (
+                "client-type",
+                "\"client-type\" is also a request header checkpoint reads (backoffice or client type)",
+            ),
+            (
+                "mia-allowed",
+                "\"mia-allowed\" is a header checkpoint already writes upstream",
+            ),
+            (
+                "x-checkpoint-decision-id",
+                "\"x-checkpoint-decision-id\" is a header checkpoint already writes upstream",
+            ),
+        ] {
+            let errors = file(&format!(", roles_header: \"{name}\"")).expect_err(name);
+            assert_eq!(
+                errors,
+                [format!("checkpoint.yaml: rbac.roles_header: {says}")]
+            );
+            let errors = env_vars(name, true).expect_err(name);
+            assert_eq!(errors, [format!("CHECKPOINT_RBAC_ROLES_HEADER: {says}")]);
+        }
     }
 
     /// `stale_if_error` and `max_key_staleness` are off by default; set, they are read; a

@@ -168,6 +168,11 @@ pub struct CrossProblem {
     pub message: String,
 }
 
+/// Headers checkpoint writes upstream besides the user headers: Mia's `mia-allowed` marker
+/// (`response::MIA_ALLOWED`) and the decision id (`telemetry::decision_id::HEADER`). Written
+/// out here because `config` imports no stage; a test in `response` keeps them equal.
+pub const RESERVED_UPSTREAM_HEADERS: [&str; 2] = ["mia-allowed", "x-checkpoint-decision-id"];
+
 /// Every rule that relates several settings, checked once for both front ends (the environment
 /// and the native file build the same `Settings` first).
 pub fn cross_check(settings: &Settings) -> Vec<CrossProblem> {
@@ -206,6 +211,35 @@ pub fn cross_check(settings: &Settings) -> Vec<CrossProblem> {
                 field,
                 message: format!("\"{name}\" is also one of the user headers checkpoint writes"),
             });
+        }
+    }
+    // The roles header is written upstream like the user headers and removed from the client's
+    // request: a name shared with a header checkpoint reads or writes would make one read as
+    // the other.
+    if let Some(name) = settings
+        .rbac
+        .as_ref()
+        .and_then(|r| r.roles_header.as_deref())
+    {
+        let problem = |message: String| CrossProblem {
+            variable: rbac::CHECKPOINT_RBAC_ROLES_HEADER,
+            field: "rbac.roles_header",
+            message,
+        };
+        if !env::is_header_name(name) {
+            problems.push(problem(format!("\"{name}\" is not a valid header name")));
+        } else if [&h.user_id, &h.groups, &h.properties].contains(&&name.to_owned()) {
+            problems.push(problem(format!(
+                "\"{name}\" is also one of the user headers checkpoint writes"
+            )));
+        } else if [&r.backoffice, &r.client_type].contains(&&name.to_owned()) {
+            problems.push(problem(format!(
+                "\"{name}\" is also a request header checkpoint reads (backoffice or client type)"
+            )));
+        } else if RESERVED_UPSTREAM_HEADERS.contains(&name) {
+            problems.push(problem(format!(
+                "\"{name}\" is a header checkpoint already writes upstream"
+            )));
         }
     }
     // Stale answers are kept by the identity cache: without it there is nothing to serve.

@@ -92,10 +92,11 @@ pub struct ResourceDoc {
 #[derive(Debug, Clone, PartialEq)]
 pub enum RbacSource {
     /// The native file's `rbac.roles` and `rbac.bindings`; `text` is the file as read (after
-    /// `${VAR}` expansion), for positions.
+    /// `${VAR}` expansion), for positions, and `shifts` maps them back to the file as written.
     Inline {
         label: String,
         text: String,
+        shifts: super::expand::Shifts,
         doc: RbacDoc,
     },
     File(PathBuf),
@@ -115,8 +116,15 @@ pub struct RbacSettings {
 /// `CHECKPOINT_RBAC_FILE`: the roles and bindings for a configuration by Mia's variables.
 pub const CHECKPOINT_RBAC_FILE: &str = "CHECKPOINT_RBAC_FILE";
 
-/// The section of the native file, checked: exactly one source, a valid header name. `dir` is
-/// where relative paths start.
+/// `CHECKPOINT_RBAC_ROLES_HEADER`: the upstream header with the caller's effective roles
+/// (`rbac.roles_header` in the native file); needs `CHECKPOINT_RBAC_FILE`.
+pub const CHECKPOINT_RBAC_ROLES_HEADER: &str = "CHECKPOINT_RBAC_ROLES_HEADER";
+
+/// Not sent unless configured.
+pub const DEFAULT_CHECKPOINT_RBAC_ROLES_HEADER: Option<&str> = None;
+
+/// The section of the native file, checked: exactly one source. `dir` is where relative paths
+/// start. The roles header's name is checked by `config::cross_check`, as the variable's is.
 pub fn from_section(
     section: &RbacSection,
     label: &str,
@@ -128,6 +136,7 @@ pub fn from_section(
         (true, None, None) => Some(RbacSource::Inline {
             label: label.to_owned(),
             text: String::new(),
+            shifts: super::expand::Shifts::default(),
             doc: RbacDoc {
                 roles: section.roles.clone().unwrap_or_default(),
                 bindings: section.bindings.clone().unwrap_or_default(),
@@ -145,16 +154,11 @@ pub fn from_section(
             None
         }
     };
+    // Its name is checked with the other headers by `config::cross_check`.
     let roles_header = section
         .roles_header
         .as_ref()
         .map(|h| h.to_ascii_lowercase());
-    if let Some(name) = &roles_header {
-        // Not sent yet: refused rather than silently ignored.
-        problems.push(format!(
-            "{label}: rbac.roles_header: \"{name}\": the roles header is not supported by this build yet"
-        ));
-    }
     match source {
         Some(source) if problems.is_empty() => Ok(RbacSettings {
             source,

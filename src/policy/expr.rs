@@ -260,6 +260,10 @@ pub struct Step {
     /// that an explanation can say where each permission came from.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub permissions_held: Vec<String>,
+    /// For `roles.NAME` (and `"NAME" in roles`): the effective roles the caller holds, so that
+    /// an explanation can name the RBAC bindings that granted each.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub roles_held: Vec<String>,
 }
 
 /// A sub-expression's value: a boolean, or a string (`clientType`, `'cms'`).
@@ -296,6 +300,7 @@ impl Trace<'_> {
             text: String::new(),
             value: StepValue::Bool(false),
             permissions_held: Vec::new(),
+            roles_held: Vec::new(),
         });
         let value = match node {
             Node::Not(inner) => Value::Bool(!self.walk(inner, facts, depth + 1).truthy()),
@@ -333,17 +338,15 @@ impl Trace<'_> {
             .trim()
             .to_owned();
         self.next += 1;
-        let held = match node {
-            Node::Member {
-                set: Set::Permissions,
-                names,
-            } => names
+        let held = |set: Set| match node {
+            Node::Member { set: s, names } if *s == set => names
                 .iter()
-                .filter(|name| facts.permissions.iter().any(|p| p.as_str() == &***name))
+                .filter(|name| set.of(facts).iter().any(|p| p.as_str() == &***name))
                 .map(|name| name.to_string())
                 .collect(),
             _ => Vec::new(),
         };
+        let (held, roles_held) = (held(Set::Permissions), held(Set::Roles));
         if let Some(step) = self.steps.get_mut(slot) {
             step.text = text;
             step.value = match value {
@@ -351,6 +354,7 @@ impl Trace<'_> {
                 Value::Str(s) => StepValue::Str(s.to_owned()),
             };
             step.permissions_held = held;
+            step.roles_held = roles_held;
         }
         value
     }
