@@ -6,6 +6,8 @@
 //! benchmark of the whole server is `scripts/bench-load.sh`.
 #![allow(clippy::panic)] // Benchmarks: a broken fixture should stop the run loudly.
 
+mod support;
+
 use std::collections::HashMap;
 use std::hint::black_box;
 use std::sync::Arc;
@@ -372,39 +374,9 @@ fn bench_metrics(c: &mut Criterion) {
 /// The rule file of the `check` group: the same shape as [`route_table`], each rule a
 /// three-clause expression.
 fn rules_json(expression: &str) -> String {
-    let mut rules = serde_json::Map::new();
     let rule =
         serde_json::json!({ "authorization": { "expression": expression, "public": false } });
-    for path in ["/", "/health", "/metrics", "/public", "/login", "/logout"] {
-        rules.insert(path.into(), serde_json::json!({ "GET": rule }));
-    }
-    for resource in [
-        "users",
-        "orders",
-        "products",
-        "invoices",
-        "carts",
-        "payments",
-        "shipments",
-        "reviews",
-    ] {
-        rules.insert(
-            format!("/api/v1/{resource}"),
-            serde_json::json!({ "GET": rule, "POST": rule }),
-        );
-        rules.insert(
-            format!("/api/v1/{resource}/"),
-            serde_json::json!({ "ALL": rule }),
-        );
-        rules.insert(
-            format!("/api/v1/{resource}/search"),
-            serde_json::json!({ "POST": rule }),
-        );
-        rules.insert(
-            format!("/api/v1/{resource}/export"),
-            serde_json::json!({ "ALL": rule }),
-        );
-    }
+    let rules = support::fifty_rules(&rule);
     serde_json::Value::Object(rules).to_string()
 }
 

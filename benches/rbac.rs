@@ -15,6 +15,8 @@
 //! is set, under callgrind (README, "Performance"; bench/RESULTS.md).
 #![allow(clippy::panic)] // Benchmarks: a broken fixture should stop the run loudly.
 
+mod support;
+
 use std::collections::HashMap;
 use std::hint::black_box;
 use std::sync::Arc;
@@ -33,39 +35,7 @@ const ID: &str = "6f1c2b1e-3d0a-4c8e-9a51-0c3f6a7b8d90";
 
 /// The fifty rules every configuration shares (the shape of `hot_path`'s rule file).
 fn other_rules() -> serde_json::Map<String, serde_json::Value> {
-    let mut rules = serde_json::Map::new();
-    let rule = serde_json::json!({ "authorization": { "expression": "groups.admin" } });
-    for path in ["/", "/health", "/metrics", "/public", "/login", "/logout"] {
-        rules.insert(path.into(), serde_json::json!({ "GET": rule }));
-    }
-    for resource in [
-        "users",
-        "orders",
-        "products",
-        "invoices",
-        "carts",
-        "payments",
-        "shipments",
-        "reviews",
-    ] {
-        rules.insert(
-            format!("/api/v1/{resource}"),
-            serde_json::json!({ "GET": rule, "POST": rule }),
-        );
-        rules.insert(
-            format!("/api/v1/{resource}/"),
-            serde_json::json!({ "ALL": rule }),
-        );
-        rules.insert(
-            format!("/api/v1/{resource}/search"),
-            serde_json::json!({ "POST": rule }),
-        );
-        rules.insert(
-            format!("/api/v1/{resource}/export"),
-            serde_json::json!({ "ALL": rule }),
-        );
-    }
-    rules
+    support::fifty_rules(&serde_json::json!({ "authorization": { "expression": "groups.admin" } }))
 }
 
 /// Twenty roles (chains of inherits four deep) and fifty bindings, one of which (group
