@@ -465,7 +465,6 @@ pub fn jwt_exp(request: &Request) -> Option<u64> {
 mod tests {
     use super::*;
     use crate::identity::{Failure, User};
-    use crate::request::Headers;
     use std::sync::atomic::AtomicUsize;
 
     fn settings() -> CacheSettings {
@@ -494,17 +493,7 @@ mod tests {
         ))
     }
 
-    fn request(authorization: &str) -> Request {
-        Request {
-            method: None,
-            path: Ok("/".into()),
-            headers: Headers::from_pairs([("authorization", authorization.to_owned())]),
-            principal: String::new(),
-            request_id: String::new(),
-            certificate: String::new(),
-            metadata: None,
-        }
-    }
+    use crate::request::with_authorization as request;
 
     fn key_of(cache: &IdentityCache, credential: &str) -> u128 {
         let mut h = cache.key_hasher();

@@ -605,7 +605,6 @@ impl Source for Jwt {
 mod tests {
     use super::*;
     use crate::config::sources::Span;
-    use crate::request::Headers;
     use jsonwebtoken::EncodingKey;
     use serde_json::json;
 
@@ -909,17 +908,7 @@ mod tests {
         assert_ne!(media_type("jwt"), media_type("at+jwt"));
     }
 
-    fn request(authorization: &str) -> Request {
-        Request {
-            method: None,
-            path: Ok("/".into()),
-            headers: Headers::from_pairs([("authorization", authorization.to_owned())]),
-            principal: String::new(),
-            request_id: String::new(),
-            certificate: String::new(),
-            metadata: None,
-        }
-    }
+    use crate::request::with_authorization as request;
 
     #[tokio::test]
     async fn before_the_first_key_fetch_nothing_is_decided() {

@@ -1040,7 +1040,6 @@ impl Source for Ldap {
 mod tests {
     use super::*;
     use crate::config::sources::{LdapAttributes, LdapGroups, LdapSearch, Span};
-    use crate::request::Headers;
 
     fn settings() -> LdapSource {
         LdapSource {
@@ -1079,17 +1078,7 @@ mod tests {
         }
     }
 
-    fn request(authorization: &str) -> Request {
-        Request {
-            method: None,
-            path: Ok("/".into()),
-            headers: Headers::from_pairs([("authorization", authorization.to_owned())]),
-            principal: String::new(),
-            request_id: String::new(),
-            certificate: String::new(),
-            metadata: None,
-        }
-    }
+    use crate::request::with_authorization as request;
 
     fn basic(pair: &str) -> String {
         format!(

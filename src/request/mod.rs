@@ -250,6 +250,20 @@ impl Request {
     }
 }
 
+/// A request for the tests of the identity stage: path `/` and one `authorization` header.
+#[cfg(test)]
+pub(crate) fn with_authorization(authorization: &str) -> Request {
+    Request {
+        method: None,
+        path: Ok("/".into()),
+        headers: Headers::from_pairs([("authorization", authorization.to_owned())]),
+        principal: String::new(),
+        request_id: String::new(),
+        certificate: String::new(),
+        metadata: None,
+    }
+}
+
 fn non_empty(s: &str) -> Option<&str> {
     (!s.is_empty()).then_some(s)
 }
