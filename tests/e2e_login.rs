@@ -27,15 +27,11 @@ const LOGIN: &str = "https://login.example.test/web-login";
 const BROWSER: &str = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8";
 
 fn config(addrs: &NativeAddrs) -> String {
-    let NativeAddrs {
-        issuer,
-        grpc_addr,
-        http_addr,
-    } = addrs;
+    let issuer = &addrs.issuer;
+    let head = addrs.head();
     format!(
         r#"
-version: 1
-server: {{ grpc_addr: "{grpc_addr}", http_addr: "{http_addr}", shutdown_delay: 0 }}
+{head}
 rules:
   inline:
     /finance:

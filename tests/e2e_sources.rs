@@ -29,15 +29,11 @@ const USERINFO: &str = "GET /me -> 200";
 
 /// The native configuration under test: sources `mtls`, `jwt`, `userinfo` in this order.
 fn config(addrs: &NativeAddrs) -> String {
-    let NativeAddrs {
-        issuer,
-        grpc_addr,
-        http_addr,
-    } = addrs;
+    let issuer = &addrs.issuer;
+    let head = addrs.head();
     format!(
         r#"
-version: 1
-server: {{ grpc_addr: "{grpc_addr}", http_addr: "{http_addr}", shutdown_delay: 0 }}
+{head}
 rules:
   inline:
     /mesh:

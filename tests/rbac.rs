@@ -331,15 +331,11 @@ fn the_readme_example_is_the_table() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_allowed_on_one_tenant_and_refused_on_another_through_envoy() {
     let stack = e2e_support::NativeStack::start(|addrs| {
-        let e2e_support::NativeAddrs {
-            issuer,
-            grpc_addr,
-            http_addr,
-        } = addrs;
+        let issuer = &addrs.issuer;
+        let head = addrs.head();
         format!(
             r#"
-version: 1
-server: {{ grpc_addr: "{grpc_addr}", http_addr: "{http_addr}", shutdown_delay: 0 }}
+{head}
 rules:
   inline:
     /tenants/{{tenant}}/orders:

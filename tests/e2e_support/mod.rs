@@ -667,6 +667,17 @@ pub struct NativeAddrs {
     pub http_addr: String,
 }
 
+impl NativeAddrs {
+    /// The first lines of every native file under test: the version and the `server` section
+    /// (these addresses, no shutdown delay).
+    pub fn head(&self) -> String {
+        format!(
+            "version: 1\nserver: {{ grpc_addr: \"{}\", http_addr: \"{}\", shutdown_delay: 0 }}",
+            self.grpc_addr, self.http_addr
+        )
+    }
+}
+
 /// A [`Stack`] whose checkpoint reads a native configuration file and whose IdP logs every
 /// request (see [`idp_requests`]). Derefs to the [`Stack`].
 pub struct NativeStack {
