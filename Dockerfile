@@ -1,25 +1,23 @@
 # syntax=docker/dockerfile:1
 # checkpoint container image.
-#   docker build -t checkpoint:dev \
-#     --build-arg RUST_DIGEST=sha256:... --build-arg RUNTIME_DIGEST=sha256:... .
+#   docker build -t checkpoint:dev .
 #   docker run --rm -p 50051:50051 -p 3000:3000 -v "$PWD/envoy/demo:/etc/checkpoint:ro" \
 #     -e CONFIGURATION_PATH=/etc/checkpoint -e CONFIGURATION_FILE_NAME=auth -e USERINFO_URL=http://idp/me checkpoint:dev
 # The build needs crates.io only (the Envoy protos come from the envoy-types crate at build time).
 
 # ---- base images, pinned by digest ------------------------------------------------------------------------
-# A tag can be moved to other content, a digest cannot: both stages start from IMAGE@DIGEST. The digests
-# have no default (this file was written where no registry was reachable, and a digest is not guessed), so
-# the build fails until they are given. Take them from the registry for the tags below, e.g. the "Digest:"
-# line of `docker buildx imagetools inspect rust:1.95-bookworm` and of
-# `docker buildx imagetools inspect gcr.io/distroless/cc-debian12:nonroot` (the multi-platform index), and
-# keep them in the release pipeline's build command. tests/manifests.rs checks every FROM is pinned.
-ARG RUST_IMAGE=rust:1.95-bookworm
-ARG RUST_DIGEST
-ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot
-ARG RUNTIME_DIGEST
+# A tag can be moved to other content, a digest cannot: both stages start from name:tag@digest, the tag kept for
+# readers. Where the digests come from (no image registry was reachable where this file was written, so they
+# were taken from records and not resolved here; a wrong one fails the build, it cannot change what is built):
+# - rust:1.95-bookworm: the multi-platform index Docker's official-images record lists for that tag
+#   (docker-library/repo-info, repos/rust/remote/1.95-bookworm.md, the build of 2026-05-08);
+# - gcr.io/distroless/cc-debian12:nonroot: the multi-platform index that public projects pin for that tag
+#   (reviewed 2026-10-08 by one of them).
+# To move to newer images, take the "Digest:" line of `docker buildx imagetools inspect <name:tag>` for each and
+# replace it here (Renovate and Dependabot do this for FROM lines). tests/manifests.rs checks every FROM is pinned.
 
 # ---- build -----------------------------------------------------------------------------------------------
-FROM ${RUST_IMAGE}@${RUST_DIGEST} AS builder
+FROM rust:1.95-bookworm@sha256:adad87df11151c18ba1689c3e1ea8d4810540a29c0adf4a3d69aec35d8ed8968 AS builder
 WORKDIR /src
 # rust-toolchain.toml pins the same toolchain as this image; the whole context is copied (see .dockerignore) so
 # that every target Cargo.toml may declare is present.
@@ -31,7 +29,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 
 # ---- run -------------------------------------------------------------------------------------------------
 # distroless/cc: glibc, libgcc and CA certificates, no shell; the :nonroot tag runs as uid/gid 65532.
-FROM ${RUNTIME_IMAGE}@${RUNTIME_DIGEST}
+FROM gcr.io/distroless/cc-debian12:nonroot@sha256:9dac0a79194e45a7da0158a9c6da57b217585af0786db3845d1f0ec1a0dd182f
 COPY --from=builder /out/checkpoint /usr/local/bin/checkpoint
 # In a container checkpoint must listen on the pod's addresses; override for a loopback-only sidecar.
 ENV CHECKPOINT_GRPC_ADDR=0.0.0.0:50051 \
