@@ -276,7 +276,7 @@ pub async fn run(
     let mut builder = tonic::transport::Server::builder()
         .max_concurrent_streams(grpc.max_concurrent_streams)
         // h2's own limit answers a bare HTTP 431; it stays as a backstop above the limit that
-        // GrpcOnlyLayer answers with RESOURCE_EXHAUSTED.
+        // GateLayer answers with RESOURCE_EXHAUSTED.
         .http2_max_header_list_size(grpc.max_header_list_size.saturating_mul(4))
         // HTTP/1.1 is accepted only to be told, in words, that this port is gRPC.
         .accept_http1(true)
@@ -292,12 +292,9 @@ pub async fn run(
         builder = builder.max_connection_age(age);
     }
     let router = builder
-        .layer(transport::GrpcOnlyLayer::new(
+        .layer(transport::GateLayer::new(
             grpc.max_header_list_size as usize,
-        ))
-        .layer(transport::ActivityLayer)
-        .layer(transport::CapLayer::new(grpc.max_calls_in_flight))
-        .layer(transport::RequestBudgetLayer::new(
+            grpc.max_calls_in_flight,
             grpc.max_request_bytes_in_flight,
             grpc.max_message_size,
         ))

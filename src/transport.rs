@@ -18,7 +18,7 @@
 pub mod layers;
 pub mod tls;
 
-pub use layers::{ActivityLayer, CapLayer, Capped, GrpcOnlyLayer, RequestBudgetLayer};
+pub use layers::{Capped, GateLayer};
 
 use std::io;
 use std::pin::Pin;
@@ -182,7 +182,7 @@ enum Io {
     Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
 }
 
-/// Per-connection state shared with the [`Activity`] layer, which sees the calls.
+/// Per-connection state shared with the [`GateLayer`], which sees the calls.
 #[derive(Debug)]
 pub struct ConnState {
     epoch: Instant,

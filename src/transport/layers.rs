@@ -1,6 +1,10 @@
-//! The tower layers in front of the gRPC services (see the parent module): call activity for
-//! the idle timer, the bound on calls in flight, the request byte budget, and the answers in
-//! words for what is not gRPC over HTTP/2. Each is a thin wrapper; none parses HTTP/2.
+//! The tower layer in front of the gRPC services (see the parent module), and [`Capped`], the
+//! bound on one service's calls. [`GateLayer`] does, per call and in one pass: the answers in
+//! words for what is not gRPC over HTTP/2, the bound on calls in flight over the port, the call
+//! activity for its connection's idle timer, and the request byte budget. One layer rather than
+//! four because each layer costs a call a boxed future and each body wrapper a boxed body: with
+//! four, they were about a tenth of a warm Check's CPU (bench/RESULTS.md, "Eighth round"). None
+//! of it parses HTTP/2.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -11,78 +15,8 @@ use tokio::sync::Semaphore;
 
 use super::{ConnInfo, ConnState};
 
-/// A tower layer that tells each connection's idle timer when calls start and end (a call ends
-/// when its response body is done or dropped: a health `Watch` stream keeps its connection busy).
-#[derive(Debug, Clone, Default)]
-pub struct ActivityLayer;
-
-impl<S> tower::Layer<S> for ActivityLayer {
-    type Service = Activity<S>;
-
-    fn layer(&self, inner: S) -> Activity<S> {
-        Activity { inner }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct Activity<S> {
-    inner: S,
-}
-
 type HttpRequest = http::Request<tonic::body::Body>;
 type HttpResponse = http::Response<tonic::body::Body>;
-
-impl<S> tower::Service<HttpRequest> for Activity<S>
-where
-    S: tower::Service<HttpRequest, Response = HttpResponse>,
-    S::Future: Send + 'static,
-{
-    type Response = HttpResponse;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<HttpResponse, S::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: HttpRequest) -> Self::Future {
-        let guard = request
-            .extensions()
-            .get::<ConnInfo>()
-            .map(|info| CallGuard::new(info.0.clone()));
-        let future = self.inner.call(request);
-        Box::pin(async move {
-            let response = future.await?;
-            Ok(match guard {
-                Some(guard) => response.map(|body| {
-                    tonic::body::Body::new(GuardedBody {
-                        inner: body,
-                        _guard: guard,
-                    })
-                }),
-                None => response,
-            })
-        })
-    }
-}
-
-/// Counts one call in flight on its connection until dropped.
-struct CallGuard(Arc<ConnState>);
-
-impl CallGuard {
-    fn new(state: Arc<ConnState>) -> CallGuard {
-        state.in_flight.fetch_add(1, Ordering::Relaxed);
-        state.touch();
-        CallGuard(state)
-    }
-}
-
-impl Drop for CallGuard {
-    fn drop(&mut self) {
-        self.0.touch();
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
-}
 
 /// A response body that holds something of its call's (a [`CallGuard`], a [`Capped`] slot)
 /// until it is dropped.
@@ -127,28 +61,6 @@ impl<S> Capped<S> {
     }
 }
 
-/// [`Capped`] as a tower layer, for a bound over every service of the port.
-#[derive(Debug, Clone)]
-pub struct CapLayer {
-    slots: Arc<Semaphore>,
-}
-
-impl CapLayer {
-    pub fn new(calls: usize) -> CapLayer {
-        CapLayer {
-            slots: Arc::new(Semaphore::new(calls)),
-        }
-    }
-}
-
-impl<S> tower::Layer<S> for CapLayer {
-    type Service = Capped<S>;
-
-    fn layer(&self, inner: S) -> Capped<S> {
-        Capped::new(inner, self.slots.clone())
-    }
-}
-
 impl<S: tonic::server::NamedService> tonic::server::NamedService for Capped<S> {
     const NAME: &'static str = S::NAME;
 }
@@ -187,34 +99,6 @@ where
     }
 }
 
-/// A tower layer that bounds the request bytes held at once over every connection.
-///
-/// tonic reserves a message's whole buffer as soon as its 5-byte length prefix arrives, and
-/// keeps a call's buffer (reused for each next message) until the call's request body is
-/// dropped. So a call takes from one budget, before tonic sees the bytes, the most its buffer
-/// will hold: the largest message it has announced (prefix included), or what it sent of an
-/// unfinished one; and it gives that back when its body is dropped (for a unary call, once its
-/// message is decoded). A message longer than `max_message_size`, or one the budget cannot hold,
-/// fails the call with RESOURCE_EXHAUSTED before tonic reserves anything. With
-/// `max_concurrent_streams` this is what bounds the memory a client can make the server hold by
-/// announcing large messages or sending them slowly.
-#[derive(Debug, Clone)]
-pub struct RequestBudgetLayer {
-    budget: Arc<Budget>,
-    max_message_size: usize,
-}
-
-impl RequestBudgetLayer {
-    pub fn new(bytes: usize, max_message_size: usize) -> RequestBudgetLayer {
-        RequestBudgetLayer {
-            budget: Arc::new(Budget {
-                left: AtomicUsize::new(bytes),
-            }),
-            max_message_size,
-        }
-    }
-}
-
 #[derive(Debug)]
 struct Budget {
     left: AtomicUsize,
@@ -234,60 +118,13 @@ impl Budget {
     }
 }
 
-impl<S> tower::Layer<S> for RequestBudgetLayer {
-    type Service = RequestBudget<S>;
-
-    fn layer(&self, inner: S) -> RequestBudget<S> {
-        RequestBudget {
-            inner,
-            budget: self.budget.clone(),
-            max_message_size: self.max_message_size,
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct RequestBudget<S> {
-    inner: S,
-    budget: Arc<Budget>,
-    max_message_size: usize,
-}
-
-impl<S> tower::Service<HttpRequest> for RequestBudget<S>
-where
-    S: tower::Service<HttpRequest>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: HttpRequest) -> S::Future {
-        let budget = self.budget.clone();
-        let max_message_size = self.max_message_size;
-        self.inner.call(request.map(|body| {
-            tonic::body::Body::new(BudgetedBody {
-                inner: body,
-                budget,
-                held: 0,
-                framing: Framing::default(),
-                max_message_size,
-            })
-        }))
-    }
-}
-
 /// A request body whose bytes count against the [`Budget`] while it lives.
 struct BudgetedBody {
     inner: tonic::body::Body,
-    budget: Arc<Budget>,
+    shared: Arc<Shared>,
     /// Taken from the budget: the most this call's buffer in tonic holds.
     held: usize,
     framing: Framing,
-    max_message_size: usize,
 }
 
 impl http_body::Body for BudgetedBody {
@@ -305,15 +142,15 @@ impl http_body::Body for BudgetedBody {
         {
             // Security: counted before tonic sees the bytes, so before it reserves a buffer of
             // the announced length.
-            match this.framing.need(data, this.max_message_size) {
+            let max_message_size = this.shared.max_message_size;
+            match this.framing.need(data, max_message_size) {
                 Err(len) => {
                     return Poll::Ready(Some(Err(tonic::Status::resource_exhausted(format!(
-                        "a request message of {len} bytes is more than the limit of {}",
-                        this.max_message_size
+                        "a request message of {len} bytes is more than the limit of {max_message_size}"
                     )))));
                 }
                 Ok(need) if need > this.held => {
-                    if !this.budget.take(need - this.held) {
+                    if !this.shared.budget.take(need - this.held) {
                         return Poll::Ready(Some(Err(tonic::Status::resource_exhausted(
                             "the server is holding too many request bytes; try again",
                         ))));
@@ -337,7 +174,7 @@ impl http_body::Body for BudgetedBody {
 
 impl Drop for BudgetedBody {
     fn drop(&mut self) {
-        self.budget.give_back(self.held);
+        self.shared.budget.give_back(self.held);
     }
 }
 
@@ -394,46 +231,84 @@ impl Framing {
     }
 }
 
-/// A tower layer for what hyper lets through but a gRPC client must hear about as gRPC, or at
-/// least in words:
-/// - a request that is not HTTP/2 (HTTP/1.1 on the port: a misconfigured cluster or a curl)
-///   gets `505 HTTP Version Not Supported` with a one-line explanation;
-/// - a call whose header list is larger than `max_header_list_size` gets RESOURCE_EXHAUSTED
-///   (h2's own limit, set higher as a backstop, would answer a bare HTTP 431).
+/// The tower layer in front of every gRPC service of the port. Per call, in this order:
+///
+/// 1. What hyper lets through but a gRPC client must hear about as gRPC, or at least in words:
+///    a request that is not HTTP/2 (HTTP/1.1 on the port: a misconfigured cluster or a curl)
+///    gets `505 HTTP Version Not Supported` with a one-line explanation; a call whose header
+///    list is larger than `max_header_list_size` gets RESOURCE_EXHAUSTED (h2's own limit, set
+///    higher as a backstop, would answer a bare HTTP 431).
+/// 2. Activity: the call counts as in flight on its connection, for the idle timer, until its
+///    response body is done or dropped (a health `Watch` stream keeps its connection busy).
+/// 3. The bound on calls in flight over every connection and every service: past it a call gets
+///    RESOURCE_EXHAUSTED at once. A call holds its slot until its response body is dropped.
+/// 4. The request byte budget over every connection. tonic reserves a message's whole buffer as
+///    soon as its 5-byte length prefix arrives, and keeps a call's buffer (reused for each next
+///    message) until the call's request body is dropped. So a call takes from one budget, before
+///    tonic sees the bytes, the most its buffer will hold: the largest message it has announced
+///    (prefix included), or what it sent of an unfinished one; and it gives that back when its
+///    body is dropped (for a unary call, once its message is decoded). A message longer than
+///    `max_message_size`, or one the budget cannot hold, fails the call with RESOURCE_EXHAUSTED
+///    before tonic reserves anything. With `max_concurrent_streams` this is what bounds the
+///    memory a client can make the server hold by announcing large messages or sending them
+///    slowly.
 #[derive(Debug, Clone)]
-pub struct GrpcOnlyLayer {
-    max_header_list_size: usize,
+pub struct GateLayer {
+    shared: Arc<Shared>,
 }
 
-impl GrpcOnlyLayer {
-    pub fn new(max_header_list_size: usize) -> GrpcOnlyLayer {
-        GrpcOnlyLayer {
-            max_header_list_size,
+/// What every connection's [`Gate`] shares.
+#[derive(Debug)]
+struct Shared {
+    max_header_list_size: usize,
+    max_calls: usize,
+    calls: AtomicUsize,
+    budget: Budget,
+    max_message_size: usize,
+}
+
+impl GateLayer {
+    pub fn new(
+        max_header_list_size: usize,
+        max_calls_in_flight: usize,
+        max_request_bytes_in_flight: usize,
+        max_message_size: usize,
+    ) -> GateLayer {
+        GateLayer {
+            shared: Arc::new(Shared {
+                max_header_list_size,
+                max_calls: max_calls_in_flight,
+                calls: AtomicUsize::new(0),
+                budget: Budget {
+                    left: AtomicUsize::new(max_request_bytes_in_flight),
+                },
+                max_message_size,
+            }),
         }
     }
 }
 
-impl<S> tower::Layer<S> for GrpcOnlyLayer {
-    type Service = GrpcOnly<S>;
+impl<S> tower::Layer<S> for GateLayer {
+    type Service = Gate<S>;
 
-    fn layer(&self, inner: S) -> GrpcOnly<S> {
-        GrpcOnly {
+    fn layer(&self, inner: S) -> Gate<S> {
+        Gate {
             inner,
-            max_header_list_size: self.max_header_list_size,
+            shared: self.shared.clone(),
         }
     }
 }
 
 #[derive(Debug, Clone)]
-pub struct GrpcOnly<S> {
+pub struct Gate<S> {
     inner: S,
-    max_header_list_size: usize,
+    shared: Arc<Shared>,
 }
 
 /// What a client that is not speaking gRPC over HTTP/2 reads.
 const NOT_HTTP2: &str = "this port serves gRPC over HTTP/2 only (Envoy: an ext_authz grpc_service cluster with http2_protocol_options)\n";
 
-impl<S> tower::Service<HttpRequest> for GrpcOnly<S>
+impl<S> tower::Service<HttpRequest> for Gate<S>
 where
     S: tower::Service<HttpRequest, Response = HttpResponse>,
     S::Future: Send + 'static,
@@ -462,14 +337,82 @@ where
             .iter()
             .map(|(name, value)| name.as_str().len() + value.len() + 32)
             .sum();
-        if size > self.max_header_list_size {
+        if size > self.shared.max_header_list_size {
             let status = tonic::Status::resource_exhausted(format!(
                 "the call's header list is {size} bytes, more than {}",
-                self.max_header_list_size
+                self.shared.max_header_list_size
             ));
             return Box::pin(async move { Ok(status.into_http()) });
         }
-        Box::pin(self.inner.call(request))
+        let mut guard = CallGuard {
+            conn: request
+                .extensions()
+                .get::<ConnInfo>()
+                .map(|info| CallGuard::enter(&info.0)),
+            shared: None,
+        };
+        // Security: the slot is taken before the call reaches any service.
+        if self.shared.calls.fetch_add(1, Ordering::AcqRel) >= self.shared.max_calls {
+            self.shared.calls.fetch_sub(1, Ordering::AcqRel);
+            let status = tonic::Status::resource_exhausted(format!(
+                "{} has too many calls in flight; try again",
+                request.uri().path()
+            ));
+            let response = guard.hold(status.into_http());
+            return Box::pin(async move { Ok(response) });
+        }
+        guard.shared = Some(self.shared.clone());
+        let shared = self.shared.clone();
+        let future = self.inner.call(request.map(|body| {
+            tonic::body::Body::new(BudgetedBody {
+                inner: body,
+                shared,
+                held: 0,
+                framing: Framing::default(),
+            })
+        }));
+        Box::pin(async move {
+            let response = future.await?;
+            Ok(guard.hold(response))
+        })
+    }
+}
+
+/// One call's hold on its connection's activity and on its slot, released when dropped.
+struct CallGuard {
+    conn: Option<Arc<ConnState>>,
+    /// Set once the call has its slot.
+    shared: Option<Arc<Shared>>,
+}
+
+impl CallGuard {
+    fn enter(conn: &Arc<ConnState>) -> Arc<ConnState> {
+        // No clock read here: while a call is in flight the idle timer does not look at the last
+        // activity, and the call's end records it.
+        conn.in_flight.fetch_add(1, Ordering::Relaxed);
+        conn.clone()
+    }
+
+    /// The response, its body holding this guard until the body is dropped.
+    fn hold(self, response: HttpResponse) -> HttpResponse {
+        response.map(|body| {
+            tonic::body::Body::new(GuardedBody {
+                inner: body,
+                _guard: self,
+            })
+        })
+    }
+}
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        if let Some(shared) = &self.shared {
+            shared.calls.fetch_sub(1, Ordering::AcqRel);
+        }
+        if let Some(conn) = &self.conn {
+            conn.touch();
+            conn.in_flight.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
