@@ -206,6 +206,18 @@ where
 /// they are.
 struct Codec;
 
+/// What tonic allocates per call for the request's bytes, before it knows their length. Its
+/// default is 8 KiB; a CheckRequest from Envoy is mostly 1 to 3 KiB, and a longer one makes tonic
+/// reserve its whole announced length at once (the request byte budget counts it first).
+const REQUEST_BUFFER: usize = 4 << 10;
+
+/// What tonic allocates per call for the answer's bytes (its default: 8 KiB). An answer is a
+/// few hundred bytes; a larger one grows the buffer by this much at a time.
+const ANSWER_BUFFER: usize = 1 << 10;
+
+/// tonic's default; it only batches the messages of a stream, and Check is unary.
+const YIELD_THRESHOLD: usize = 32 << 10;
+
 impl tonic::codec::Codec for Codec {
     type Encode = Encoded;
     type Decode = Request;
@@ -233,6 +245,10 @@ impl tonic::codec::Encoder for Codec {
         prost::bytes::BufMut::put_slice(dst, &item.0);
         Ok(())
     }
+
+    fn buffer_settings(&self) -> tonic::codec::BufferSettings {
+        tonic::codec::BufferSettings::new(ANSWER_BUFFER, YIELD_THRESHOLD)
+    }
 }
 
 impl tonic::codec::Decoder for Codec {
@@ -256,6 +272,10 @@ impl tonic::codec::Decoder for Codec {
         decoded
             .map(Some)
             .map_err(|e| tonic::Status::invalid_argument(format!("CheckRequest: {e}")))
+    }
+
+    fn buffer_settings(&self) -> tonic::codec::BufferSettings {
+        tonic::codec::BufferSettings::new(REQUEST_BUFFER, YIELD_THRESHOLD)
     }
 }
 
