@@ -204,6 +204,44 @@ fn sigterm_turns_not_ready_then_exits_zero() {
     );
 }
 
+/// The server turns transparent huge pages off for itself (src/main.rs): the kernel reports
+/// the flag in /proc/PID/status, and where huge pages are only given on request (`madvise`,
+/// this machine's and Debian's default) none is in use, since mimalloc no longer asks for them.
+#[cfg(target_os = "linux")]
+#[test]
+fn the_server_runs_without_transparent_huge_pages() {
+    let serving = Serving::start();
+    let pid = serving.child.id();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let flag = status
+        .lines()
+        .find_map(|line| line.strip_prefix("THP_enabled:"))
+        .map(str::trim);
+    let mode =
+        std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).expect("smaps");
+    let huge_kb = smaps
+        .lines()
+        .find_map(|line| line.strip_prefix("AnonHugePages:"))
+        .and_then(|rest| {
+            rest.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        });
+    serving.signal("TERM");
+    let (code, _) = serving.wait();
+    assert_eq!(code, Some(0));
+    // The field exists since Linux 5.0; an older kernel cannot report the flag.
+    if let Some(flag) = flag {
+        assert_eq!(flag, "0", "THP_enabled in /proc/{pid}/status");
+    }
+    if !mode.contains("[always]") {
+        assert_eq!(huge_kb, Some(0), "AnonHugePages with THP mode {mode:?}");
+    }
+}
+
 /// SIGHUP (what `kill -HUP` or a closing terminal sends) reloads the configuration: serving
 /// and readiness go on (it used to kill the process without a drain), and SIGTERM still shuts
 /// down cleanly. Reloading itself is tested under load in tests/reload.rs.
