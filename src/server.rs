@@ -298,13 +298,13 @@ pub async fn run(
             grpc.max_request_bytes_in_flight,
             grpc.max_message_size,
         ))
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(
+        .layer(envoy::CheckRoute::new(
             CheckService::live(live.clone(), metrics.clone())
                 .max_message_size(grpc.max_message_size),
-        );
+        ))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
     let mut grpc_task =
         tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone())));
 

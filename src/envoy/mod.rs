@@ -125,9 +125,9 @@ impl Drop for Decider {
     }
 }
 
-/// `envoy.service.auth.v3.Authorization`, ready for tonic's `Server::add_service`. Any other
-/// method of the service is UNIMPLEMENTED; messages are never compressed; tonic's message size
-/// limits apply.
+/// `envoy.service.auth.v3.Authorization/Check` as a tower service of HTTP requests, served
+/// through [`CheckRoute`], which sends it the calls to [`CHECK_PATH`] only. Messages are never
+/// compressed; tonic's message size limits apply.
 #[derive(Clone)]
 pub struct CheckService {
     inner: Arc<Decider>,
@@ -168,10 +168,6 @@ impl CheckService {
 /// tonic's default bound on a decoded message.
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
 
-impl tonic::server::NamedService for CheckService {
-    const NAME: &'static str = SERVICE_NAME;
-}
-
 impl<B> Service<http::Request<B>> for CheckService
 where
     B: Body + Send + 'static,
@@ -186,11 +182,6 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        if request.uri().path() != CHECK_PATH {
-            return Box::pin(async move {
-                Ok(tonic::Status::unimplemented("no such method").into_http())
-            });
-        }
         let inner = self.inner.clone();
         let limit = self.max_message_size;
         Box::pin(async move {
@@ -199,6 +190,69 @@ where
                 .max_encoding_message_size(usize::MAX);
             Ok(grpc.unary(CheckCall(inner), request).await)
         })
+    }
+}
+
+/// Check's route, ahead of tonic's router: a call to [`CHECK_PATH`] goes straight to the
+/// [`CheckService`]; every other call (health, reflection, unknown methods) to the router the
+/// layer wraps. tonic's router is an axum router: per call it matches the path, inserts the
+/// path parameters into the request (three allocations), clones the route's boxed service and
+/// boxes the bodies again; on the one path that carries the traffic that is work for nothing.
+/// Check is served here only: it is not in the router.
+#[derive(Clone)]
+pub struct CheckRoute {
+    check: CheckService,
+}
+
+impl CheckRoute {
+    pub fn new(check: CheckService) -> CheckRoute {
+        CheckRoute { check }
+    }
+}
+
+impl<S> tower::Layer<S> for CheckRoute {
+    type Service = CheckFirst<S>;
+
+    fn layer(&self, inner: S) -> CheckFirst<S> {
+        CheckFirst {
+            check: self.check.clone(),
+            inner,
+        }
+    }
+}
+
+/// The service [`CheckRoute`] puts in front of the router `S`.
+#[derive(Clone)]
+pub struct CheckFirst<S> {
+    check: CheckService,
+    inner: S,
+}
+
+type HttpResponse = http::Response<tonic::body::Body>;
+
+impl<S> Service<http::Request<tonic::body::Body>> for CheckFirst<S>
+where
+    S: Service<
+            http::Request<tonic::body::Body>,
+            Response = HttpResponse,
+            Error = std::convert::Infallible,
+        >,
+    S::Future: Send + 'static,
+{
+    type Response = HttpResponse;
+    type Error = std::convert::Infallible;
+    type Future = BoxFuture<HttpResponse, std::convert::Infallible>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        if request.uri().path() == CHECK_PATH {
+            self.check.call(request)
+        } else {
+            Box::pin(self.inner.call(request))
+        }
     }
 }
 
@@ -445,13 +499,19 @@ identity:
                     .expect("bind");
                 let addr = listener.local_addr().expect("addr");
                 let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-                let mut builder = tonic::transport::Server::builder();
-                let router = if reference {
-                    builder.add_service(AuthorizationServer::new(Reference { checker, responder }))
+                if reference {
+                    let router = tonic::transport::Server::builder()
+                        .add_service(AuthorizationServer::new(Reference { checker, responder }));
+                    tokio::spawn(router.serve_with_incoming(incoming));
                 } else {
-                    builder.add_service(CheckService::new(checker, responder, metrics))
-                };
-                tokio::spawn(router.serve_with_incoming(incoming));
+                    // As the server runs it: Check ahead of tonic's (here empty) router.
+                    let router = tonic::transport::Server::builder()
+                        .layer(CheckRoute::new(CheckService::new(
+                            checker, responder, metrics,
+                        )))
+                        .add_routes(tonic::service::Routes::default());
+                    tokio::spawn(router.serve_with_incoming(incoming));
+                }
                 AuthorizationClient::connect(format!("http://{addr}"))
                     .await
                     .expect("connect")
@@ -541,11 +601,12 @@ identity:
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
             tokio::spawn(
                 tonic::transport::Server::builder()
-                    .add_service(CheckService::new(
+                    .layer(CheckRoute::new(CheckService::new(
                         checker.clone(),
                         responder.clone(),
                         metrics.clone(),
-                    ))
+                    )))
+                    .add_routes(tonic::service::Routes::default())
                     .serve_with_incoming(incoming),
             );
             addr
