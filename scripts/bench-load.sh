@@ -27,13 +27,15 @@
 #   bj   (not in the default list) checkpoint with a local `jwt` source (CHECKPOINT_CONFIG, keys
 #        from the bench's JWKS), gRPC direct, the same RS256 token: a cached verification
 #   d0h  (not in the default list) Envoy + the no-op server answering with a copy of checkpoint's
-#        allow (identity headers, a header to remove, dynamic metadata): what Envoy spends
-#        applying checkpoint's answer, apart from what checkpoint spends computing it
+#        default allow (three identity headers set, one header removed; no dynamic metadata):
+#        what Envoy spends applying checkpoint's answer, apart from what checkpoint spends
+#        computing it
 #
 # Before loading anything, the script proves that the exact bytes it sends get an allow: the gRPC
 # body is posted once with curl and the CheckResponse decoded (status 0 and, for checkpoint, the
 # miauserid header); through Envoy the direct_response route echoes the miauserid it received as
-# x-seen-user. A request without a credential must be denied where authorization is on. During
+# x-seen-user (when the request asks with x-bench-echo, as the checks do and the load does not).
+# A request without a credential must be denied where authorization is on. During
 # the load, every non-2xx answer is counted and reported.
 #
 # Pinning: the server under test on core 0 (taskset -c 0), h2load on core 1. In d and d0 Envoy and
@@ -298,11 +300,12 @@ expect_lines() {
   done
 }
 
-# HTTP status and x-seen-user of one request through Envoy, as "STATUS USER".
+# HTTP status and x-seen-user of one request through Envoy, as "STATUS USER" (x-bench-echo asks
+# the route for the echo; the measured load does not send it).
 envoy_get() {
   local port="$1"
   shift
-  curl -sS -o /dev/null -D - "$@" "http://127.0.0.1:$port/api/users/42" | tr -d '\r' |
+  curl -sS -o /dev/null -D - -H 'x-bench-echo: 1' "$@" "http://127.0.0.1:$port/api/users/42" | tr -d '\r' |
     awk 'NR == 1 { status = $2 } tolower($1) == "x-seen-user:" { user = $2 } END { print status, user }'
 }
 
@@ -408,9 +411,9 @@ load_scenarios() {
   case " $SCENARIOS " in *" bj "*) start_checkpoint_jwt ;; esac
   case " $SCENARIOS " in
     *" d0h "*)
-      start 0 "$work/noop-h.log" "$bin/examples/noop_authz" "127.0.0.1:$P_NOOP_H" --identity
+      start 0 "$work/noop-h.log" "$bin/examples/noop_authz" "127.0.0.1:$P_NOOP_H" --identity-headers
       noop_h_pid=$last_pid
-      wait_port "$P_NOOP_H" "noop_authz --identity" "$noop_h_pid" "$work/noop-h.log"
+      wait_port "$P_NOOP_H" "noop_authz --identity-headers" "$noop_h_pid" "$work/noop-h.log"
       start_envoy d0h bench/envoy-ext-authz.yaml "$P_ENVOY_D0H" "$P_ADMIN_D0H" AUTHZ_ADDRESS="$(tcp_endpoint "$P_NOOP_H")"
       ;;
   esac

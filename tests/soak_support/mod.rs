@@ -347,7 +347,9 @@ async fn exchange(
     let mut send = send.ready().await?;
     let mut request = http::Request::builder()
         .method("GET")
-        .uri(format!("http://{}{}", options.target, planned.path));
+        .uri(format!("http://{}{}", options.target, planned.path))
+        // Asks Envoy's route (bench/envoy-ext-authz.yaml) to echo the user it saw.
+        .header("x-bench-echo", "1");
     if let Some(token) = &planned.token {
         request = request.header("authorization", format!("Bearer {token}"));
     }
