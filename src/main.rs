@@ -20,13 +20,11 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Turns transparent huge pages off for this process (Linux), before the server allocates.
 ///
-/// checkpoint's live heap is a few MB; with huge pages its resident memory grows and stays in
-/// 2 MiB steps, because a huge page is kept whole while any part of it is in use. Measured on
-/// the load bench's checkpoint with mimalloc's default (huge pages asked for on its arenas):
-/// 33 MB resident after the warm-up, 12 MB of it huge pages; without them, 17 MB and the same
-/// throughput (bench/RESULTS.md, "Transparent huge pages"). mimalloc is built with `no_thp` so
-/// it no longer asks for them; the `prctl` also keeps them off where the host's setting is
-/// `always`. A failure is logged and harmless: the process only uses more memory.
+/// checkpoint's live heap is a few MB. With huge pages (mimalloc asks for them on its arenas by
+/// default) resident memory was about twice as large for the same throughput, and grew in 2 MiB
+/// steps, since a huge page stays whole while any part of it is in use (bench/RESULTS.md, "Ninth
+/// round"). mimalloc is built with `no_thp`, so it no longer asks; the `prctl` also keeps them off
+/// where the host's setting is `always`. A failure is logged and harmless: only more memory.
 fn no_huge_pages() -> std::io::Result<()> {
     #[cfg(target_os = "linux")]
     rustix::thread::disable_transparent_huge_pages(true)?;
