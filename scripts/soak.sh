@@ -156,7 +156,7 @@ envoy_ticks_after="$(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$envoy_
 echo "CPU over the soak, % of one core: checkpoint $(((ticks_after - ticks_before) * 100 / hz / DURATION)), Envoy $(((envoy_ticks_after - envoy_ticks_before) * 100 / hz / DURATION))"
 # Envoy's side: ext_authz calls that failed, timed out or overflowed the authz cluster's circuit
 # breakers (its own 503s, "unexpected" above).
-echo "Envoy ext_authz: $(curl -fsS "http://127.0.0.1:$P_ADMIN/stats?filter=ext_authz\.(ok|denied|error|failure_mode_allowed)$|cluster\.authz\.upstream_(rq_(timeout|5xx|total|pending_overflow)|cx_overflow)$" | tr '\n' ' ')"
+echo "Envoy ext_authz: $(curl -fsS "http://127.0.0.1:$P_ADMIN/stats?filter=ext_authz\.(ok|denied|error|failure_mode_allowed)$|cluster\.authz\.upstream_(rq_(timeout|5xx|total|pending_overflow|active_overflow)|cx_overflow)$" | tr '\n' ' ')"
 echo "user-info: $(curl -fsS "http://127.0.0.1:$P_USERINFO/__count") (peak run included)"
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 if [ "$status" = 0 ]; then say "PASS: zero unexpected answers, memory flat after the warm-up"; else say "FAIL (see above)"; fi

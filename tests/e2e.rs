@@ -267,6 +267,7 @@ async fn expired_token_is_401() {
     const TTL: u64 = 3;
     let stack = Stack::start(Options {
         token_ttl_seconds: Some(TTL as u32),
+        ..Options::default()
     })
     .await;
     let issued = Instant::now();
@@ -477,4 +478,140 @@ async fn tls_policy_redirect_and_client_certificate() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// More Checks in flight than Envoy's default circuit breaker allows (1,024) are all asked of
+/// checkpoint and all answered by it: envoy/envoy.yaml raises the `checkpoint` cluster's
+/// `max_requests` to checkpoint's own bound. Past Envoy's default, Envoy would answer 503 itself
+/// without asking checkpoint (`upstream_rq_active_overflow`), which is what the soak's failures at
+/// high rates were.
+///
+/// An authentication manager written here holds every user-info call until all of them have
+/// arrived, so that all the Checks are in flight at once; the deadline is raised from 0.5 s to
+/// 8 s so that a slow machine still gets them all in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_checks_in_flight_than_envoys_default_breaker_are_answered_by_checkpoint() {
+    // Envoy allows 100 streams per downstream connection (envoy/envoy.yaml): 12 connections.
+    const CLIENTS: usize = 12;
+    const PER_CLIENT: usize = 100;
+    const HELD: usize = CLIENTS * PER_CLIENT;
+    const ENVOY_DEFAULT: usize = 1024;
+    const HOLD_AT_MOST: Duration = Duration::from_secs(6);
+    const _: () = assert!(
+        HELD > ENVOY_DEFAULT,
+        "more Checks than Envoy's default breaker"
+    );
+
+    let (arrived, arrivals) = tokio::sync::watch::channel(0usize);
+    let arrived = std::sync::Arc::new(arrived);
+    let app = axum::Router::new().route(
+        "/userinfo",
+        axum::routing::get(move |headers: axum::http::HeaderMap| {
+            let arrived = arrived.clone();
+            let mut arrivals = arrivals.clone();
+            async move {
+                arrived.send_modify(|n| *n += 1);
+                // Every caller waits for the last one (or gives up after HOLD_AT_MOST).
+                let _ = tokio::time::timeout(HOLD_AT_MOST, arrivals.wait_for(|n| *n >= HELD)).await;
+                let user = headers
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .unwrap_or_default()
+                    .to_owned();
+                axum::Json(json!({ "sub": user, "groups": ["held"] }))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let manager = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let stack = Stack::start(Options {
+        userinfo_url: Some(format!("http://{manager}/userinfo")),
+        check_deadline: Some(Duration::from_secs(8)),
+        ..Options::default()
+    })
+    .await;
+
+    // One connection per client, opened (and its TLS handshake done) before the burst.
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        let client = stack.new_client();
+        // Envoy's own health route: no Check, so the authentication manager sees nothing yet.
+        let warm = client
+            .get(stack.url("/-/healthz"))
+            .send()
+            .await
+            .expect("warm-up request");
+        assert_eq!(warm.status(), 200, "warm-up on Envoy's health route");
+        clients.push(client);
+    }
+
+    let started = Instant::now();
+    let mut calls = tokio::task::JoinSet::new();
+    for (c, client) in clients.iter().enumerate() {
+        for i in 0..PER_CLIENT {
+            let request = client
+                .get(stack.url("/api/held"))
+                .header("authorization", format!("Bearer held-{c}-{i}"))
+                .timeout(Duration::from_secs(20));
+            calls.spawn(async move {
+                let reply = Reply::from(request.send().await.expect("an answer")).await;
+                (format!("held-{c}-{i}"), reply)
+            });
+        }
+    }
+    // Released together, the held requests also reach the upstream together, past the upstream
+    // cluster's own default breaker: Envoy's router answers those 503 with x-envoy-overloaded.
+    // They were let through by checkpoint all the same, which the counters below show.
+    let mut wrong = Vec::new();
+    let mut through = 0;
+    while let Some(call) = calls.join_next().await {
+        let (user, reply) = call.expect("request task");
+        if reply.status == 200 && reply.upstream_header("miauserid") == Some(user.as_str()) {
+            through += 1;
+        } else if !(reply.status == 503 && reply.header("x-envoy-overloaded").is_some()) {
+            wrong.push(format!("{user}: {} {:?}", reply.status, reply.headers));
+        }
+    }
+    let elapsed = started.elapsed();
+    let counters = stack
+        .envoy_stats("ext_authz\\.(ok|error|denied)$|cluster\\.checkpoint\\.upstream_(rq_(active_overflow|pending_overflow|timeout|5xx)|cx_overflow)$")
+        .await;
+    assert!(
+        wrong.is_empty(),
+        "{} of {HELD} held requests got an answer that is neither their user let through nor the \
+         upstream's overflow, e.g. {}; Envoy's counters:\n{counters}",
+        wrong.len(),
+        wrong[0]
+    );
+    assert!(
+        through > 0,
+        "some requests reached the upstream as their user"
+    );
+    assert_eq!(
+        stack.envoy_stat("http.https.ext_authz.ok").await,
+        HELD as u64,
+        "every held Check answered OK by checkpoint; Envoy's counters:\n{counters}"
+    );
+    assert_eq!(
+        stack.envoy_stat("http.https.ext_authz.error").await,
+        0,
+        "no Check failed on Envoy's side; Envoy's counters:\n{counters}"
+    );
+    assert!(
+        elapsed < HOLD_AT_MOST,
+        "the user-info calls were released by the last arrival, not by the hold's timeout, so \
+         all {HELD} Checks were in flight at once (took {elapsed:?})"
+    );
+    assert_eq!(
+        stack
+            .envoy_stat("cluster.checkpoint.upstream_rq_active_overflow")
+            .await,
+        0,
+        "Envoy's circuit breaker refused no Check"
+    );
 }

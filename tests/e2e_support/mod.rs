@@ -220,6 +220,11 @@ fn tail(text: &str) -> String {
 pub struct Options {
     /// `IDP_ACCESS_TOKEN_TTL` in seconds (the IdP's default is one hour).
     pub token_ttl_seconds: Option<u32>,
+    /// checkpoint's `USERINFO_URL`, instead of the IdP's `/me`.
+    pub userinfo_url: Option<String>,
+    /// Envoy's ext_authz deadline, instead of the template's 0.5 s; checkpoint's user-info
+    /// timeout follows it (100 ms below) instead of 400 ms.
+    pub check_deadline: Option<Duration>,
 }
 
 /// The running gateway. Field order is drop order: the processes go before their folder.
@@ -290,7 +295,13 @@ impl Stack {
                 root.join("envoy/demo").display().to_string(),
             ),
             ("CONFIGURATION_FILE_NAME", "auth".into()),
-            ("USERINFO_URL", format!("{issuer}/me")),
+            (
+                "USERINFO_URL",
+                options
+                    .userinfo_url
+                    .clone()
+                    .unwrap_or_else(|| format!("{issuer}/me")),
+            ),
             (
                 "HEADERS_TO_PROXY",
                 "authorization,cookie,x-request-id".into(),
@@ -302,7 +313,12 @@ impl Stack {
             ),
             ("CHECKPOINT_GRPC_ADDR", format!("127.0.0.1:{grpc_port}")),
             ("CHECKPOINT_HTTP_ADDR", format!("127.0.0.1:{status_port}")),
-            ("CHECKPOINT_USERINFO_TIMEOUT", "400ms".into()),
+            (
+                "CHECKPOINT_USERINFO_TIMEOUT",
+                options.check_deadline.map_or("400ms".into(), |deadline| {
+                    format!("{}ms", deadline.as_millis().saturating_sub(100))
+                }),
+            ),
             ("DELAY_SHUTDOWN_SECONDS", "0".into()),
             ("LOG_LEVEL", "info".into()),
         ];
@@ -330,6 +346,21 @@ impl Stack {
                 ("ALLOWED_HEADERS", allowed),
             ],
         );
+        let rendered = match options.check_deadline {
+            None => rendered,
+            Some(deadline) => {
+                let shipped = "                timeout: 0.5s\n";
+                assert_eq!(
+                    rendered.matches(shipped).count(),
+                    1,
+                    "envoy/envoy.yaml's ext_authz deadline moved"
+                );
+                rendered.replace(
+                    shipped,
+                    &format!("                timeout: {}s\n", deadline.as_secs_f64()),
+                )
+            }
+        };
         let config = dir.path().join("envoy.yaml");
         std::fs::write(&config, rendered).expect("write rendered envoy.yaml");
         let mut envoy_cmd = Command::new(envoy_bin);
@@ -397,6 +428,43 @@ impl Stack {
             plain,
             dir,
         }
+    }
+
+    /// Another HTTPS client like [`Stack::client`], with its own connections.
+    pub fn new_client(&self) -> reqwest::Client {
+        let ca = std::fs::read(self.tls.join("ca.crt")).expect("read ca.crt");
+        https_client(&ca, self.https_port, None)
+    }
+
+    /// Envoy's counters and gauges whose names match `filter` (a regular expression), one
+    /// `name: value` per line, from its admin interface.
+    pub async fn envoy_stats(&self, filter: &str) -> String {
+        let url = format!(
+            "http://127.0.0.1:{}/stats?filter={}",
+            self.admin_port,
+            form_encode(filter)
+        );
+        self.plain
+            .get(&url)
+            .send()
+            .await
+            .expect("Envoy's admin interface")
+            .text()
+            .await
+            .expect("stats")
+    }
+
+    /// One of Envoy's counters or gauges, from its admin interface.
+    pub async fn envoy_stat(&self, name: &str) -> u64 {
+        let text = self
+            .envoy_stats(&format!("^{}$", name.replace('.', "\\.")))
+            .await;
+        text.lines()
+            .find_map(|line| line.strip_prefix(&format!("{name}: ")))
+            .unwrap_or_else(|| panic!("Envoy has no stat {name}: {text}"))
+            .trim()
+            .parse()
+            .expect("a number")
     }
 
     /// `https://localhost:PORT` + `path`.
