@@ -484,7 +484,9 @@ async fn tls_policy_redirect_and_client_certificate() {
 /// checkpoint and all answered by it: envoy/envoy.yaml raises the `checkpoint` cluster's
 /// `max_requests` to checkpoint's own bound. Past Envoy's default, Envoy would answer 503 itself
 /// without asking checkpoint (`upstream_rq_active_overflow`), which is what the soak's failures at
-/// high rates were.
+/// high rates were. The connections to checkpoint are cold, so this also holds the cluster's
+/// `max_concurrent_streams` (checkpoint's 256): without it Envoy puts the waiting Checks on a new
+/// connection before checkpoint's SETTINGS arrive, and checkpoint refuses those past 256.
 ///
 /// An authentication manager written here holds every user-info call until all of them have
 /// arrived, so that all the Checks are in flight at once; the deadline is raised from 0.5 s to
