@@ -412,8 +412,8 @@ impl Sink {
             .ok()
             .map(|handle| handle.thread().clone());
         Sink {
-            queued: Mutex::new(Vec::with_capacity(64 * 1024)),
-            writing: Mutex::new(Vec::with_capacity(64 * 1024)),
+            queued: Mutex::new(Vec::with_capacity(QUEUE_BASE_CAPACITY)),
+            writing: Mutex::new(Vec::with_capacity(QUEUE_BASE_CAPACITY)),
             dropped: AtomicU64::new(0),
             dropped_total: AtomicU64::new(0),
             writer,
@@ -450,14 +450,28 @@ impl Sink {
         std::mem::swap(&mut *lock(&self.queued), &mut *writing);
         if !writing.is_empty() {
             let _ = std::io::stdout().lock().write_all(&writing);
+            let written = writing.len();
             writing.clear();
-            // A burst may have grown the buffer to the limit; do not keep that much around.
-            if writing.capacity() > 1 << 20 {
-                writing.shrink_to(64 * 1024);
+            if let Some(keep) = capacity_to_keep(writing.capacity(), written) {
+                writing.shrink_to(keep);
             }
         }
         writing
     }
+}
+
+/// What each of the two queue buffers holds at least: a batch window of lines at a few thousand
+/// Checks a second.
+const QUEUE_BASE_CAPACITY: usize = 64 << 10;
+
+/// The capacity to shrink a queue buffer to after it held `written` bytes, when it holds far
+/// more than that: a stall (the writer thread starved, stdout slow) grows the buffers up to
+/// [`MAX_QUEUED_BYTES`], and capacity kept after the stall is memory the process never gives
+/// back. At a steady rate the buffer keeps about one window's worth (the next power of two), so
+/// it is not reallocated at every window.
+fn capacity_to_keep(capacity: usize, written: usize) -> Option<usize> {
+    let target = written.next_power_of_two().max(QUEUE_BASE_CAPACITY);
+    (capacity > 2 * target).then_some(target)
 }
 
 fn writer_loop() {
@@ -515,6 +529,34 @@ impl Write for SyncWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The queue buffers give back what a stall grew them to, and keep a steady rate's window.
+    #[test]
+    fn queue_buffers_shrink_after_a_stall_but_not_at_a_steady_rate() {
+        const K: usize = 1 << 10;
+        let cases = [
+            // (capacity, bytes just written, shrunk to)
+            (64 * K, 20 * K, None),
+            (64 * K, 64 * K, None),
+            // a steady 530 KB a window: the buffer grew to 1 MiB and stays
+            (1024 * K, 530 * K, None),
+            (1024 * K, 500 * K, None),
+            // the window after a stall: 4 MiB held, 49 KB written
+            (4096 * K, 49 * K, Some(64 * K)),
+            (1024 * K, 49 * K, Some(64 * K)),
+            (256 * K, 49 * K, Some(64 * K)),
+            (4096 * K, 300 * K, Some(512 * K)),
+            // twice the target is kept
+            (128 * K, 49 * K, None),
+        ];
+        for (capacity, written, want) in cases {
+            assert_eq!(
+                capacity_to_keep(capacity, written),
+                want,
+                "capacity {capacity}, written {written}"
+            );
+        }
+    }
 
     fn line(decision: &Decision<'_>, at: SystemTime) -> String {
         let mut out = Vec::new();

@@ -246,12 +246,34 @@ impl IdentityCache {
     where
         F: Future<Output = Resolution> + Send,
     {
-        let now = Instant::now();
+        let mut expired = false;
         if let Some(entry) = self.entries.get(&key).await {
-            if entry.expires > now {
+            if entry.expires > Instant::now() {
                 self.stats.hits.fetch_add(1, Ordering::Relaxed);
                 return (entry.resolution, Lookup::Hit);
             }
+            expired = true;
+        }
+        // The miss in an allocation of its own: what it keeps across its awaits (moka's loader,
+        // the stale copy) is a few KB, which a Check answered from the cache, the common case,
+        // should not hold while it is in flight (bench/RESULTS.md, "Memory per Check in flight").
+        Box::pin(self.miss(key, expired, request, ttl, resolve)).await
+    }
+
+    /// [`IdentityCache::get_or_resolve`] when the cache holds no live answer for `key`; `expired`
+    /// when it holds one past its lifetime.
+    async fn miss<F>(
+        &self,
+        key: u128,
+        expired: bool,
+        request: &Request,
+        ttl: Option<CacheTtl>,
+        resolve: F,
+    ) -> (Resolution, Lookup)
+    where
+        F: Future<Output = Resolution> + Send,
+    {
+        if expired {
             self.entries.invalidate(&key).await;
         }
         let ran = AtomicBool::new(false);

@@ -533,48 +533,42 @@ impl Resolver {
                 let resolution = source.resolve(request, context).await;
                 (resolution, started.elapsed())
             };
-            let (resolution, cache, latency) = match &self.cache {
-                Some(cache) => {
-                    let mut key = cache.key_hasher();
-                    key.field(name.as_bytes());
-                    if source.cache_key(request, context, &mut key) {
-                        // How long the call took and, when it failed, why (for the log line
-                        // of a stale answer).
-                        let called = std::sync::Mutex::new(None);
-                        let call = async {
-                            let (resolution, took) = timed.await;
-                            let failure = match &resolution {
-                                Resolution::Unavailable(failure) => Some(failure.clone()),
-                                _ => None,
-                            };
-                            if let Ok(mut slot) = called.lock() {
-                                *slot = Some((took, failure));
-                            }
-                            resolution
-                        };
-                        let (resolution, lookup) = cache
-                            .get_or_resolve(
-                                IdentityCache::key(&key),
-                                request,
-                                source.cache_ttl(),
-                                call,
-                            )
-                            .await;
-                        let (took, failure) = called
-                            .lock()
-                            .ok()
-                            .and_then(|mut slot| slot.take())
-                            .map_or((None, None), |(took, failure)| (Some(took), failure));
-                        if lookup == Lookup::Stale {
-                            log_stale_answer(name, &resolution, failure.as_ref());
-                        }
-                        (resolution, Some(lookup), took)
-                    } else {
+            // The key is hashed here, not in this async fn: the hasher's buffer would otherwise
+            // be part of every Check's future.
+            let key = self
+                .cache
+                .as_ref()
+                .and_then(|cache| cache_key(cache, name, &**source, request, context));
+            let (resolution, cache, latency) = match (&self.cache, key) {
+                (Some(cache), Some(key)) => {
+                    // How long the call took and, when it failed, why (for the log line
+                    // of a stale answer).
+                    let called = std::sync::Mutex::new(None);
+                    let call = async {
                         let (resolution, took) = timed.await;
-                        (resolution, None, Some(took))
+                        let failure = match &resolution {
+                            Resolution::Unavailable(failure) => Some(failure.clone()),
+                            _ => None,
+                        };
+                        if let Ok(mut slot) = called.lock() {
+                            *slot = Some((took, failure));
+                        }
+                        resolution
+                    };
+                    let (resolution, lookup) = cache
+                        .get_or_resolve(key, request, source.cache_ttl(), call)
+                        .await;
+                    let (took, failure) = called
+                        .lock()
+                        .ok()
+                        .and_then(|mut slot| slot.take())
+                        .map_or((None, None), |(took, failure)| (Some(took), failure));
+                    if lookup == Lookup::Stale {
+                        log_stale_answer(name, &resolution, failure.as_ref());
                     }
+                    (resolution, Some(lookup), took)
                 }
-                None => {
+                _ => {
                     let (resolution, took) = timed.await;
                     (resolution, None, Some(took))
                 }
@@ -597,6 +591,21 @@ impl Resolver {
             client,
         }
     }
+}
+
+/// The cache key of `source`'s answer for `request`, when the source can name the credential.
+fn cache_key(
+    cache: &IdentityCache,
+    name: &str,
+    source: &dyn Source,
+    request: &Request,
+    context: &Context,
+) -> Option<u128> {
+    let mut key = cache.key_hasher();
+    key.field(name.as_bytes());
+    source
+        .cache_key(request, context, &mut key)
+        .then(|| IdentityCache::key(&key))
 }
 
 /// The log line of a stale answer (`stale_if_error`): the source was unavailable and a user
