@@ -431,6 +431,23 @@ mod tests {
         }
     }
 
+    /// The stages a native configuration file builds (inside a tokio runtime).
+    fn stages(file: &str) -> (Arc<Checker>, Arc<Responder>, Arc<Metrics>) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("checkpoint.yaml");
+        std::fs::write(&path, file).expect("write config");
+        let env: std::collections::HashMap<String, String> =
+            [("CHECKPOINT_CONFIG".to_owned(), path.display().to_string())].into();
+        let config = crate::Config::load(&env).expect("config");
+        let app = crate::App::new(config, &env).expect("app");
+        let responder = Arc::new(Responder::new(
+            app.settings.strict_mode,
+            &app.settings.user_headers,
+        ));
+        let metrics = Arc::new(Metrics::new(app.checker.identity.user_sources()).expect("metrics"));
+        (Arc::new(app.checker), responder, metrics)
+    }
+
     /// The reference: envoy-types' generated server, decoding with the generated types and
     /// building the answer field by field.
     struct Reference {
@@ -461,23 +478,10 @@ mod tests {
     /// run. With them inline it was about 7 KB (bench/RESULTS.md, "Memory per Check in flight").
     #[tokio::test]
     async fn a_check_in_flight_keeps_little_memory() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("checkpoint.yaml");
-        std::fs::write(
-            &path,
+        let (checker, responder, metrics) = stages(
             "version: 1\nrules:\n  inline:\n    /api: { GET: { authorization: { expression: \"groups.admin\" } } }\nidentity:\n  sources: [ { type: userinfo, url: \"http://127.0.0.1:9/userinfo\" } ]\n",
-        )
-        .expect("write config");
-        let env: std::collections::HashMap<String, String> =
-            [("CHECKPOINT_CONFIG".to_owned(), path.display().to_string())].into();
-        let config = crate::Config::load(&env).expect("config");
-        let app = crate::App::new(config, &env).expect("app");
-        let responder = Arc::new(Responder::new(
-            app.settings.strict_mode,
-            &app.settings.user_headers,
-        ));
-        let metrics = Arc::new(Metrics::new(app.checker.identity.user_sources()).expect("metrics"));
-        let service = CheckService::new(Arc::new(app.checker), responder, metrics);
+        );
+        let service = CheckService::new(checker, responder, metrics);
         let view = crate::request::with_authorization("Bearer token");
         let span = tracing::Span::none();
         let decide = service.inner.decide(&view, Instant::now(), None, &span);
@@ -496,10 +500,7 @@ mod tests {
             HttpRequest, Request as AttrRequest,
         };
 
-        let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("checkpoint.yaml");
-        std::fs::write(
-            &path,
+        let (checker, responder, metrics) = stages(
             r#"
 version: 1
 rules:
@@ -509,18 +510,7 @@ rules:
 identity:
   sources: [ { type: trusted_headers } ]
 "#,
-        )
-        .expect("write config");
-        let env: std::collections::HashMap<String, String> =
-            [("CHECKPOINT_CONFIG".to_owned(), path.display().to_string())].into();
-        let config = crate::Config::load(&env).expect("config");
-        let app = crate::App::new(config, &env).expect("app");
-        let responder = Arc::new(Responder::new(
-            app.settings.strict_mode,
-            &app.settings.user_headers,
-        ));
-        let metrics = Arc::new(Metrics::new(app.checker.identity.user_sources()).expect("metrics"));
-        let checker = Arc::new(app.checker);
+        );
         let serve = |reference: bool| {
             let (checker, responder, metrics) =
                 (checker.clone(), responder.clone(), metrics.clone());
