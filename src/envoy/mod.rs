@@ -475,7 +475,7 @@ mod tests {
     /// future `CheckCall` boxes. A Check waiting on an identity source (a miss, or another Check's
     /// call of the same credential) keeps it for as long as the source takes, so it stays small:
     /// the cache's miss path and the source's call are boxed apart, and allocated only when they
-    /// run. With them inline it was about 7 KB (bench/RESULTS.md, "Memory per Check in flight").
+    /// run. With them inline it was about 7 KB (bench/RESULTS.md, "Session 11 runs").
     #[tokio::test]
     async fn a_check_in_flight_keeps_little_memory() {
         let (checker, responder, metrics) = stages(

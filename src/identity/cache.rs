@@ -256,7 +256,7 @@ impl IdentityCache {
         }
         // The miss in an allocation of its own: what it keeps across its awaits (moka's loader,
         // the stale copy) is a few KB, which a Check answered from the cache, the common case,
-        // should not hold while it is in flight (bench/RESULTS.md, "Memory per Check in flight").
+        // should not hold while it is in flight (bench/RESULTS.md, "Session 11 runs").
         Box::pin(self.miss(key, expired, request, ttl, resolve)).await
     }
 
