@@ -3,8 +3,8 @@
 //!
 //! Same transport as checkpoint (tonic, `TCP_NODELAY`, or a Unix socket), the same scheduler
 //! checkpoint runs with one worker (tokio's single-threaded one) and the same allocator
-//! (mimalloc), so that the difference between
-//! this server and checkpoint is the work checkpoint does per Check.
+//! (jemalloc), so that the difference between this server and checkpoint is the work checkpoint
+//! does per Check.
 //!
 //! With `--identity`, every answer is instead a copy of what checkpoint answers for the bench's
 //! user (alice, group admin, strict mode): the three identity headers, `mia-allowed` to remove,
@@ -31,7 +31,7 @@ use envoy_types::pb::google::rpc;
 /// The allocator checkpoint's binary runs with (src/main.rs), so that the floor differs from
 /// checkpoint only by checkpoint's work.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 struct Noop {
     answer: CheckResponse,

@@ -12,19 +12,23 @@ use checkpoint::Config;
 use checkpoint::config::ConfigErrors;
 use checkpoint::{App, GrpcListener, Listeners, cli, run, telemetry};
 
-/// mimalloc instead of the system allocator: a Check allocates and frees a few dozen small
-/// blocks (h2 frames, tonic's buffers, the request view, the answer), which glibc's malloc
-/// serves measurably slower (bench/RESULTS.md, third round).
+/// jemalloc instead of the system allocator. A Check allocates and frees a few dozen small blocks
+/// (h2 frames, tonic's buffers, the request view, the answer), which glibc's malloc serves
+/// measurably slower (bench/RESULTS.md, third round). And after a burst of Checks, jemalloc gives
+/// the freed pages back to the kernel within seconds: glibc's malloc and mimalloc kept 2-3 MB of
+/// a burst's memory resident for good, with the live heap back at its level (bench/RESULTS.md,
+/// "Session 12").
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// Turns transparent huge pages off for this process (Linux), before the server allocates.
 ///
-/// checkpoint's live heap is a few MB. With huge pages (mimalloc asks for them on its arenas by
-/// default) resident memory was about twice as large for the same throughput, and grew in 2 MiB
-/// steps, since a huge page stays whole while any part of it is in use (bench/RESULTS.md, "Ninth
-/// round"). mimalloc is built with `no_thp`, so it no longer asks; the `prctl` also keeps them off
-/// where the host's setting is `always`. A failure is logged and harmless: only more memory.
+/// checkpoint's live heap is a few MB. With huge pages (the allocator used before, mimalloc, asked
+/// for them on its arenas) resident memory was about twice as large for the same throughput, and
+/// grew in 2 MiB steps, since a huge page stays whole while any part of it is in use
+/// (bench/RESULTS.md, "Ninth round"). jemalloc does not ask for them by default; the `prctl` also
+/// keeps them off where the host's setting is `always`. A failure is logged and harmless: only
+/// more memory.
 fn no_huge_pages() -> std::io::Result<()> {
     #[cfg(target_os = "linux")]
     rustix::thread::disable_transparent_huge_pages(true)?;

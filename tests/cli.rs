@@ -206,7 +206,7 @@ fn sigterm_turns_not_ready_then_exits_zero() {
 
 /// The server turns transparent huge pages off for itself (src/main.rs): the kernel reports
 /// the flag in /proc/PID/status, and where huge pages are only given on request (`madvise`,
-/// this machine's and Debian's default) none is in use, since mimalloc no longer asks for them.
+/// this machine's and Debian's default) none is in use, since the allocator does not ask for them.
 #[cfg(target_os = "linux")]
 #[test]
 fn the_server_runs_without_transparent_huge_pages() {

@@ -480,6 +480,10 @@ async fn tls_policy_redirect_and_client_certificate() {
     }
 }
 
+/// The checkpoint cluster's `idle_timeout` in envoy/envoy.yaml (tests/manifests.rs holds the files
+/// to it).
+const SHIPPED_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// More Checks in flight than Envoy's default circuit breaker allows (1,024) are all asked of
 /// checkpoint and all answered by it: envoy/envoy.yaml raises the `checkpoint` cluster's
 /// `max_requests` to checkpoint's own bound. Past Envoy's default, Envoy would answer 503 itself
@@ -491,6 +495,9 @@ async fn tls_policy_redirect_and_client_certificate() {
 /// An authentication manager written here holds every user-info call until all of them have
 /// arrived, so that all the Checks are in flight at once; the deadline is raised from 0.5 s to
 /// 8 s so that a slow machine still gets them all in.
+///
+/// Afterwards the cluster's `idle_timeout` closes every connection the burst opened (this waits
+/// for it: about 30 s).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn more_checks_in_flight_than_envoys_default_breaker_are_answered_by_checkpoint() {
     // Envoy allows 100 streams per downstream connection (envoy/envoy.yaml): 12 connections.
@@ -615,5 +622,38 @@ async fn more_checks_in_flight_than_envoys_default_breaker_are_answered_by_check
             .await,
         0,
         "Envoy's circuit breaker refused no Check"
+    );
+
+    // The burst needed several connections (256 streams each); now they are idle, and the
+    // cluster's idle_timeout closes every one of them, so that checkpoint gives back the HTTP/2
+    // state it kept for each. Without the setting, Envoy keeps them for an hour.
+    let opened = stack
+        .envoy_stat("cluster.checkpoint.upstream_cx_total")
+        .await;
+    assert!(
+        opened >= HELD.div_ceil(256) as u64,
+        "the burst opened {opened} connections to checkpoint"
+    );
+    let deadline = Instant::now() + SHIPPED_IDLE_TIMEOUT + Duration::from_secs(20);
+    loop {
+        let active = stack
+            .envoy_stat("cluster.checkpoint.upstream_cx_active")
+            .await;
+        if active == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{active} of {opened} connections to checkpoint still open {:?} after the burst",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(
+        stack
+            .envoy_stat("cluster.checkpoint.upstream_cx_idle_timeout")
+            .await,
+        opened,
+        "every connection was closed for being idle"
     );
 }

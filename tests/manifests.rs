@@ -385,6 +385,62 @@ fn istio_provider_fails_closed_and_policy_is_custom() {
     }
 }
 
+/// Every Envoy that calls checkpoint closes a connection that has carried no Check for a while,
+/// with one value everywhere: the template (and so the sidecar's and the mutual-TLS cluster,
+/// which the drift tests hold equal to it), the Istio DestinationRule of checkpoint's Service, and
+/// the bench's gateway (what the soak measures). After a burst, Envoy keeps the extra connections
+/// it opened, idle, and checkpoint keeps HTTP/2 state sized for the burst on each of them until it
+/// is closed (README, "Envoy, Istio and Kubernetes"); `tests/e2e.rs` shows them closing.
+#[test]
+fn every_envoy_closes_idle_connections_to_checkpoint() {
+    const IDLE: &str = "30s";
+    const OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+    let idle_of = |file: &str, cluster: &str| -> Option<String> {
+        let text = std::fs::read_to_string(repo().join(file)).expect("read an Envoy file");
+        // Any value will do for the placeholders: only the cluster's options are read.
+        let names = placeholders(&text);
+        let values: Vec<(&str, String)> = names.iter().map(|n| (n.as_str(), "1".into())).collect();
+        let mut config: Value = serde_yaml_ng::from_str(&render(&text, &values)).expect("YAML");
+        let cluster = at(
+            &mut config,
+            &["static_resources", "clusters", &format!("name={cluster}")],
+        );
+        cluster["typed_extension_protocol_options"][OPTIONS]["common_http_protocol_options"]
+            ["idle_timeout"]
+            .as_str()
+            .map(str::to_owned)
+    };
+    assert_eq!(
+        idle_of("envoy/envoy.yaml", "checkpoint").as_deref(),
+        Some(IDLE),
+        "envoy/envoy.yaml: the checkpoint cluster's idle_timeout"
+    );
+    assert_eq!(
+        idle_of("bench/envoy-ext-authz.yaml", "authz").as_deref(),
+        Some(IDLE),
+        "bench/envoy-ext-authz.yaml: the authz cluster's idle_timeout"
+    );
+
+    let docs = kubernetes_documents();
+    let service = find(&docs, "Service", "checkpoint");
+    let namespace = service.value["metadata"]["namespace"]
+        .as_str()
+        .expect("namespace");
+    let rule = find(&docs, "DestinationRule", "checkpoint");
+    assert_eq!(
+        rule.value["spec"]["host"].as_str(),
+        Some(format!("checkpoint.{namespace}.svc.cluster.local").as_str()),
+        "{}: the host is checkpoint's Service",
+        rule.what()
+    );
+    assert_eq!(
+        rule.value["spec"]["trafficPolicy"]["connectionPool"]["http"]["idleTimeout"].as_str(),
+        Some(IDLE),
+        "{}: idleTimeout",
+        rule.what()
+    );
+}
+
 /// `envoy --mode validate -c config`: exits 0 and says OK.
 fn envoy_validate(config: &Path) {
     let out = Command::new(envoy_bin())
