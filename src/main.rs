@@ -17,7 +17,7 @@ use checkpoint::{App, GrpcListener, Listeners, cli, run, telemetry};
 /// measurably slower (bench/RESULTS.md, third round). And after a burst of Checks, jemalloc gives
 /// the freed pages back to the kernel within seconds: glibc's malloc and mimalloc kept 2-3 MB of
 /// a burst's memory resident for good, with the live heap back at its level (bench/RESULTS.md,
-/// "Session 12").
+/// "Session 12 runs").
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
