@@ -200,8 +200,9 @@ ticks_after="$(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$checkpoint_p
 envoy_ticks_after="$(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$envoy_pid/stat")"
 echo "CPU over the soak, % of one core: checkpoint $(((ticks_after - ticks_before) * 100 / hz / DURATION)), Envoy $(((envoy_ticks_after - envoy_ticks_before) * 100 / hz / DURATION))"
 # Envoy's side: ext_authz calls that failed, timed out or overflowed the authz cluster's circuit
-# breakers (its own 503s, "unexpected" above).
-echo "Envoy ext_authz: $(curl -fsS "http://127.0.0.1:$P_ADMIN/stats?filter=ext_authz\.(ok|denied|error|failure_mode_allowed)$|cluster\.authz\.upstream_(rq_(timeout|5xx|total|pending_overflow|active_overflow)|cx_overflow)$" | tr '\n' ' ')"
+# breakers (its own 503s, "unexpected" above), and its connections to checkpoint (opened in all,
+# open at the end, closed for idleness): each one open holds h2 state in checkpoint's memory.
+echo "Envoy ext_authz: $(curl -fsS "http://127.0.0.1:$P_ADMIN/stats?filter=ext_authz\.(ok|denied|error|failure_mode_allowed)$|cluster\.authz\.upstream_(rq_(timeout|5xx|total|pending_overflow|active_overflow)|cx_(overflow|active|total|idle_timeout))$" | tr '\n' ' ')"
 echo "user-info: $(curl -fsS "http://127.0.0.1:$P_USERINFO/__count") (peak run included)"
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 if [ "$status" = 0 ]; then say "PASS: zero unexpected answers, memory flat after the warm-up"; else say "FAIL (see above)"; fi
