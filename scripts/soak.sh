@@ -189,6 +189,8 @@ if [ -z "$rate" ]; then
 fi
 
 say "soak: $DURATION s at $rate req/s, warm-up $WARMUP s, windows of $WINDOW s; checkpoint pid $checkpoint_pid"
+# Envoy's counters printed at the end are the soak's own, not the peak runs'.
+curl -fsS -X POST "http://127.0.0.1:$P_ADMIN/reset_counters" >/dev/null || die "Envoy's admin did not reset its counters"
 ticks_before="$(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$checkpoint_pid/stat")"
 envoy_ticks_before="$(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$envoy_pid/stat")"
 status=0
@@ -199,9 +201,10 @@ hz="$(getconf CLK_TCK)"
 ticks_after="$(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$checkpoint_pid/stat")"
 envoy_ticks_after="$(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$envoy_pid/stat")"
 echo "CPU over the soak, % of one core: checkpoint $(((ticks_after - ticks_before) * 100 / hz / DURATION)), Envoy $(((envoy_ticks_after - envoy_ticks_before) * 100 / hz / DURATION))"
-# Envoy's side: ext_authz calls that failed, timed out or overflowed the authz cluster's circuit
-# breakers (its own 503s, "unexpected" above), and its connections to checkpoint (opened in all,
-# open at the end, closed for idleness): each one open holds h2 state in checkpoint's memory.
+# Envoy's side during the soak: ext_authz calls that failed, timed out or overflowed the authz
+# cluster's circuit breakers (its own 503s, "unexpected" above), and its connections to checkpoint
+# (opened, open at the end, closed for idleness): each one open holds h2 state in checkpoint's
+# memory. upstream_cx_active is a gauge, not reset.
 echo "Envoy ext_authz: $(curl -fsS "http://127.0.0.1:$P_ADMIN/stats?filter=ext_authz\.(ok|denied|error|failure_mode_allowed)$|cluster\.authz\.upstream_(rq_(timeout|5xx|total|pending_overflow|active_overflow)|cx_(overflow|active|total|idle_timeout))$" | tr '\n' ' ')"
 echo "user-info: $(curl -fsS "http://127.0.0.1:$P_USERINFO/__count") (peak run included)"
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
