@@ -180,6 +180,10 @@ pub struct Window {
     pub max_us: u32,
     /// checkpoint's VmRSS at the window's end, kB.
     pub rss_kb: Option<u64>,
+    /// CPU time the host took from this virtual machine during the window (steal, all CPUs), and
+    /// in its worst second; ms. None where /proc/stat has no steal column.
+    pub steal_ms: Option<u64>,
+    pub worst_steal_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -205,6 +209,10 @@ pub struct Report {
     /// Latency over the whole run after the warm-up.
     pub p50_us: u32,
     pub p99_us: u32,
+    /// (seconds since the start, steal in that second over all CPUs, ms), one a second.
+    pub steal: Vec<(u64, u64)>,
+    /// Per second since the start: (answers, unexpected answers, slowest latency µs).
+    pub seconds: Vec<(u64, u64, u32)>,
 }
 
 impl Report {
@@ -246,17 +254,22 @@ impl Report {
         for (name, count) in &self.by_class {
             out.push_str(&format!("  {name}: {count}\n"));
         }
-        out.push_str("window  answers  unexpected  p50 µs  p99 µs  max µs  VmRSS kB\n");
+        out.push_str(
+            "window  answers  unexpected  p50 µs  p99 µs  max µs  VmRSS kB  steal ms (worst s)\n",
+        );
+        let ms = |v: Option<u64>| v.map_or("-".to_owned(), |v| v.to_string());
         for w in &self.windows {
             out.push_str(&format!(
-                "{:>5}s {:>8} {:>11} {:>7} {:>7} {:>7} {:>9}\n",
+                "{:>5}s {:>8} {:>11} {:>7} {:>7} {:>7} {:>9} {:>9} ({})\n",
                 w.start_s,
                 w.answers,
                 w.unexpected,
                 w.p50_us,
                 w.p99_us,
                 w.max_us,
-                w.rss_kb.map_or("-".to_owned(), |r| r.to_string())
+                ms(w.rss_kb),
+                ms(w.steal_ms),
+                ms(w.worst_steal_ms),
             ));
         }
         if let (Some(a), Some(e), Some(m), Some(g)) = (
@@ -273,7 +286,43 @@ impl Report {
             "after warm-up: p50 {} µs, p99 {} µs\n",
             self.p50_us, self.p99_us
         ));
+        if let Some(stalls) = self.stalls() {
+            out.push_str(&stalls);
+        }
         out
+    }
+
+    /// Whether the bad seconds (an unexpected answer, or an answer slower than 500 ms) came with
+    /// the host taking the machine's CPUs (100 ms or more of steal in that second or the one
+    /// before): a diagnosis printed with the report, never part of the verdict.
+    pub fn stalls(&self) -> Option<String> {
+        if self.steal.is_empty() {
+            return None;
+        }
+        let stolen = |t: u64| {
+            self.steal
+                .iter()
+                .filter(|(s, _)| *s == t || *s + 1 == t)
+                .map(|(_, ms)| *ms)
+                .max()
+                .unwrap_or(0)
+        };
+        let stealing = self.steal.iter().filter(|(_, ms)| *ms >= 100).count();
+        let bad: Vec<u64> = self
+            .seconds
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, unexpected, max_us))| *unexpected > 0 || *max_us > 500_000)
+            .map(|(t, _)| t as u64)
+            .collect();
+        let with_steal = bad.iter().filter(|t| stolen(**t) >= 100).count();
+        Some(format!(
+            "host steal: {stealing} of {} seconds with 100 ms or more; seconds with an unexpected \
+             answer or one slower than 500 ms: {}, {with_steal} of them with 100 ms or more of \
+             steal in that second or the one before\n",
+            self.steal.len(),
+            bad.len()
+        ))
     }
 }
 
@@ -284,6 +333,15 @@ pub fn vm_rss_kb(pid: u32) -> Option<u64> {
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Steal time of the whole machine so far (the `cpu` line of /proc/stat), in ms. /proc/stat
+/// counts in USER_HZ, which is 100 on Linux whatever the kernel's own tick.
+pub fn steal_ms() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let ticks: u64 = line.split_whitespace().nth(8)?.parse().ok()?;
+    Some(ticks * 10)
 }
 
 async fn connect(target: SocketAddr) -> anyhow::Result<SendRequest<Bytes>> {
@@ -391,17 +449,29 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
     let in_flight = Arc::new(AtomicU64::new(0));
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
 
-    // checkpoint's memory, once a second.
+    // checkpoint's memory and the host's steal, once a second.
     let rss = Arc::new(std::sync::Mutex::new(Vec::<(u64, u64)>::new()));
+    let steal = Arc::new(std::sync::Mutex::new(Vec::<(u64, u64)>::new()));
     let sampler = options.pid.map(|pid| {
-        let rss = rss.clone();
+        let (rss, steal) = (rss.clone(), steal.clone());
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
+            let mut stolen_before = steal_ms();
             loop {
                 tick.tick().await;
+                let t = start.elapsed().as_secs();
                 if let Some(kb) = vm_rss_kb(pid) {
-                    rss.lock().unwrap().push((start.elapsed().as_secs(), kb));
+                    rss.lock().unwrap().push((t, kb));
                 }
+                let stolen = steal_ms();
+                if let (Some(before), Some(now)) = (stolen_before, stolen) {
+                    // The second that just ended.
+                    steal
+                        .lock()
+                        .unwrap()
+                        .push((t.saturating_sub(1), now.saturating_sub(before)));
+                }
+                stolen_before = stolen;
             }
         })
     });
@@ -447,6 +517,14 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
                 }
                 report.answers += 1;
                 window.answers += 1;
+                let second = at as usize;
+                if report.seconds.len() <= second {
+                    report.seconds.resize(second + 1, (0, 0, 0));
+                }
+                let slot = &mut report.seconds[second];
+                slot.0 += 1;
+                slot.1 += u64::from(done.unexpected.is_some());
+                slot.2 = slot.2.max(done.latency_us);
                 counts[done.class.index()] += 1;
                 window_latencies.push(done.latency_us);
                 if done.at >= options.warmup {
@@ -561,6 +639,20 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
             .push(format!("{lost} requests still unanswered at the end"));
     }
     report.rss = rss.lock().unwrap().clone();
+    report.steal = steal.lock().unwrap().clone();
+    let window_s = options.window.as_secs().max(1);
+    for window in &mut report.windows {
+        let stolen: Vec<u64> = report
+            .steal
+            .iter()
+            .filter(|(t, _)| *t >= window.start_s && *t < window.start_s + window_s)
+            .map(|(_, ms)| *ms)
+            .collect();
+        if !stolen.is_empty() {
+            window.steal_ms = Some(stolen.iter().sum());
+            window.worst_steal_ms = stolen.iter().max().copied();
+        }
+    }
     memory_verdict(&mut report, options.warmup, options.duration);
     Ok(report)
 }
