@@ -184,6 +184,10 @@ pub struct Window {
     /// in its worst second; ms. None where /proc/stat has no steal column.
     pub steal_ms: Option<u64>,
     pub worst_steal_ms: Option<u64>,
+    /// The machine's speed during the window: the median and the slowest CPU time of the fixed
+    /// probe work (see [`Report::probe`]), µs.
+    pub probe_median_us: Option<u64>,
+    pub probe_slowest_us: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -213,6 +217,11 @@ pub struct Report {
     pub steal: Vec<(u64, u64)>,
     /// Per second since the start: (answers, unexpected answers, slowest latency µs).
     pub seconds: Vec<(u64, u64, u32)>,
+    /// (seconds since the start, CPU time of a fixed piece of work, µs), one a second: the same
+    /// work on the load generator's core, so that a machine whose speed changes under the run (a
+    /// shared or nested virtual machine) shows it. A constant rate is a varying share of such a
+    /// machine's capacity.
+    pub probe: Vec<(u64, u64)>,
 }
 
 impl Report {
@@ -255,12 +264,12 @@ impl Report {
             out.push_str(&format!("  {name}: {count}\n"));
         }
         out.push_str(
-            "window  answers  unexpected  p50 µs  p99 µs  max µs  VmRSS kB  steal ms (worst s)\n",
+            "window  answers  unexpected  p50 µs  p99 µs  max µs  VmRSS kB  steal ms (worst s)  probe µs (slowest)\n",
         );
         let ms = |v: Option<u64>| v.map_or("-".to_owned(), |v| v.to_string());
         for w in &self.windows {
             out.push_str(&format!(
-                "{:>5}s {:>8} {:>11} {:>7} {:>7} {:>7} {:>9} {:>9} ({})\n",
+                "{:>5}s {:>8} {:>11} {:>7} {:>7} {:>7} {:>9} {:>9} ({}) {:>9} ({})\n",
                 w.start_s,
                 w.answers,
                 w.unexpected,
@@ -270,6 +279,8 @@ impl Report {
                 ms(w.rss_kb),
                 ms(w.steal_ms),
                 ms(w.worst_steal_ms),
+                ms(w.probe_median_us),
+                ms(w.probe_slowest_us),
             ));
         }
         if let (Some(a), Some(e), Some(m), Some(g)) = (
@@ -289,7 +300,27 @@ impl Report {
         if let Some(stalls) = self.stalls() {
             out.push_str(&stalls);
         }
+        if let Some(speed) = self.speed() {
+            out.push_str(&speed);
+        }
         out
+    }
+
+    /// How much the machine's speed moved during the run: the probe's fastest, median and
+    /// slowest CPU time for the same work. A diagnosis, never part of the verdict.
+    pub fn speed(&self) -> Option<String> {
+        let mut times: Vec<u64> = self.probe.iter().map(|(_, us)| *us).collect();
+        times.sort_unstable();
+        let (fastest, slowest) = (*times.first()?, *times.last()?);
+        let median = times[times.len() / 2];
+        let slow = times.iter().filter(|us| **us * 4 > fastest * 5).count();
+        Some(format!(
+            "machine speed: the same work took {fastest} µs of CPU time at best, {median} µs \
+             (median), {slowest} µs at worst ({:.2}x); {slow} of {} seconds more than 25% slower \
+             than the best\n",
+            slowest as f64 / fastest.max(1) as f64,
+            times.len()
+        ))
     }
 
     /// Whether the bad seconds (an unexpected answer, or an answer slower than 500 ms) came with
@@ -342,6 +373,26 @@ pub fn steal_ms() -> Option<u64> {
     let line = stat.lines().find(|l| l.starts_with("cpu "))?;
     let ticks: u64 = line.split_whitespace().nth(8)?.parse().ok()?;
     Some(ticks * 10)
+}
+
+/// CPU time of the calling thread so far, ns (/proc/thread-self/schedstat, first field).
+fn thread_cpu_ns() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    stat.split_whitespace().next()?.parse().ok()
+}
+
+/// A fixed piece of CPU work (about 10 ms on the machines this was written on) and the CPU time
+/// it took, µs. CPU time, not wall time: waiting for the core is not counted, a slower core is.
+pub fn probe_us() -> Option<u64> {
+    let before = thread_cpu_ns()?;
+    let mut x: u64 = std::hint::black_box(0x9e37_79b9_7f4a_7c15);
+    for _ in 0..std::hint::black_box(5_000_000u32) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+    }
+    std::hint::black_box(x);
+    Some((thread_cpu_ns()?.saturating_sub(before)) / 1_000)
 }
 
 async fn connect(target: SocketAddr) -> anyhow::Result<SendRequest<Bytes>> {
@@ -452,6 +503,24 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
     // checkpoint's memory and the host's steal, once a second.
     let rss = Arc::new(std::sync::Mutex::new(Vec::<(u64, u64)>::new()));
     let steal = Arc::new(std::sync::Mutex::new(Vec::<(u64, u64)>::new()));
+    let probe = Arc::new(std::sync::Mutex::new(Vec::<(u64, u64)>::new()));
+    let probing = Arc::new(std::sync::atomic::AtomicBool::new(options.pid.is_some()));
+    let prober = {
+        let (probe, probing) = (probe.clone(), probing.clone());
+        std::thread::spawn(move || {
+            while probing.load(Ordering::Relaxed) {
+                let t = start.elapsed().as_secs();
+                if let Some(us) = probe_us() {
+                    probe.lock().unwrap().push((t, us));
+                }
+                // Sleeps in small steps, so that the run's end does not wait a second for it.
+                let next = start + Duration::from_secs(t + 1);
+                while probing.load(Ordering::Relaxed) && Instant::now() < next {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        })
+    };
     let sampler = options.pid.map(|pid| {
         let (rss, steal) = (rss.clone(), steal.clone());
         tokio::spawn(async move {
@@ -626,6 +695,8 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
     if let Some(s) = sampler {
         s.abort();
     }
+    probing.store(false, Ordering::Relaxed);
+    let _ = prober.join();
     drop(done_tx);
     let mut report = collector.await?;
     report.sent = sent.load(Ordering::Relaxed);
@@ -640,8 +711,20 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
     }
     report.rss = rss.lock().unwrap().clone();
     report.steal = steal.lock().unwrap().clone();
+    report.probe = probe.lock().unwrap().clone();
     let window_s = options.window.as_secs().max(1);
     for window in &mut report.windows {
+        let mut probed: Vec<u64> = report
+            .probe
+            .iter()
+            .filter(|(t, _)| *t >= window.start_s && *t < window.start_s + window_s)
+            .map(|(_, us)| *us)
+            .collect();
+        probed.sort_unstable();
+        if !probed.is_empty() {
+            window.probe_median_us = Some(probed[probed.len() / 2]);
+            window.probe_slowest_us = probed.last().copied();
+        }
         let stolen: Vec<u64> = report
             .steal
             .iter()
