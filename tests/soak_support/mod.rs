@@ -217,6 +217,8 @@ pub struct Report {
     pub steal: Vec<(u64, u64)>,
     /// Per second since the start: (answers, unexpected answers, slowest latency µs).
     pub seconds: Vec<(u64, u64, u32)>,
+    /// The median of `probe`, µs.
+    pub probe_median_us: Option<u64>,
     /// (seconds since the start, CPU time of a fixed piece of work, µs), one a second: the same
     /// work on the load generator's core, so that a machine whose speed changes under the run (a
     /// shared or nested virtual machine) shows it. A constant rate is a varying share of such a
@@ -306,19 +308,25 @@ impl Report {
         out
     }
 
+    /// The probe's median over the run, µs: the machine's typical speed while it ran.
+    pub fn median_probe_us(&self) -> Option<u64> {
+        let mut times: Vec<u64> = self.probe.iter().map(|(_, us)| *us).collect();
+        times.sort_unstable();
+        times.get(times.len() / 2).copied()
+    }
+
     /// How much the machine's speed moved during the run: the probe's fastest, median and
     /// slowest CPU time for the same work. A diagnosis, never part of the verdict.
     pub fn speed(&self) -> Option<String> {
         let mut times: Vec<u64> = self.probe.iter().map(|(_, us)| *us).collect();
         times.sort_unstable();
         let (fastest, slowest) = (*times.first()?, *times.last()?);
-        let median = times[times.len() / 2];
-        let slow = times.iter().filter(|us| **us * 4 > fastest * 5).count();
+        let median = self.median_probe_us()?;
+        let slow = times.iter().filter(|us| **us * 4 > median * 5).count();
         Some(format!(
             "machine speed: the same work took {fastest} µs of CPU time at best, {median} µs \
-             (median), {slowest} µs at worst ({:.2}x); {slow} of {} seconds more than 25% slower \
-             than the best\n",
-            slowest as f64 / fastest.max(1) as f64,
+             (median), {slowest} µs at worst; {slow} of {} seconds more than 25% slower than the \
+             median\n",
             times.len()
         ))
     }
@@ -504,7 +512,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
     let rss = Arc::new(std::sync::Mutex::new(Vec::<(u64, u64)>::new()));
     let steal = Arc::new(std::sync::Mutex::new(Vec::<(u64, u64)>::new()));
     let probe = Arc::new(std::sync::Mutex::new(Vec::<(u64, u64)>::new()));
-    let probing = Arc::new(std::sync::atomic::AtomicBool::new(options.pid.is_some()));
+    let probing = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let prober = {
         let (probe, probing) = (probe.clone(), probing.clone());
         std::thread::spawn(move || {
@@ -712,6 +720,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
     report.rss = rss.lock().unwrap().clone();
     report.steal = steal.lock().unwrap().clone();
     report.probe = probe.lock().unwrap().clone();
+    report.probe_median_us = report.median_probe_us();
     let window_s = options.window.as_secs().max(1);
     for window in &mut report.windows {
         let mut probed: Vec<u64> = report
