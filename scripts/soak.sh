@@ -23,6 +23,9 @@
 # Pass: zero unexpected answers, and VmRSS at the end (mean of the last 10 s) less than 5% above
 # VmRSS right after the warm-up (mean of the 10 s after it). p99 stability is reported (each
 # window's p99), not judged. The test command runs the same checks for 60 s (tests/soak.rs).
+# Also reported, never judged: the host's steal time and a probe of the machine's speed (the CPU
+# time of a fixed piece of work, once a second, on the generator's core), per window; at the end,
+# the probe's median when the peak was measured against during the soak.
 #
 # The peak is measured first, in two steps. A closed loop (SOAK_PEAK_SECONDS of load with 4
 # connections x 8 streams always in flight) gives the most the gateway answers when every wake-up

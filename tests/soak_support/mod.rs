@@ -25,6 +25,10 @@
 //! and a latency counts from the scheduled time (a stall is not hidden by the generator waiting
 //! for it). With rate 0, closed loop: `connections x streams` requests in flight, back to back,
 //! to measure the peak.
+//!
+//! Beside checkpoint, the report describes the machine: the host's steal time and a probe of the
+//! machine's speed, once a second ([`probe_us`]). Neither is part of the verdict; they say when a
+//! shared virtual machine, not checkpoint, changed under the run.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)] // Test helpers: a broken set-up should stop loudly.
 
 use std::net::SocketAddr;
