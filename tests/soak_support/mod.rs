@@ -272,7 +272,7 @@ impl Report {
         out.push_str(
             "window  answers  unexpected  p50 µs  p99 µs  max µs  VmRSS kB  steal ms (worst s)  probe µs (slowest)\n",
         );
-        let ms = |v: Option<u64>| v.map_or("-".to_owned(), |v| v.to_string());
+        let or_dash = |v: Option<u64>| v.map_or("-".to_owned(), |v| v.to_string());
         for w in &self.windows {
             out.push_str(&format!(
                 "{:>5}s {:>8} {:>11} {:>7} {:>7} {:>7} {:>9} {:>9} ({}) {:>9} ({})\n",
@@ -282,11 +282,11 @@ impl Report {
                 w.p50_us,
                 w.p99_us,
                 w.max_us,
-                ms(w.rss_kb),
-                ms(w.steal_ms),
-                ms(w.worst_steal_ms),
-                ms(w.probe_median_us),
-                ms(w.probe_slowest_us),
+                or_dash(w.rss_kb),
+                or_dash(w.steal_ms),
+                or_dash(w.worst_steal_ms),
+                or_dash(w.probe_median_us),
+                or_dash(w.probe_slowest_us),
             ));
         }
         if let (Some(a), Some(e), Some(m), Some(g)) = (
