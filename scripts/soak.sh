@@ -214,8 +214,8 @@ echo "Envoy ext_authz: $(curl -fsS "http://127.0.0.1:$P_ADMIN/stats?filter=ext_a
 # The machine's speed when the peak was measured and during the soak (the load generator's probe,
 # examples/soak_load.rs): on a shared virtual machine it moves, and a rate fixed from the peak is
 # then a different share of what the core can do. Printed, not judged.
-if [ -n "${peak_json:-}" ]; then
-  python3 - "$peak_json" "$work/soak.json" <<'PY'
+if [ -n "${peak_json:-}" ] && [ -f "$peak_json" ] && [ -f "$work/soak.json" ]; then
+  python3 - "$peak_json" "$work/soak.json" <<'PY' || say "could not compare the machine's speed"
 import json, sys
 peak, soak = (json.load(open(p)).get("probe_median_us") for p in sys.argv[1:3])
 if peak and soak:
