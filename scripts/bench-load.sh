@@ -12,7 +12,9 @@
 #                                         (the server under callgrind behind Envoy, as in d0 and d)
 #                                         and envoy-noop, envoy-noop-identity, envoy-noop-headers,
 #                                         envoy-checkpoint, envoy-jwt (Envoy itself under callgrind:
-#                                         what Envoy spends per request with each answer, and in e)
+#                                         what Envoy spends per request with each answer, and in e),
+#                                         and envoy-noop-unix, envoy-noop-headers-unix,
+#                                         envoy-checkpoint-unix (the same over the Unix socket)
 #
 # Scenarios, each driven by h2load (Debian's nghttp2-client, installed if missing):
 #   a    the no-op ext_authz server (examples/noop_authz.rs), gRPC Check direct: the floor
@@ -57,7 +59,8 @@
 # target/release (checkpoint, examples/noop_authz, ...) to measure instead, e.g. a saved copy of
 # an earlier build for a before/after comparison (implies BENCH_BUILD=0), BENCH_PROFILE_TARGETS
 # (among "noop checkpoint checkpoint-jwt noop-envoy checkpoint-envoy envoy-noop envoy-noop-identity
-# envoy-noop-headers envoy-checkpoint envoy-jwt") for --profile.
+# envoy-noop-headers envoy-checkpoint envoy-jwt envoy-noop-unix envoy-noop-headers-unix
+# envoy-checkpoint-unix") for --profile.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -631,16 +634,29 @@ profile() {
         port=$P_ENVOY_D via_envoy=1
         ;;
       # Envoy itself under callgrind, the ext_authz server (or jwt_authn) running normally.
-      envoy-noop | envoy-noop-identity | envoy-noop-headers)
+      envoy-noop | envoy-noop-identity | envoy-noop-headers | envoy-noop-unix | envoy-noop-headers-unix)
         case "$which" in
           envoy-noop-identity) noop_flag=(--identity) ;;
-          envoy-noop-headers) noop_flag=(--identity-headers) ;;
+          envoy-noop-headers*) noop_flag=(--identity-headers) ;;
         esac
-        start 0 "$work/noop.log" "$bin/examples/noop_authz" "127.0.0.1:$P_NOOP" "${noop_flag[@]}"
-        helper=$last_pid
-        wait_port "$P_NOOP" noop_authz "$helper" "$work/noop.log"
+        local endpoint
+        case "$which" in
+          *-unix)
+            rm -f "$work/noop.sock"
+            start 0 "$work/noop.log" "$bin/examples/noop_authz" "unix:$work/noop.sock" "${noop_flag[@]}"
+            helper=$last_pid
+            wait_socket "$work/noop.sock" "noop_authz (Unix socket)" "$helper" "$work/noop.log"
+            endpoint="$(pipe_endpoint "$work/noop.sock")"
+            ;;
+          *)
+            start 0 "$work/noop.log" "$bin/examples/noop_authz" "127.0.0.1:$P_NOOP" "${noop_flag[@]}"
+            helper=$last_pid
+            wait_port "$P_NOOP" noop_authz "$helper" "$work/noop.log"
+            endpoint="$(tcp_endpoint "$P_NOOP")"
+            ;;
+        esac
         envoy_wrap=(valgrind --tool=callgrind --callgrind-out-file="$out")
-        start_envoy d0 bench/envoy-ext-authz.yaml "$P_ENVOY_D0" "$P_ADMIN_D0" AUTHZ_ADDRESS="$(tcp_endpoint "$P_NOOP")"
+        start_envoy d0 bench/envoy-ext-authz.yaml "$P_ENVOY_D0" "$P_ADMIN_D0" AUTHZ_ADDRESS="$endpoint"
         envoy_wrap=()
         pid=${envoy_pid[d0]} port=$P_ENVOY_D0 via_envoy=1
         ;;
@@ -652,13 +668,22 @@ profile() {
         envoy_wrap=()
         pid=${envoy_pid[d]} port=$P_ENVOY_D via_envoy=1
         ;;
+      envoy-checkpoint-unix)
+        rm -f "$work/checkpoint.sock"
+        start_checkpoint_at "unix:$work/checkpoint.sock" "$P_CHECKPOINT_UNIX_HTTP" checkpoint-unix
+        helper=$last_pid
+        envoy_wrap=(valgrind --tool=callgrind --callgrind-out-file="$out")
+        start_envoy du bench/envoy-ext-authz.yaml "$P_ENVOY_DU" "$P_ADMIN_DU" AUTHZ_ADDRESS="$(pipe_endpoint "$work/checkpoint.sock")"
+        envoy_wrap=()
+        pid=${envoy_pid[du]} port=$P_ENVOY_DU via_envoy=1
+        ;;
       envoy-jwt)
         envoy_wrap=(valgrind --tool=callgrind --callgrind-out-file="$out")
         start_envoy e bench/envoy-jwt.yaml "$P_ENVOY_E" "$P_ADMIN_E" JWKS_JSON="$jwks"
         envoy_wrap=()
         pid=${envoy_pid[e]} port=$P_ENVOY_E via_envoy=1 token=$jwt
         ;;
-      *) die "BENCH_PROFILE_TARGETS: unknown target $which (noop, checkpoint, checkpoint-jwt, noop-envoy, checkpoint-envoy, envoy-noop, envoy-noop-identity, envoy-noop-headers, envoy-checkpoint, envoy-jwt)" ;;
+      *) die "BENCH_PROFILE_TARGETS: unknown target $which (noop, checkpoint, checkpoint-jwt, noop-envoy, checkpoint-envoy, envoy-noop, envoy-noop-identity, envoy-noop-headers, envoy-checkpoint, envoy-jwt, envoy-noop-unix, envoy-noop-headers-unix, envoy-checkpoint-unix)" ;;
     esac
     local load=(-H 'content-type: application/grpc' -H 'te: trailers' -d "$frame" -c 1 -m 8)
     local url="http://127.0.0.1:$port/envoy.service.auth.v3.Authorization/Check"
