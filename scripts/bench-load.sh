@@ -9,7 +9,8 @@
 #                                         checkpoint with a local jwt source (scenario bj),
 #                                         BENCH_PROFILE_CHECKS Checks each (20000, about 3 min);
 #                                         BENCH_PROFILE_TARGETS adds noop-envoy, checkpoint-envoy
-#                                         (the server under callgrind behind Envoy, as in d0 and d)
+#                                         (the server under callgrind behind Envoy, as in d0 and d;
+#                                         noop-envoy-unix, checkpoint-envoy-unix as in d0u and du)
 #                                         and envoy-noop, envoy-noop-identity, envoy-noop-headers,
 #                                         envoy-checkpoint, envoy-jwt (Envoy itself under callgrind:
 #                                         what Envoy spends per request with each answer, and in e),
@@ -58,7 +59,8 @@
 # skips `cargo build` (uses target/release as it is), BENCH_BIN a folder laid out like
 # target/release (checkpoint, examples/noop_authz, ...) to measure instead, e.g. a saved copy of
 # an earlier build for a before/after comparison (implies BENCH_BUILD=0), BENCH_PROFILE_TARGETS
-# (among "noop checkpoint checkpoint-jwt noop-envoy checkpoint-envoy envoy-noop envoy-noop-identity
+# (among "noop checkpoint checkpoint-jwt noop-envoy checkpoint-envoy noop-envoy-unix
+# checkpoint-envoy-unix envoy-noop envoy-noop-identity
 # envoy-noop-headers envoy-checkpoint envoy-jwt envoy-noop-unix envoy-noop-headers-unix
 # envoy-checkpoint-unix") for --profile.
 set -euo pipefail
@@ -337,14 +339,15 @@ tcp_endpoint() { printf 'socket_address: { address: 127.0.0.1, port_value: %s }'
 pipe_endpoint() { printf 'pipe: { path: "%s" }' "$1"; }
 
 # Waits until the Unix socket $1 exists; $2 names its server, whose pid and log are $3 and $4.
+# wait_socket PATH NAME PID LOG [TRIES]: tries of 0.1 s (100; more for a server under valgrind).
 wait_socket() {
-  local i
-  for i in $(seq 1 100); do
+  local i tries="${5:-100}"
+  for i in $(seq 1 "$tries"); do
     [ -S "$1" ] && return 0
     kill -0 "$3" 2>/dev/null || die "$2 exited: $(tail -5 "$4")"
     sleep 0.1
   done
-  die "$2: no socket at $1 after 10 s"
+  die "$2: no socket at $1 after $((tries / 10)) s"
 }
 
 # What `checkpoint allowed-headers` prints for the bench's checkpoint (the same variables as
@@ -627,6 +630,22 @@ profile() {
         start_envoy d0 bench/envoy-ext-authz.yaml "$P_ENVOY_D0" "$P_ADMIN_D0" AUTHZ_ADDRESS="$(tcp_endpoint "$P_NOOP")"
         port=$P_ENVOY_D0 via_envoy=1
         ;;
+      noop-envoy-unix)
+        rm -f "$work/noop.sock"
+        start 0 "$work/noop.log" valgrind --tool=callgrind --callgrind-out-file="$out" \
+          "$bin/examples/noop_authz" "unix:$work/noop.sock"
+        pid=$last_pid
+        wait_socket "$work/noop.sock" "noop under valgrind (Unix socket)" "$pid" "$work/noop.log" 600
+        start_envoy d0u bench/envoy-ext-authz.yaml "$P_ENVOY_D0U" "$P_ADMIN_D0U" AUTHZ_ADDRESS="$(pipe_endpoint "$work/noop.sock")"
+        port=$P_ENVOY_D0U via_envoy=1
+        ;;
+      checkpoint-envoy-unix)
+        rm -f "$work/checkpoint.sock"
+        start_checkpoint_at "unix:$work/checkpoint.sock" "$P_CHECKPOINT_UNIX_HTTP" checkpoint-unix valgrind --tool=callgrind --callgrind-out-file="$out"
+        pid=$last_pid
+        start_envoy du bench/envoy-ext-authz.yaml "$P_ENVOY_DU" "$P_ADMIN_DU" AUTHZ_ADDRESS="$(pipe_endpoint "$work/checkpoint.sock")"
+        port=$P_ENVOY_DU via_envoy=1
+        ;;
       checkpoint-envoy)
         start_checkpoint valgrind --tool=callgrind --callgrind-out-file="$out"
         pid=$checkpoint_pid
@@ -683,7 +702,7 @@ profile() {
         envoy_wrap=()
         pid=${envoy_pid[e]} port=$P_ENVOY_E via_envoy=1 token=$jwt
         ;;
-      *) die "BENCH_PROFILE_TARGETS: unknown target $which (noop, checkpoint, checkpoint-jwt, noop-envoy, checkpoint-envoy, envoy-noop, envoy-noop-identity, envoy-noop-headers, envoy-checkpoint, envoy-jwt, envoy-noop-unix, envoy-noop-headers-unix, envoy-checkpoint-unix)" ;;
+      *) die "BENCH_PROFILE_TARGETS: unknown target $which (noop, checkpoint, checkpoint-jwt, noop-envoy, checkpoint-envoy, noop-envoy-unix, checkpoint-envoy-unix, envoy-noop, envoy-noop-identity, envoy-noop-headers, envoy-checkpoint, envoy-jwt, envoy-noop-unix, envoy-noop-headers-unix, envoy-checkpoint-unix)" ;;
     esac
     local load=(-H 'content-type: application/grpc' -H 'te: trailers' -d "$frame" -c 1 -m 8)
     local url="http://127.0.0.1:$port/envoy.service.auth.v3.Authorization/Check"
