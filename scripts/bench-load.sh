@@ -60,9 +60,8 @@
 # target/release (checkpoint, examples/noop_authz, ...) to measure instead, e.g. a saved copy of
 # an earlier build for a before/after comparison (implies BENCH_BUILD=0), BENCH_PROFILE_TARGETS
 # (among "noop checkpoint checkpoint-jwt noop-envoy checkpoint-envoy noop-envoy-unix
-# checkpoint-envoy-unix envoy-noop envoy-noop-identity
-# envoy-noop-headers envoy-checkpoint envoy-jwt envoy-noop-unix envoy-noop-headers-unix
-# envoy-checkpoint-unix") for --profile.
+# checkpoint-envoy-unix envoy-noop envoy-noop-identity envoy-noop-headers envoy-checkpoint
+# envoy-jwt envoy-noop-unix envoy-noop-headers-unix envoy-checkpoint-unix") for --profile.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -338,8 +337,8 @@ base64url() { openssl base64 -A | tr '+/' '-_' | tr -d '='; }
 tcp_endpoint() { printf 'socket_address: { address: 127.0.0.1, port_value: %s }' "$1"; }
 pipe_endpoint() { printf 'pipe: { path: "%s" }' "$1"; }
 
-# Waits until the Unix socket $1 exists; $2 names its server, whose pid and log are $3 and $4.
-# wait_socket PATH NAME PID LOG [TRIES]: tries of 0.1 s (100; more for a server under valgrind).
+# Waits until the Unix socket $1 exists; $2 names its server, whose pid and log are $3 and $4;
+# $5 is how many tries of 0.1 s (100; more for a server under valgrind).
 wait_socket() {
   local i tries="${5:-100}"
   for i in $(seq 1 "$tries"); do
