@@ -52,7 +52,8 @@
 # machine and the run is noisy.
 #
 # Settings (environment): BENCH_ROUNDS (2), BENCH_DURATION seconds per run (8), BENCH_CONNECTIONS
-# (4) and BENCH_STREAMS per connection (8) for the saturated runs, BENCH_RATE (1000),
+# (4) and BENCH_STREAMS per connection (8) for the saturated runs, BENCH_FRESH (1: every Envoy is
+# started again before each round after the first; 0 keeps the same Envoys), BENCH_RATE (1000),
 # BENCH_SCENARIOS (a subset and order of "a b c d0 d d0u du e a@1k b@1k", plus "bj" and "d0h"),
 # BENCH_LOG_LEVEL for checkpoint (info, its default: the decision log line is written for every
 # Check, to /dev/null), BENCH_PORT_BASE (47100), BENCH_KEEP=1 keeps the work folder, BENCH_BUILD=0
@@ -85,6 +86,7 @@ STREAMS="${BENCH_STREAMS:-8}"
 RATE="${BENCH_RATE:-1000}"
 SCENARIOS="${BENCH_SCENARIOS:-a b c d0 d d0u du e a@1k b@1k}"
 LOG_LEVEL_CHECKPOINT="${BENCH_LOG_LEVEL:-info}"
+FRESH="${BENCH_FRESH:-1}"
 PORT_BASE="${BENCH_PORT_BASE:-47100}"
 
 P_USERINFO=$((PORT_BASE + 0))
@@ -315,6 +317,7 @@ envoy_get() {
 
 start_envoy() {
   local name="$1" template="$2" listen="$3" admin="$4" i
+  envoy_args[$name]="$(printf '%q ' "$@")"
   shift 4
   env LISTEN_PORT="$listen" ADMIN_PORT="$admin" "$@" bash scripts/render-envoy.sh "$template" "$work/envoy-$name.yaml" >&2
   start 0 "$work/envoy-$name.log" "${envoy_wrap[@]}" "$envoy_bin" -c "$work/envoy-$name.yaml" \
@@ -330,6 +333,22 @@ start_envoy() {
 }
 # A command that wraps Envoy in start_envoy (valgrind for the envoy-* profile targets).
 envoy_wrap=()
+declare -A envoy_args=()
+
+# Stops the Envoys of the scenarios in $SCENARIOS and starts each again with the same settings.
+# How fast one Envoy process runs stays with it for its life: two identical Envoys measured side
+# by side differed by 10-15% in CPU per request, round after round (bench/RESULTS.md, "Eleventh
+# round"). A new process for every round makes the rounds independent draws, so that the median
+# of the per-round ratios measures the ext_authz servers, not which Envoy was the luckier one.
+restart_envoys() {
+  local name
+  for name in "${!envoy_pid[@]}"; do
+    case " $SCENARIOS " in *" $name "*) ;; *) continue ;; esac
+    kill "${envoy_pid[$name]}" 2>/dev/null || true
+    wait "${envoy_pid[$name]}" 2>/dev/null || true
+    eval "start_envoy ${envoy_args[$name]}"
+  done
+}
 
 base64url() { openssl base64 -A | tr '+/' '-_' | tr -d '='; }
 
@@ -475,12 +494,13 @@ load_scenarios() {
   local results="$work/results.jsonl" round
   : >"$results"
   for round in $(seq 1 "$ROUNDS"); do
+    if [ "$FRESH" = 1 ] && [ "$round" -gt 1 ]; then restart_envoys; fi
     for s in $SCENARIOS; do
       run_scenario "$s" "$round" "$results"
     done
   done
   echo
-  echo "checkpoint at $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$root" diff --quiet 2>/dev/null || echo '+dirty')${BENCH_BIN:+ (binaries from $BENCH_BIN)}, settings: ${passthrough_note:-defaults}, LOG_LEVEL=$LOG_LEVEL_CHECKPOINT, $ROUNDS rounds of ${DURATION}s, saturated runs: $CONNECTIONS connections x $STREAMS streams, h2load on core 1, servers on core 0"
+  echo "checkpoint at $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$root" diff --quiet 2>/dev/null || echo '+dirty')${BENCH_BIN:+ (binaries from $BENCH_BIN)}, settings: ${passthrough_note:-defaults}, LOG_LEVEL=$LOG_LEVEL_CHECKPOINT, $ROUNDS rounds of ${DURATION}s$([ "$FRESH" = 1 ] && echo ' (new Envoys each round)'), saturated runs: $CONNECTIONS connections x $STREAMS streams, h2load on core 1, servers on core 0"
   python3 bench/stats.py report "$results"
   local total_calls
   total_calls="$(userinfo_calls)"
