@@ -25,7 +25,9 @@
 # window's p99), not judged. The test command runs the same checks for 60 s (tests/soak.rs).
 # Also reported, never judged: the host's steal time and a probe of the machine's speed (the CPU
 # time of a fixed piece of work, once a second, on the generator's core), per window; at the end,
-# the probe's median when the peak was measured against during the soak.
+# the probe's median when the peak was measured against during the soak; and for the slowest
+# seconds, who had the gateway's core in them (bench/cpu_seconds.py: busy, idle and steal shares,
+# Envoy's and checkpoint's CPU), which tells a core that was full from a process that stalled.
 #
 # The peak is measured first, in two steps. A closed loop (SOAK_PEAK_SECONDS of load with 4
 # connections x 8 streams always in flight) gives the most the gateway answers when every wake-up
@@ -218,9 +220,16 @@ say "soak: $DURATION s at $rate req/s, warm-up $WARMUP s, windows of $WINDOW s; 
 curl -fsS -X POST "http://127.0.0.1:$P_ADMIN/reset_counters" >/dev/null || die "Envoy's admin did not reset its counters"
 ticks_before="$(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$checkpoint_pid/stat")"
 envoy_ticks_before="$(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$envoy_pid/stat")"
+# Who had the gateway's core, every second (bench/cpu_seconds.py): printed for the slowest seconds.
+python3 "$root/bench/cpu_seconds.py" sample "$work/cpu.tsv" 0 \
+  envoy="$envoy_pid" checkpoint="$checkpoint_pid" &
+sampler_pid=$!
+pids+=("$sampler_pid")
+soak_started="$(date +%s.%N)"
 status=0
 "${load[@]}" --rate "$rate" --duration "$DURATION" --warmup "$WARMUP" --window "$WINDOW" \
   --pid "$checkpoint_pid" --run soak --json "$work/soak.json" || status=$?
+kill "$sampler_pid" 2>/dev/null || true
 kill -0 "$checkpoint_pid" 2>/dev/null || die "checkpoint exited during the soak: $(tail -5 "$work/checkpoint.err")"
 hz="$(getconf CLK_TCK)"
 ticks_after="$(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$checkpoint_pid/stat")"
@@ -248,6 +257,8 @@ if peak and soak:
     print(line)
 PY
 fi
+[ -f "$work/soak.json" ] && python3 "$root/bench/cpu_seconds.py" slowest "$work/cpu.tsv" "$work/soak.json" "$soak_started" 8 ||
+  say "no per-second CPU of the core"
 echo "user-info: $(curl -fsS "http://127.0.0.1:$P_USERINFO/__count") (peak run included)"
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 if [ "$status" = 0 ]; then say "PASS: zero unexpected answers, memory flat after the warm-up"; else say "FAIL (see above)"; fi
