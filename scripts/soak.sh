@@ -39,8 +39,9 @@
 # or more, an answer is unexpected, or the generator falls behind its schedule. The peak is the
 # rate at which the core is 95% busy, interpolated between that step and the one before (a step
 # can land well past it: 94% then 97%); when the step failed below 95% busy, the step before it;
-# the closed-loop figure if no step stops the ramp. SOAK_PEAK=closed uses the closed-loop figure as the peak instead
-# (the script's first definition; on such machines its 80% is more than the core can carry).
+# the closed-loop figure if no step stops the ramp. SOAK_PEAK=closed uses the closed-loop figure as
+# the peak instead (the script's first definition; on such machines its 80% is more than the core
+# can carry).
 #
 # Settings (environment): SOAK_DURATION seconds (600), SOAK_RATE requests/s (default: 80% of the
 # peak above), SOAK_PEAK (paced, or closed), SOAK_PEAK_SECONDS (15), SOAK_RAMP_SECONDS (10),
