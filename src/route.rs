@@ -13,6 +13,8 @@
 use std::collections::HashMap;
 use std::fmt;
 
+use rustc_hash::FxBuildHasher;
+
 /// An HTTP method a request may carry and a rule may govern.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Method {
@@ -131,8 +133,10 @@ pub struct DuplicateRoute {
 pub struct RouteTable<T> {
     /// Path key -> index in `entries`. Looked up by `&str`, so `find` never allocates. Template
     /// keys are indexed by their [`Template::canonical`] form, so that `/t/{a}` and `/t/{b}`
-    /// are the same key.
-    index: HashMap<Box<str>, usize>,
+    /// are the same key. Hashed with Fx, not SipHash: only the rule file inserts keys, so a
+    /// request path cannot lengthen a probe sequence, and a path's hash is a few instructions
+    /// instead of a SipHash.
+    index: HashMap<Box<str>, usize, FxBuildHasher>,
     /// Indices in `entries` of the keys with `{name}` segments; empty for a rule file without
     /// templates, and then `find` is exactly the literal lookup.
     templates: Vec<usize>,
@@ -166,7 +170,7 @@ pub struct Found<'a, T> {
 impl<T> Default for RouteTable<T> {
     fn default() -> Self {
         RouteTable {
-            index: HashMap::new(),
+            index: HashMap::default(),
             templates: Vec::new(),
             entries: Vec::new(),
             len: 0,

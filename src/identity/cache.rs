@@ -121,12 +121,50 @@ impl moka::Expiry<u128, StaleEntry> for EntryExpiry {
 }
 
 pub struct IdentityCache {
-    entries: moka::future::Cache<u128, Entry>,
+    entries: moka::future::Cache<u128, Entry, Prehashed>,
     /// Users kept for `stale_if_error`; `None` when it is zero.
-    stale: Option<moka::future::Cache<u128, StaleEntry>>,
+    stale: Option<moka::future::Cache<u128, StaleEntry, Prehashed>>,
     settings: CacheSettings,
     key_state: RandomState,
     pub stats: Arc<CacheStats>,
+}
+
+/// moka's hasher for the cache's keys. A key is already the output of a keyed hash
+/// ([`KeyHasher`]), uniform and unknown to callers, so hashing it again (moka's default is
+/// SipHash) would add instructions and nothing else: its two halves are folded into one.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Prehashed;
+
+/// The [`Prehashed`] hasher's state.
+#[derive(Debug, Default)]
+pub struct Folded(u64);
+
+impl BuildHasher for Prehashed {
+    type Hasher = Folded;
+
+    fn build_hasher(&self) -> Folded {
+        Folded(0)
+    }
+}
+
+impl Hasher for Folded {
+    fn write_u128(&mut self, key: u128) {
+        self.0 ^= (key as u64) ^ ((key >> 64) as u64);
+    }
+
+    /// Not reached by a `u128` key; mixes any other input eight bytes at a time.
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = (self.0.rotate_left(29) ^ u64::from_le_bytes(word))
+                .wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 /// Builds a cache key: feed it with [`Hasher::write`]; length-prefix variable fields.
@@ -196,13 +234,13 @@ impl IdentityCache {
             .max_capacity(settings.max_entries)
             .expire_after(EntryExpiry)
             .time_to_live(longest)
-            .build();
+            .build_with_hasher(Prehashed);
         let stale = (!settings.stale_if_error.is_zero()).then(|| {
             moka::future::Cache::builder()
                 .max_capacity(settings.max_entries)
                 .expire_after(EntryExpiry)
                 .time_to_live(settings.ttl + settings.stale_if_error)
-                .build()
+                .build_with_hasher(Prehashed)
         });
         Some(IdentityCache {
             entries,
@@ -654,6 +692,43 @@ mod tests {
             IdentityCache::key(&h)
         };
         assert_ne!(joined(&["ab", "c"]), joined(&["a", "bc"]));
+    }
+
+    #[test]
+    fn moka_hashes_a_key_by_folding_its_halves() {
+        let key: u128 = (0x0123_4567_89ab_cdef_u128 << 64) | 0xfedc_ba98_7654_3210;
+        assert_eq!(
+            Prehashed.hash_one(key),
+            0x0123_4567_89ab_cdef ^ 0xfedc_ba98_7654_3210
+        );
+        // A change in either half changes the hash.
+        assert_ne!(Prehashed.hash_one(key ^ 1), Prehashed.hash_one(key));
+        assert_ne!(
+            Prehashed.hash_one(key ^ (1 << 100)),
+            Prehashed.hash_one(key)
+        );
+        // Other input (never a key) is mixed, not folded: the order of the bytes counts.
+        assert_ne!(Prehashed.hash_one([1u8, 2]), Prehashed.hash_one([2u8, 1]));
+    }
+
+    #[tokio::test]
+    async fn many_credentials_each_get_their_own_user_back() {
+        let cache = IdentityCache::new(settings()).expect("on");
+        let credentials: Vec<String> = (0..500).map(|i| format!("Bearer token-{i}")).collect();
+        for credential in &credentials {
+            let k = key_of(&cache, credential);
+            let (r, lookup) = cache
+                .get_or_resolve(k, &request(credential), None, async { user(credential) })
+                .await;
+            assert_eq!((r, lookup), (user(credential), Lookup::Miss));
+        }
+        for credential in credentials.iter().rev() {
+            let k = key_of(&cache, credential);
+            let (r, lookup) = cache
+                .get_or_resolve(k, &request(credential), None, async { user("wrong") })
+                .await;
+            assert_eq!((r, lookup), (user(credential), Lookup::Hit), "{credential}");
+        }
     }
 
     #[tokio::test(start_paused = true)]
