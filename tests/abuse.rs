@@ -3,7 +3,12 @@
 //! process with small limits, abuses it from loopback, reads its resident memory from
 //! `/proc/<pid>/status` where memory is the point, and checks that a separate well-behaved
 //! client still gets the right Check answers.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // Tests: a failed step should stop the test loudly.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::string_slice
+)] // Tests: a failed step should stop the test loudly.
 
 mod abuse_support;
 

@@ -1,7 +1,12 @@
 //! The identity cache through the real server: one user-info call per credential, not per
 //! request; errors never cached; concurrent misses coalesced. (TTL expiry is tested with paused
 //! time in `src/identity/cache.rs`.)
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // Tests: a failed step should stop the test loudly.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::string_slice
+)] // Tests: a failed step should stop the test loudly.
 
 mod support;
 

@@ -1,7 +1,12 @@
 //! The response table (README.md, "Responses"; docs/mia-compatibility.md), row by row, against the real server: each case in
 //! `tests/cases/decisions.json` is one Check sent over gRPC to checkpoint, which asks the test
 //! user-info server who the caller is.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // Tests: a failed step should stop the test loudly.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::string_slice
+)] // Tests: a failed step should stop the test loudly.
 
 mod support;
 

@@ -8,7 +8,12 @@
 //!
 //! Each test starts its own stack ([`e2e_support::Stack`]); needs `scripts/setup.sh` (Envoy in
 //! `.venv`, the IdP's `node_modules`) and `openssl`.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // Tests: a failure should stop loudly.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::string_slice
+)] // Tests: a failure should stop loudly.
 
 mod e2e_support;
 

@@ -7,7 +7,12 @@
 //! ([`e2e_support::idp_requests`]). Users (from `tests/idp/fixtures.json`): alice (admins,
 //! engineering) and bob (viewers). Needs `scripts/setup.sh` (Envoy in `.venv`, the IdP's
 //! `node_modules`) and `openssl`.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // Tests: a failure should stop loudly.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::string_slice
+)] // Tests: a failure should stop loudly.
 
 mod e2e_support;
 
@@ -307,6 +312,19 @@ async fn tampered_jwt_is_401_and_opaque_tokens_go_to_userinfo() {
             401,
             "Unauthorized",
             &format!("tampered JWT on {path}"),
+        );
+    }
+    // A header whose `alg` has a character across its second byte (found by cargo-fuzz: it
+    // panicked the Check's task, and Envoy answered its own 503): a 401 with checkpoint's body.
+    let hostile_header = URL_SAFE_NO_PAD.encode(r#"{"alg":"R\u0302S256","typ":"at+jwt"}"#);
+    let hostile = format!("{hostile_header}.{}.{}", parts[1], parts[2]);
+    for path in ["/api/hello", "/public"] {
+        let reply = get(&stack.client, &stack, path, Some(&hostile)).await;
+        assert_denied(
+            &reply,
+            401,
+            "Unauthorized",
+            &format!("a JWT with a multi-byte alg on {path}"),
         );
     }
     assert_eq!(

@@ -1,7 +1,12 @@
 //! `checkpoint explain` and `checkpoint test`, run as the binary: the README's examples, a
 //! caller resolved for real by the test user-info server, tests that fail, and bad input (exit
 //! status 2, with where the problem is).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // Tests: a failed step should stop the test loudly.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::string_slice
+)] // Tests: a failed step should stop the test loudly.
 
 mod support;
 

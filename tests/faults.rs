@@ -4,7 +4,12 @@
 //! that does not resolve. For each: never an allow the rule would not give an anonymous caller,
 //! 503 where identity is needed, nothing cached, other callers still answered; and the memory of
 //! many oversized answers in flight stays within the stated bound per call.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // Tests: a failed step should stop the test loudly.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::string_slice
+)] // Tests: a failed step should stop the test loudly.
 
 mod e2e_support;
 mod faults_support;

@@ -8,7 +8,12 @@
 //! Every child is killed when the test ends (also on a panic), and every wait is bounded.
 //! Needs `scripts/setup.sh`: `.venv/bin/grpcurl`, and grpcio, grpcio-reflection and protobuf in
 //! `.venv`; a missing one fails the test with that advice (CI runs setup.sh, so never a skip).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // Tests: a failed step should stop the test loudly.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::string_slice
+)] // Tests: a failed step should stop the test loudly.
 
 mod e2e_support;
 

@@ -7,7 +7,12 @@
 //! The IdP runs with `IDP_KEYS_FILE` (keys made here with node:crypto, so that the test holds the
 //! private keys) and `IDP_LOG=1` (one stderr line per request, counted here). The source is
 //! driven directly; the through-Envoy tests live with the server's wiring.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // Tests: a failure should stop loudly.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::string_slice
+)] // Tests: a failure should stop loudly.
 
 mod e2e_support;
 

@@ -3,7 +3,12 @@
 //! asked over gRPC; once, a client goes through real Envoy over TLS and slapd is reached over
 //! `ldaps://`. Users (ldap_support::SEED): alice (admins, staff), bob (staff), `o'neil, jr (*)`
 //! (staff through `member`, r&d through `uniqueMember`), nopass (no password at all).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // Tests: a failure should stop loudly.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::string_slice
+)] // Tests: a failure should stop loudly.
 
 mod e2e_support;
 mod ldap_support;

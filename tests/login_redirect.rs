@@ -3,7 +3,12 @@
 //! 401 and its JSON body; a 403 or a 503 is never a redirect; a forged `Host` never changes
 //! where the redirect points. Configured once by Mia's variables and once by the native file,
 //! and refused with every problem by `check-config`.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // Tests: a failed step should stop the test loudly.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::string_slice
+)] // Tests: a failed step should stop the test loudly.
 
 mod support;
 

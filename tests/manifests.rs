@@ -3,7 +3,12 @@
 //! checkpoint's own loader, the security settings the README promises are there, and the Envoy
 //! configurations (the template, the sidecar's, the template with the mutual-TLS checkpoint
 //! cluster) pass `envoy --mode validate` (needs `scripts/setup.sh`).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // Tests: a failure should stop loudly.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::string_slice
+)] // Tests: a failure should stop loudly.
 
 mod e2e_support;
 mod tls_support;

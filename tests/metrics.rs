@@ -6,7 +6,12 @@
 //! exposes and against Prometheus.
 //!
 //! promtool and prometheus come from the Debian package `prometheus` (scripts/setup.sh).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // Tests: a failed step should stop the test loudly.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::string_slice
+)] // Tests: a failed step should stop the test loudly.
 
 mod e2e_support;
 mod support;

@@ -1,6 +1,11 @@
 //! The native configuration file through the real server: ordered identity sources (API keys,
 //! mTLS, user-info), per-rule source lists, and clientType from verified keys only.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // Tests: a failed step should stop the test loudly.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::string_slice
+)] // Tests: a failed step should stop the test loudly.
 
 mod support;
 

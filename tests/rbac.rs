@@ -6,7 +6,12 @@
 //! The authentication manager is a small user-info server here that answers the table's users
 //! (`Authorization: Bearer NAME`); everything else is the real checkpoint, started through
 //! `checkpoint::run` (the table) or as the binary (check-config, end to end).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // Tests: a failed step should stop the test loudly.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::string_slice
+)] // Tests: a failed step should stop the test loudly.
 
 mod e2e_support;
 mod support;

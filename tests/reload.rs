@@ -4,7 +4,12 @@
 //! `SIGHUP`), with an invalid file in between now and then. Every answer is one that one of the
 //! two versions gives, no Check fails, and after an invalid file the last good version still
 //! decides and readiness stays up.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // Tests: a failed step should stop the test loudly.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::string_slice
+)] // Tests: a failed step should stop the test loudly.
 
 mod support;
 

@@ -1,7 +1,12 @@
 //! Component tests: the real server on loopback port 0, a real tonic client, and the test
 //! user-info server. What the decision table cannot say: what user-info receives, deadlines,
 //! both header forms, health, reflection, status routes, shutdown, hostile input.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // Tests: a failed step should stop the test loudly.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::string_slice
+)] // Tests: a failed step should stop the test loudly.
 
 mod support;
 

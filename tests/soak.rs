@@ -8,7 +8,12 @@
 //! end (mean of the last 10 s) than right after a 30-second warm-up (mean of the next 10 s).
 //! Nothing about timings: the rate is a modest fixed one, Envoy's deadline for the Check call is
 //! 5 s instead of the bench's 0.5 s, and the latency is only printed.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // Tests: a failure should stop loudly.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::string_slice
+)] // Tests: a failure should stop loudly.
 
 mod e2e_support;
 mod soak_support;

@@ -4,7 +4,12 @@
 //! constructed requests.
 //!
 //! Needs the IdP's `node_modules` (`scripts/setup.sh`).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // Tests: a failure should stop loudly.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::string_slice
+)] // Tests: a failure should stop loudly.
 
 mod e2e_support;
 

@@ -13,7 +13,12 @@
 //! - A renewed certificate is served without a restart; open connections keep theirs; a garbage
 //!   file leaves the last good certificate serving, and the log says so.
 //! - Plaintext gRPC to the TLS port and TLS to a plaintext port both fail.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // Tests: a failed step should stop the test loudly.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::string_slice
+)] // Tests: a failed step should stop the test loudly.
 
 mod e2e_support;
 mod support;

@@ -6,7 +6,12 @@
 //!
 //! Then the receiver is stopped: Checks keep their answers and
 //! `checkpoint_trace_spans_dropped_total` rises.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // Tests: a failed step should stop the test loudly.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::string_slice
+)] // Tests: a failed step should stop the test loudly.
 
 mod e2e_support;
 mod support;

@@ -2,7 +2,12 @@
 //! beside an Envoy in the same pod: Checks answered through it, the socket's permissions, a
 //! stale socket replaced, a live one or a plain file left alone, the file removed at exit. Also
 //! the single-threaded scheduler (`CHECKPOINT_WORKER_THREADS=1`) and dynamic metadata on demand.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // Tests: a failed step should stop the test loudly.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::string_slice
+)] // Tests: a failed step should stop the test loudly.
 
 mod support;
 

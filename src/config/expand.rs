@@ -127,19 +127,19 @@ fn expand_line(
             out.text.push('$');
             written_column += 1;
             expanded_column += 1;
-            rest = &from_dollar[1..];
+            rest = from_dollar.get(1..).unwrap_or_default();
             continue;
         };
         let place = format!("{label}:{number}:{written_column}");
-        let Some(end) = body.find('}') else {
+        let Some((inner, tail)) = body.split_once('}') else {
             problems.push(format!(
                 "{place}: \"${{\" is not closed on this line: write ${{NAME}} or ${{NAME:-default}}, or $${{ for a literal ${{"
             ));
             out.text.push_str(from_dollar);
             return;
         };
-        let inner = &body[..end];
-        let reference = &from_dollar[..end + 3];
+        // `${`, what is inside and `}`, counted in bytes: always a character boundary.
+        let reference = from_dollar.get(..inner.len() + 3).unwrap_or(from_dollar);
         let (name, default) = match inner.split_once(":-") {
             Some((name, default)) => (name, Some(default)),
             None => (inner, None),
@@ -165,7 +165,6 @@ fn expand_line(
                 }
             }
         };
-        let tail = &body[end + 1..];
         let quote = quoted(before, tail);
         let text = value.and_then(|value| match insert(value, quote) {
             Ok(text) => Some(text),

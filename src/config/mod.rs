@@ -384,13 +384,13 @@ fn split_outside_brackets(text: &str, separator: char) -> Vec<&str> {
             '[' | '{' => depth += 1,
             ']' | '}' => depth = depth.saturating_sub(1),
             c if c == separator && depth == 0 => {
-                parts.push(&text[start..i]);
+                parts.push(text.get(start..i).unwrap_or_default());
                 start = i + c.len_utf8();
             }
             _ => {}
         }
     }
-    parts.push(&text[start..]);
+    parts.push(text.get(start..).unwrap_or_default());
     parts
 }
 

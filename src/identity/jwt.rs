@@ -117,7 +117,13 @@ fn never_accepted(alg: &str) -> Option<String> {
     if alg.eq_ignore_ascii_case("none") {
         return Some("\"none\" (unsigned tokens) is never accepted".to_owned());
     }
-    if alg.len() >= 2 && alg[..2].eq_ignore_ascii_case("hs") {
+    // Bytes, not a string slice: `alg` is the caller's, and its second byte may fall inside a
+    // character (found by cargo-fuzz; `tests/cases/jwt-tokens.json` keeps it).
+    if alg
+        .as_bytes()
+        .get(..2)
+        .is_some_and(|prefix| prefix.eq_ignore_ascii_case(b"hs"))
+    {
         return Some(format!(
             "\"{}\" (HMAC) is never accepted: only asymmetric algorithms",
             echo(alg)
