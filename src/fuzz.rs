@@ -183,10 +183,21 @@ pub fn check_request(bytes: &[u8]) {
     };
     let lean = lean.unwrap_or_else(|e| panic!("{bytes:?}: prost accepts, checkpoint says {e}"));
     let view = crate::envoy::decode::reference::request(&stock);
-    assert_same_request(&lean, &view, bytes);
+    // Map keys that differ only in case (never from Envoy, which sends lower-case names) are
+    // joined into one header: checkpoint in the order of the wire, the reference in its
+    // HashMap's order, which is random. For those the parts are compared, not their order.
+    let mut names: Vec<String> = stock
+        .attributes
+        .iter()
+        .filter_map(|a| a.request.as_ref()?.http.as_ref())
+        .flat_map(|http| http.headers.keys().map(|k| k.to_ascii_lowercase()))
+        .collect();
+    names.sort();
+    let collide = names.windows(2).any(|w| w[0] == w[1]);
+    assert_same_request(&lean, &view, bytes, collide);
 }
 
-fn assert_same_request(lean: &Request, view: &Request, bytes: &[u8]) {
+fn assert_same_request(lean: &Request, view: &Request, bytes: &[u8], any_order: bool) {
     assert_eq!(lean.method, view.method, "{bytes:?}");
     assert_eq!(lean.path, view.path, "{bytes:?}");
     assert_eq!(lean.principal, view.principal, "{bytes:?}");
@@ -197,7 +208,14 @@ fn assert_same_request(lean: &Request, view: &Request, bytes: &[u8]) {
         let mut pairs: Vec<(String, String)> = r
             .headers
             .iter()
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .map(|(k, v)| {
+                if !any_order {
+                    return (k.to_owned(), v.to_owned());
+                }
+                let mut parts: Vec<&str> = v.split(',').collect();
+                parts.sort_unstable();
+                (k.to_owned(), parts.join(","))
+            })
             .collect();
         pairs.sort();
         pairs
@@ -580,6 +598,23 @@ mod tests {
         #[test]
         fn any_text_compiles_or_names_a_column(source in ".{0,40}") {
             expression(&source);
+        }
+    }
+
+    /// Found by the property test below (2026-12-04, one run in a few): map keys `r-` and `R-`
+    /// join into one header, checkpoint in wire order, the reference in its HashMap's random
+    /// order. Every call builds the reference anew, in a new order: before the property compared
+    /// such headers by their parts, 32 calls in a row passed about once in 2^31.
+    #[test]
+    fn map_keys_that_differ_only_in_case_keep_the_property() {
+        let bytes: &[u8] = &[
+            10, 67, 10, 0, 34, 63, 18, 61, 18, 6, 69, 74, 81, 111, 84, 107, 26, 7, 10, 2, 114, 45,
+            18, 1, 41, 26, 29, 10, 2, 82, 45, 18, 23, 243, 175, 140, 161, 11, 60, 240, 155, 164,
+            182, 37, 240, 175, 132, 178, 243, 190, 147, 172, 240, 153, 140, 180, 34, 11, 47, 59,
+            92, 35, 92, 46, 46, 46, 35, 63, 35,
+        ];
+        for _ in 0..32 {
+            check_request(bytes);
         }
     }
 
