@@ -56,11 +56,14 @@ pub enum Reason {
     /// A login was needed (none, or an invalid credential) and the caller is a browser
     /// navigation: sent to the configured login page (302) instead of a 401.
     LoginRedirect,
+    /// A stage panicked while deciding: a defect, answered 503 and never an allow (the
+    /// boundary catches the panic, [`crate::envoy`]).
+    InternalError,
 }
 
 impl Reason {
     /// Every reason, for tests and documentation.
-    pub const ALL: [Reason; 9] = [
+    pub const ALL: [Reason; 10] = [
         Reason::Allowed,
         Reason::AllowedIdentityUnavailable,
         Reason::NoRule,
@@ -70,6 +73,7 @@ impl Reason {
         Reason::InvalidCredential,
         Reason::IdentityUnavailable,
         Reason::LoginRedirect,
+        Reason::InternalError,
     ];
 
     /// Whether a Check that ends for this reason is allowed: each reason belongs to one
@@ -88,7 +92,9 @@ impl Reason {
                 Decision::Deny(Denial::Unauthenticated)
             }
             Reason::ExpressionFalse => Decision::Deny(Denial::Forbidden),
-            Reason::IdentityUnavailable => Decision::Deny(Denial::Unavailable),
+            Reason::IdentityUnavailable | Reason::InternalError => {
+                Decision::Deny(Denial::Unavailable)
+            }
             Reason::LoginRedirect => Decision::Deny(Denial::LoginRedirect),
         }
     }
@@ -104,6 +110,7 @@ impl Reason {
             Reason::InvalidCredential => "invalid_credential",
             Reason::IdentityUnavailable => "identity_unavailable",
             Reason::LoginRedirect => "login_redirect",
+            Reason::InternalError => "internal_error",
         }
     }
 }
@@ -194,6 +201,11 @@ impl Outcome<'_> {
             }
             _ => IdentityAnswer::Anonymous,
         }
+    }
+
+    /// The answer when deciding panicked: 503, no rule, no user.
+    pub fn internal_error() -> Outcome<'static> {
+        Outcome::early(Denial::Unavailable, Reason::InternalError)
     }
 
     fn early(denial: Denial, reason: Reason) -> Outcome<'static> {

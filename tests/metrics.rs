@@ -476,7 +476,7 @@ async fn prometheus_scrapes_the_checks_by_decision_and_reason() {
     }
     // Every reason's series exists from the start, at 0 until it happens.
     let body = query("count(checkpoint_checks_total)".into()).await;
-    assert_eq!(body["data"]["result"][0]["value"][1], "9", "{body}");
+    assert_eq!(body["data"]["result"][0]["value"][1], "10", "{body}");
 
     // Every dashboard query is valid PromQL over what was scraped; the decisions panel shows
     // data once two scrapes are in.

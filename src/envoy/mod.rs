@@ -20,8 +20,11 @@ pub mod decode;
 pub mod encode;
 pub mod json;
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
+
+use futures_util::FutureExt as _;
 
 use tokio::time::Instant;
 use tonic::codegen::{Body, BoxFuture, Context, Poll, Service, StdError, http};
@@ -30,7 +33,7 @@ use tonic::metadata::MetadataMap;
 pub use decode::decode;
 pub use encode::{Encoded, encode};
 
-use crate::check::Reason;
+use crate::check::{Outcome, Reason};
 use crate::reload::Shared;
 use crate::request::Request;
 use crate::telemetry::{self, DecisionId, Metrics, traces};
@@ -64,10 +67,24 @@ impl Decider {
         span: &tracing::Span,
     ) -> Encoded {
         let live = self.live.load();
-        let (outcome, shadow) = live
-            .checker
-            .check_shadowed(view, deadline, live.shadow.as_deref())
-            .await;
+        let checked = AssertUnwindSafe(live.checker.check_shadowed(
+            view,
+            deadline,
+            live.shadow.as_deref(),
+        ))
+        .catch_unwind()
+        .await;
+        // Security: a defect in a stage (a parser meeting input it was not written for) still
+        // gets an answer, and never an allow: 503, reason `internal_error`. The panic's message
+        // went to stderr through the panic hook. Unwinding dropped the stage's future, as a
+        // panicking task would; what it shares (the cache, the configuration) does not poison.
+        let (outcome, shadow) = checked.unwrap_or_else(|_| {
+            tracing::error!(
+                request_id = view.request_id.as_str(),
+                "a Check panicked while deciding; answered 503 (internal_error)"
+            );
+            (Outcome::internal_error(), None)
+        });
         // The shadow rules' answer, when it is not the enforced decision.
         let disagreement = shadow.filter(|reason| reason.allows() != outcome.reason.allows());
         let decision_id = DecisionId::for_request(view.header("x-request-id"));
@@ -487,6 +504,96 @@ mod tests {
         let decide = service.inner.decide(&view, Instant::now(), None, &span);
         let size = std::mem::size_of_val(&decide);
         assert!(size <= 3 << 10, "a Check's future is {size} bytes");
+    }
+
+    /// A stage that panics (here an identity source; in fe67668 the JWT header's parser did)
+    /// still gets the Check an answer: 503 with checkpoint's body, never an allow, counted as
+    /// `internal_error`; and the next Check is answered as usual.
+    #[tokio::test]
+    async fn a_panic_while_deciding_is_a_503_never_an_allow() {
+        use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse as Http;
+        use prost::Message as _;
+
+        use crate::identity::{BoxFuture, Context, Entry, Named, Resolution, Resolver, Source};
+
+        struct Panics;
+        impl Source for Panics {
+            fn name(&self) -> &'static str {
+                "panics"
+            }
+            fn resolve<'a>(
+                &'a self,
+                request: &'a Request,
+                _: &'a Context,
+            ) -> BoxFuture<'a, Resolution> {
+                Box::pin(async move {
+                    assert!(request.header("authorization").is_none(), "a defect");
+                    Resolution::NoCredential
+                })
+            }
+        }
+
+        let (checker, responder, metrics) = stages(
+            "version: 1\nrules:\n  inline:\n    /api: { GET: { authorization: { expression: \"true\", public: true } } }\nidentity:\n  sources: [ { type: trusted_headers } ]\n",
+        );
+        let Ok(mut checker) = Arc::try_unwrap(checker) else {
+            panic!("the checker is shared")
+        };
+        checker.identity = Arc::new(Resolver::new(
+            vec![Named {
+                name: "panics".to_owned(),
+                source: Entry::User(Box::new(Panics)),
+            }],
+            None,
+        ));
+        let identity = checker.identity.clone();
+        let service = CheckService::new(Arc::new(checker), responder, metrics.clone());
+        let span = tracing::Span::none();
+        let mut view = crate::request::with_authorization("Bearer token");
+        view.method = Some(crate::route::Method::Get);
+        view.path = Ok("/api".to_owned());
+
+        let encoded = service
+            .inner
+            .decide(&view, Instant::now(), None, &span)
+            .await;
+        let answer = CheckResponse::decode(encoded.0.as_slice()).expect("a CheckResponse");
+        assert_eq!(
+            answer.status.as_ref().map(|s| s.code),
+            Some(14),
+            "{answer:?}"
+        );
+        let Some(Http::DeniedResponse(denied)) = answer.http_response else {
+            panic!("not a denial: {answer:?}")
+        };
+        assert_eq!(denied.status.map(|s| s.code), Some(503));
+        let body: serde_json::Value = serde_json::from_str(&denied.body).expect("a JSON body");
+        assert_eq!(body["statusCode"], 503, "{body}");
+
+        // Without a credential the source does not panic: the public rule lets the caller in.
+        view.headers = crate::request::Headers::default();
+        let encoded = service
+            .inner
+            .decide(&view, Instant::now(), None, &span)
+            .await;
+        let answer = CheckResponse::decode(encoded.0.as_slice()).expect("a CheckResponse");
+        assert_eq!(
+            answer.status.as_ref().map(|s| s.code),
+            Some(0),
+            "{answer:?}"
+        );
+
+        let text = metrics.render(&identity).await;
+        for (series, want) in [
+            ("decision=\"deny\",reason=\"internal_error\"", 1),
+            ("decision=\"allow\",reason=\"allowed\"", 1),
+        ] {
+            let line = text
+                .lines()
+                .find(|l| l.starts_with("checkpoint_checks_total{") && l.contains(series))
+                .unwrap_or_else(|| panic!("no {series} in {text}"));
+            assert!(line.ends_with(&format!(" {want}")), "{line}");
+        }
     }
 
     /// checkpoint's service and envoy-types' generated server with the reference decoding and
