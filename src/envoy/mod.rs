@@ -77,7 +77,8 @@ impl Decider {
         // Security: a defect in a stage (a parser meeting input it was not written for) still
         // gets an answer, and never an allow: 503, reason `internal_error`. The panic's message
         // went to stderr through the panic hook. Unwinding dropped the stage's future, as a
-        // panicking task would; what it shares (the cache, the configuration) does not poison.
+        // panicking task's would: catching it shares nothing with this Check that the task's
+        // panic did not leave to the next ones.
         let (outcome, shadow) = checked.unwrap_or_else(|_| {
             tracing::error!(
                 request_id = view.request_id.as_str(),
