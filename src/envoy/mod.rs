@@ -554,11 +554,15 @@ mod tests {
         view.method = Some(crate::route::Method::Get);
         view.path = Ok("/api".to_owned());
 
-        let encoded = service
-            .inner
-            .decide(&view, Instant::now(), None, &span)
-            .await;
-        let answer = CheckResponse::decode(encoded.0.as_slice()).expect("a CheckResponse");
+        let decide = async |view: &Request| {
+            let encoded = service
+                .inner
+                .decide(view, Instant::now(), None, &span)
+                .await;
+            CheckResponse::decode(encoded.0.as_slice()).expect("a CheckResponse")
+        };
+
+        let answer = decide(&view).await;
         assert_eq!(
             answer.status.as_ref().map(|s| s.code),
             Some(14),
@@ -573,11 +577,7 @@ mod tests {
 
         // Without a credential the source does not panic: the public rule lets the caller in.
         view.headers = crate::request::Headers::default();
-        let encoded = service
-            .inner
-            .decide(&view, Instant::now(), None, &span)
-            .await;
-        let answer = CheckResponse::decode(encoded.0.as_slice()).expect("a CheckResponse");
+        let answer = decide(&view).await;
         assert_eq!(
             answer.status.as_ref().map(|s| s.code),
             Some(0),
