@@ -1,8 +1,9 @@
 //! Structured logs through `tracing`: JSON lines on stdout, filtered by `LOG_LEVEL`; the
 //! Prometheus metrics ([`metrics`]); the decision id ([`decision_id`]).
 //!
-//! Called once by `main`. The decision log line is written by `envoy`; no module logs a
-//! token, a cookie or a whole header map.
+//! Called once by `main`, which also makes every panic one error line of that log
+//! ([`PANIC_TARGET`]). The decision log line is written by `envoy`; no module logs a token, a
+//! cookie or a whole header map.
 //!
 //! The decision line is the one line written for every Check, so it does not go through
 //! `tracing`'s JSON formatter (a visitor per field, a serde map, a formatted timestamp: about a
@@ -81,16 +82,72 @@ pub fn init_with_traces(
     let registry = tracing_subscriber::registry().with(log);
     // No `Option` layer: a `None` layer claims interest in every callsite, which makes the
     // per-layer filters skip their check and drop events (tracing-subscriber 0.3).
-    match traces::layer(traces)? {
+    let exporter = match traces::layer(traces)? {
         Some((layer, exporter)) => {
             registry.with(layer).try_init().map_err(|e| e.to_string())?;
-            Ok(Some(exporter))
+            Some(exporter)
         }
         None => {
             registry.try_init().map_err(|e| e.to_string())?;
-            Ok(None)
+            None
         }
-    }
+    };
+    log_panics();
+    Ok(exporter)
+}
+
+/// The target of the event a panic writes ([`log_panics`]).
+pub const PANIC_TARGET: &str = "checkpoint::panic";
+
+/// Replaces the default panic hook (plain text on stderr) with one error event on the JSON log:
+/// `location` (file:line:column), `thread`, `error` (the panic's message) and, when
+/// `RUST_BACKTRACE` asks for one, `backtrace`. A log collector that reads JSON lines gets the
+/// panic as one more line it can alert on, in order with the Check's other lines.
+///
+/// The message is written as the panic made it. The product's code cannot format request text
+/// into one: `unwrap`, `expect`, `panic!` and slicing a string at a byte index are refused by
+/// its lints, and what remains (an index out of bounds, a `RefCell` borrowed twice) names
+/// numbers and places, not values.
+/// When the log's filter leaves that event out (`LOG_LEVEL=off`), the default hook writes the
+/// panic to stderr as before.
+fn log_panics() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !tracing::enabled!(target: PANIC_TARGET, tracing::Level::ERROR) {
+            return default(info);
+        }
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()))
+            .unwrap_or_default();
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("(a panic without a message)");
+        let thread = std::thread::current();
+        let thread = thread.name().unwrap_or("(unnamed)");
+        let backtrace = std::backtrace::Backtrace::capture();
+        if backtrace.status() == std::backtrace::BacktraceStatus::Captured {
+            tracing::error!(
+                target: PANIC_TARGET,
+                location,
+                thread,
+                error = message,
+                backtrace = %backtrace,
+                "a thread panicked"
+            );
+        } else {
+            tracing::error!(
+                target: PANIC_TARGET,
+                location,
+                thread,
+                error = message,
+                "a thread panicked"
+            );
+        }
+    }));
 }
 
 /// Writes every queued decision line to stdout now. Lines are otherwise written within
