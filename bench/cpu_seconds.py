@@ -3,10 +3,14 @@
     cpu_seconds.py sample OUT CORE NAME=PID...   one line a second until killed
     cpu_seconds.py slowest OUT SOAK_JSON START N  the N slowest seconds of the soak, with the
                                                  core's second and the one before
+    cpu_seconds.py minutes OUT                   the same columns, averaged per minute
 
 `sample` writes, every second: the wall-clock time, then the core's busy, idle and steal shares
 (from /proc/stat), then each process's CPU share (utime + stime from /proc/PID/stat), all in % of
-one core. `slowest` reads the soak's per-second answers (`seconds` in the load generator's JSON
+one core, and last the core's speed: `sample` runs on that core, and once a second times a fixed
+piece of work (about a millisecond, a tenth of a percent of the core) in CPU time, µs. Waiting for
+the core does not count in it; a core that runs slower does (the host's other tenants on the same
+physical core, its clock), which steal does not show. `slowest` reads the soak's per-second answers (`seconds` in the load generator's JSON
 report: answers, unexpected, slowest answer in µs), takes the N seconds with the slowest answer,
 and prints each next to what the core did in that second and the one before. START is the
 wall-clock time the load generator started; the two clocks line up to about a second.
@@ -41,11 +45,21 @@ def process_ticks(pid):
         return 0
 
 
+def probe_us():
+    """CPU time of a fixed piece of work, µs."""
+    before = time.thread_time_ns()
+    x = 0x9E3779B9
+    for _ in range(8000):
+        x = (x * 1103515245 + 12345) & 0xFFFFFFFF
+    return (time.thread_time_ns() - before) // 1000
+
+
 def sample(out, core, named):
     hz = os.sysconf("SC_CLK_TCK")
     names = [n for n, _ in named]
+    os.sched_setaffinity(0, {core})
     with open(out, "w", buffering=1) as f:
-        f.write("time\tbusy\tidle\tsteal\t" + "\t".join(names) + "\n")
+        f.write("time\tbusy\tidle\tsteal\t" + "\t".join(names) + "\tprobe_us\n")
         last = core_jiffies(core)
         last_p = [process_ticks(p) for _, p in named]
         last_t = time.monotonic()
@@ -57,10 +71,11 @@ def sample(out, core, named):
             scale = 100 / (hz * (now_t - last_t))
             shares = [(a - b) * scale for a, b in zip(now, last)]
             procs = [(a - b) * scale for a, b in zip(now_p, last_p)]
+            probe = probe_us()
             f.write(
                 f"{time.time():.1f}\t"
                 + "\t".join(f"{x:.0f}" for x in shares + procs)
-                + "\n"
+                + f"\t{probe}\n"
             )
             last, last_p, last_t = now, now_p, now_t
 
@@ -104,6 +119,21 @@ def slowest(out, soak_json, start, n):
         )
 
 
+def minutes(out):
+    with open(out) as f:
+        header = f.readline().rstrip("\n").split("\t")
+        rows = [line.rstrip("\n").split("\t") for line in f]
+    rows = [[float(x) for x in r[1:]] for r in rows if len(r) == len(header)]
+    if not rows:
+        print("no per-second CPU samples")
+        return
+    print(f"the gateway's core per minute, means of the seconds ({', '.join(header[1:])}):")
+    for m in range(0, len(rows), 60):
+        chunk = rows[m : m + 60]
+        means = [sum(col) / len(chunk) for col in zip(*chunk)]
+        print(f"  {m // 60:>2}: " + "/".join(f"{x:.0f}" for x in means))
+
+
 def main():
     if len(sys.argv) >= 5 and sys.argv[1] == "sample":
         named = []
@@ -111,6 +141,8 @@ def main():
             name, _, pid = arg.partition("=")
             named.append((name, int(pid)))
         sample(sys.argv[2], int(sys.argv[3]), named)
+    elif len(sys.argv) == 3 and sys.argv[1] == "minutes":
+        minutes(sys.argv[2])
     elif len(sys.argv) == 6 and sys.argv[1] == "slowest":
         slowest(sys.argv[2], sys.argv[3], float(sys.argv[4]), int(sys.argv[5]))
     else:
