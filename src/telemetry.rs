@@ -128,25 +128,18 @@ fn log_panics() {
             .unwrap_or("(a panic without a message)");
         let thread = std::thread::current();
         let thread = thread.name().unwrap_or("(unnamed)");
-        let backtrace = std::backtrace::Backtrace::capture();
-        if backtrace.status() == std::backtrace::BacktraceStatus::Captured {
-            tracing::error!(
-                target: PANIC_TARGET,
-                location,
-                thread,
-                error = message,
-                backtrace = %backtrace,
-                "a thread panicked"
-            );
-        } else {
-            tracing::error!(
-                target: PANIC_TARGET,
-                location,
-                thread,
-                error = message,
-                "a thread panicked"
-            );
-        }
+        let captured = std::backtrace::Backtrace::capture();
+        // `None` leaves the field out of the line.
+        let backtrace = (captured.status() == std::backtrace::BacktraceStatus::Captured)
+            .then(|| tracing::field::display(&captured));
+        tracing::error!(
+            target: PANIC_TARGET,
+            location,
+            thread,
+            error = message,
+            backtrace,
+            "a thread panicked"
+        );
     }));
 }
 
