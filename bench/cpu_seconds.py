@@ -10,10 +10,11 @@
 one core, and last the core's speed: `sample` runs on that core, and once a second times a fixed
 piece of work (about a millisecond, a tenth of a percent of the core) in CPU time, µs. Waiting for
 the core does not count in it; a core that runs slower does (the host's other tenants on the same
-physical core, its clock), which steal does not show. `slowest` reads the soak's per-second answers (`seconds` in the load generator's JSON
-report: answers, unexpected, slowest answer in µs), takes the N seconds with the slowest answer,
-and prints each next to what the core did in that second and the one before. START is the
-wall-clock time the load generator started; the two clocks line up to about a second.
+physical core, its clock), which steal does not show. `slowest` reads the soak's per-second
+answers (`seconds` in the load generator's JSON report: answers, unexpected, slowest answer in
+µs), takes the N seconds with the slowest answer, and prints each next to what the core did in
+that second and the one before. START is the wall-clock time the load generator started; the two
+clocks line up to about a second.
 
 It tells a stall of the core (busy with something, or taken by the host: steal) from a stall of
 a process (the core idle while answers wait).

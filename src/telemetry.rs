@@ -1,7 +1,7 @@
 //! Structured logs through `tracing`: JSON lines on stdout, filtered by `LOG_LEVEL`; the
 //! Prometheus metrics ([`metrics`]); the decision id ([`decision_id`]).
 //!
-//! Called once by `main`, which also makes every panic one error line of that log
+//! Called once by `main`; it also makes every panic one error line of that log
 //! ([`PANIC_TARGET`]). The decision log line is written by `envoy`; no module logs a token, a
 //! cookie or a whole header map.
 //!
@@ -108,6 +108,7 @@ pub const PANIC_TARGET: &str = "checkpoint::panic";
 /// into one: `unwrap`, `expect`, `panic!` and slicing a string at a byte index are refused by
 /// its lints, and what remains (an index out of bounds, a `RefCell` borrowed twice) names
 /// numbers and places, not values.
+///
 /// When the log's filter leaves that event out (`LOG_LEVEL=off`), the default hook writes the
 /// panic to stderr as before.
 fn log_panics() {
