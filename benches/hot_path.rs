@@ -1,6 +1,6 @@
 //! Micro-benchmarks of the per-Check hot path, one group per pipeline stage: route matching,
 //! expression evaluation, request normalisation, response building and encoding, the decision
-//! log line, and the per-Check metrics and decision id.
+//! log line, the per-Check metrics and decision id, and the identity cache's key.
 //!
 //! Run: `cargo bench --bench hot_path` (about a minute; each bench measures for 2 s). The load
 //! benchmark of the whole server is `scripts/bench-load.sh`.
@@ -464,10 +464,50 @@ fn config() -> Criterion {
         .measurement_time(Duration::from_secs(2))
 }
 
+/// The identity cache's key of a Check carrying a bearer JWT, as the user-info source writes it:
+/// the URL, then each proxied header's name and value (an RS256 token of some 600 bytes). Every
+/// Check with a credential pays this, hit or miss.
+fn bench_cache_key(c: &mut Criterion) {
+    use checkpoint::config::CacheSettings;
+    use checkpoint::testing::identity::IdentityCache;
+    let cache = IdentityCache::new(CacheSettings {
+        ttl: Duration::from_secs(30),
+        negative_ttl: Duration::from_secs(5),
+        max_entries: 1000,
+        stale_if_error: Duration::ZERO,
+    })
+    .unwrap_or_else(|| panic!("a cache with a TTL"));
+    // A header, a payload and a 2048-bit RSA signature, base64url: the size of the load bench's token.
+    let token = format!(
+        "Bearer {}.{}.{}",
+        "e".repeat(36),
+        "p".repeat(150),
+        "s".repeat(342)
+    );
+    let fields: [(&str, &str); 3] = [
+        ("authorization", token.as_str()),
+        ("cookie", ""),
+        ("client-type", "web"),
+    ];
+    let mut group = c.benchmark_group("identity");
+    group.bench_function("cache_key_bearer_jwt", |b| {
+        b.iter(|| {
+            let mut key = cache.key_hasher();
+            key.field(black_box(b"http://127.0.0.1:3000/userinfo"));
+            for (name, value) in black_box(&fields) {
+                key.field(name.as_bytes());
+                key.field(value.as_bytes());
+            }
+            IdentityCache::key(&key)
+        })
+    });
+    group.finish();
+}
+
 criterion_group! {
     name = hot_path;
     config = config();
     targets = bench_route, bench_expression, bench_request, bench_response, bench_decision_line,
-        bench_metrics, bench_check
+        bench_metrics, bench_check, bench_cache_key
 }
 criterion_main!(hot_path);

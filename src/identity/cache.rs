@@ -3,7 +3,7 @@
 //! Called by the [`Resolver`](super::Resolver) around each source that can name the credential it
 //! would use ([`Source::cache_key`](super::Source::cache_key)). What it must never do:
 //! - keep a credential, or a plain digest of one, as a key: keys are a 128-bit keyed hash
-//!   (SipHash under a random per-process key, twice with distinct domain bytes) of every proxied
+//!   (SipHash-1-3 with its 128-bit output, under a random per-process key) of every proxied
 //!   header and of the source's URL, so two different credentials never share an entry;
 //! - store anything but a definitive answer: a user (for the TTL, never past a JWT's `exp`), an
 //!   anonymous or invalid answer (for the negative TTL); outages, timeouts and errors are never
@@ -29,6 +29,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
+use siphasher::sip128::{Hasher128, SipHasher13};
 use tokio::time::Instant;
 
 use super::{CacheTtl, Resolution};
@@ -125,7 +126,8 @@ pub struct IdentityCache {
     /// Users kept for `stale_if_error`; `None` when it is zero.
     stale: Option<moka::future::Cache<u128, StaleEntry, Prehashed>>,
     settings: CacheSettings,
-    key_state: RandomState,
+    /// The secret key of [`KeyHasher`], drawn once per cache.
+    secret: (u64, u64),
     pub stats: Arc<CacheStats>,
 }
 
@@ -169,11 +171,12 @@ impl Hasher for Folded {
 
 /// Builds a cache key: feed it with [`Hasher::write`]; length-prefix variable fields.
 ///
-/// Writes gather in a buffer on the stack and reach the two SipHash states in as few calls as
-/// possible (each call has a fixed cost; a user-info key is some twenty short fields).
+/// One SipHash-1-3 state with a 128-bit output (the `siphasher` crate) under the cache's secret
+/// key: a bearer JWT of several hundred bytes is read once per Check. Writes gather in a buffer
+/// on the stack and reach the state in as few calls as possible (each call has a fixed cost; a
+/// user-info key is some twenty short fields).
 pub struct KeyHasher {
-    a: std::hash::DefaultHasher,
-    b: std::hash::DefaultHasher,
+    state: SipHasher13,
     pending: [u8; KEY_BUFFER],
     len: usize,
 }
@@ -189,17 +192,14 @@ impl KeyHasher {
 
     fn flush(&mut self) {
         let pending = &self.pending[..self.len];
-        self.a.write(pending);
-        self.b.write(pending);
+        self.state.write(pending);
         self.len = 0;
     }
 
     fn finish128(&self) -> u128 {
-        let (mut a, mut b) = (self.a.clone(), self.b.clone());
-        let pending = &self.pending[..self.len];
-        a.write(pending);
-        b.write(pending);
-        (u128::from(a.finish()) << 64) | u128::from(b.finish())
+        let mut state = self.state;
+        state.write(&self.pending[..self.len]);
+        state.finish128().as_u128()
     }
 }
 
@@ -208,8 +208,7 @@ impl Hasher for KeyHasher {
         if self.len + bytes.len() > KEY_BUFFER {
             self.flush();
             if bytes.len() > KEY_BUFFER {
-                self.a.write(bytes);
-                self.b.write(bytes);
+                self.state.write(bytes);
                 return;
             }
         }
@@ -221,6 +220,13 @@ impl Hasher for KeyHasher {
         // The 128-bit key's first half.
         (self.finish128() >> 64) as u64
     }
+}
+
+/// A 128-bit key from the operating system's random source: std's `RandomState` draws its
+/// SipHash keys from it, and two of its hashes of fixed inputs are two secret 64-bit words.
+fn secret_key() -> (u64, u64) {
+    let state = RandomState::new();
+    (state.hash_one(0xa5u8), state.hash_one(0x5au8))
 }
 
 impl IdentityCache {
@@ -246,21 +252,16 @@ impl IdentityCache {
             entries,
             stale,
             settings,
-            key_state: RandomState::new(),
+            secret: secret_key(),
             stats: Arc::new(CacheStats::default()),
         })
     }
 
     /// A fresh key builder under this process's secret key.
     pub fn key_hasher(&self) -> KeyHasher {
-        let mut a = self.key_state.build_hasher();
-        let mut b = self.key_state.build_hasher();
-        // Distinct domain bytes make the two halves independent functions of the input.
-        a.write_u8(0xa5);
-        b.write_u8(0x5a);
+        let (key0, key1) = self.secret;
         KeyHasher {
-            a,
-            b,
+            state: SipHasher13::new_with_keys(key0, key1),
             pending: [0; KEY_BUFFER],
             len: 0,
         }
