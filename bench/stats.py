@@ -30,6 +30,10 @@ SCENARIOS = {
     "d0u": "Envoy + noop, Unix socket",
     "du": "Envoy + checkpoint, Unix socket",
     "e": "Envoy jwt_authn (no cache) + rbac",
+    "d0p": "d0, run together with dp",
+    "dp": "d, run together with d0p",
+    "d0up": "d0u, run together with dup",
+    "dup": "du, run together with d0up",
     "a@1k": "noop, fixed 1,000 req/s",
     "b@1k": "checkpoint, fixed 1,000 req/s",
 }
@@ -151,6 +155,11 @@ def report(results_file):
     ratio("b/a p99 at 1,000 req/s", "b@1k", "a@1k", "p99_us", 1.5, False)
     ratio("d/d0 throughput (Envoy+checkpoint vs Envoy+noop)", "d", "d0", "rps", 0.95, True)
     ratio("du/d0u throughput (the same over a Unix socket)", "du", "d0u", "rps", 0.95, True)
+    # Pairs run together (BENCH_SCENARIOS "d0+d", "d0u+du"): in the same seconds, so the ratio of
+    # CPU per request is what a saturated core's throughput ratio would be, without the drift of
+    # the host's speed between two runs made one after the other.
+    ratio("d/d0 run together: CPU/req of d0p over dp", "d0p", "dp", "cpu_us_per_request", 0.95, True)
+    ratio("du/d0u run together: CPU/req of d0up over dup", "d0up", "dup", "cpu_us_per_request", 0.95, True)
     print()
     print("other ratios")
     # Envoy's own jwt_authn + rbac (e) is information, not a target (issue 11).
@@ -166,7 +175,7 @@ def report(results_file):
         extra = means["d"]["cpu_us_per_request"] - means["d0"]["cpu_us_per_request"]
         print(f"  Envoy+checkpoint CPU above Envoy+noop: {extra:.1f} µs per request")
     split = [(name, [r for r in rows if r["scenario"] == name and r.get("authz_cpu_us_per_request") is not None])
-             for name in ("d0", "d0h", "d", "d0u", "du")]
+             for name in ("d0", "d0h", "d", "d0u", "du", "d0p", "dp", "d0up", "dup")]
     split = [(name, runs) for name, runs in split if runs]
     if split:
         print()

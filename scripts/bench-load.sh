@@ -33,6 +33,12 @@
 #        default allow (three identity headers set, one header removed; no dynamic metadata):
 #        what Envoy spends applying checkpoint's answer, apart from what checkpoint spends
 #        computing it
+#   d0+d, d0u+du   (not in the default list) a pair run together: both gateways loaded in the
+#        same seconds on core 0 (two h2loads on core 1), reported as d0p/dp and d0up/dup with the
+#        ratio of their CPU per request. On a host whose speed drifts from one second to the next,
+#        two runs made one after the other differ by more than the 5% the targets are about; run
+#        together, both see the same drift. Each gateway gets part of the core (lower req/s, less
+#        batching, shared caches), so the CPU per request is higher than in d0 and d.
 #
 # Before loading anything, the script proves that the exact bytes it sends get an allow: the gRPC
 # body is posted once with curl and the CheckResponse decoded (status 0 and, for checkpoint, the
@@ -54,7 +60,8 @@
 # Settings (environment): BENCH_ROUNDS (2), BENCH_DURATION seconds per run (8), BENCH_CONNECTIONS
 # (4) and BENCH_STREAMS per connection (8) for the saturated runs, BENCH_FRESH (1: every Envoy is
 # started again before each round after the first; 0 keeps the same Envoys), BENCH_RATE (1000),
-# BENCH_SCENARIOS (a subset and order of "a b c d0 d d0u du e a@1k b@1k", plus "bj" and "d0h"),
+# BENCH_SCENARIOS (a subset and order of "a b c d0 d d0u du e a@1k b@1k", plus "bj", "d0h",
+# "d0+d" and "d0u+du"),
 # BENCH_LOG_LEVEL for checkpoint (info, its default: the decision log line is written for every
 # Check, to /dev/null), BENCH_PORT_BASE (47100), BENCH_KEEP=1 keeps the work folder, BENCH_BUILD=0
 # skips `cargo build` (uses target/release as it is), BENCH_BIN a folder laid out like
@@ -85,6 +92,8 @@ CONNECTIONS="${BENCH_CONNECTIONS:-4}"
 STREAMS="${BENCH_STREAMS:-8}"
 RATE="${BENCH_RATE:-1000}"
 SCENARIOS="${BENCH_SCENARIOS:-a b c d0 d d0u du e a@1k b@1k}"
+# Every scenario named, a pair ("d0+d") counting as its two: what has to be started.
+SCENARIO_NAMES="${SCENARIOS//+/ }"
 LOG_LEVEL_CHECKPOINT="${BENCH_LOG_LEVEL:-info}"
 FRESH="${BENCH_FRESH:-1}"
 PORT_BASE="${BENCH_PORT_BASE:-47100}"
@@ -225,7 +234,7 @@ start_checkpoint_at() {
   # The knobs worth varying between runs are passed on from the caller's environment.
   for var in CHECKPOINT_IDENTITY_CACHE_TTL CHECKPOINT_IDENTITY_CACHE_MAX_ENTRIES \
     CHECKPOINT_NEGATIVE_CACHE_TTL HEADERS_TO_PROXY AUTHORIZATION_HEADERS_TO_PROXY \
-    CHECKPOINT_WORKER_THREADS CHECKPOINT_DYNAMIC_METADATA; do
+    CHECKPOINT_WORKER_THREADS CHECKPOINT_DYNAMIC_METADATA CHECKPOINT_GRPC_KEEPALIVE_INTERVAL; do
     if [ -n "${!var:-}" ]; then passthrough+=("$var=${!var}"); fi
   done
   # Security of the bench itself: env -i, so no variable of the caller's shell changes the run.
@@ -343,7 +352,7 @@ declare -A envoy_args=()
 restart_envoys() {
   local name
   for name in "${!envoy_pid[@]}"; do
-    case " $SCENARIOS " in *" $name "*) ;; *) continue ;; esac
+    case " $SCENARIO_NAMES " in *" $name "*) ;; *) continue ;; esac
     kill "${envoy_pid[$name]}" 2>/dev/null || true
     wait "${envoy_pid[$name]}" 2>/dev/null || true
     eval "start_envoy ${envoy_args[$name]}"
@@ -385,7 +394,7 @@ export ALLOWED_HEADERS
 passthrough_note=""
 for name in CHECKPOINT_IDENTITY_CACHE_TTL CHECKPOINT_IDENTITY_CACHE_MAX_ENTRIES \
   CHECKPOINT_NEGATIVE_CACHE_TTL HEADERS_TO_PROXY AUTHORIZATION_HEADERS_TO_PROXY \
-  CHECKPOINT_WORKER_THREADS CHECKPOINT_DYNAMIC_METADATA; do
+  CHECKPOINT_WORKER_THREADS CHECKPOINT_DYNAMIC_METADATA CHECKPOINT_GRPC_KEEPALIVE_INTERVAL; do
   if [ -n "${!name:-}" ]; then passthrough_note+="${passthrough_note:+ }$name=${!name}"; fi
 done
 
@@ -432,8 +441,8 @@ load_scenarios() {
   noop_pid=$last_pid
   wait_port "$P_NOOP" noop_authz "$noop_pid" "$work/noop.log"
   start_checkpoint
-  case " $SCENARIOS " in *" bj "*) start_checkpoint_jwt ;; esac
-  case " $SCENARIOS " in
+  case " $SCENARIO_NAMES " in *" bj "*) start_checkpoint_jwt ;; esac
+  case " $SCENARIO_NAMES " in
     *" d0h "*)
       start 0 "$work/noop-h.log" "$bin/examples/noop_authz" "127.0.0.1:$P_NOOP_H" --identity-headers
       noop_h_pid=$last_pid
@@ -444,7 +453,7 @@ load_scenarios() {
   start_envoy c bench/envoy-plain.yaml "$P_ENVOY_C" "$P_ADMIN_C"
   start_envoy d0 bench/envoy-ext-authz.yaml "$P_ENVOY_D0" "$P_ADMIN_D0" AUTHZ_ADDRESS="$(tcp_endpoint "$P_NOOP")"
   start_envoy d bench/envoy-ext-authz.yaml "$P_ENVOY_D" "$P_ADMIN_D" AUTHZ_ADDRESS="$(tcp_endpoint "$P_CHECKPOINT")"
-  case " $SCENARIOS " in
+  case " $SCENARIO_NAMES " in
     *" d0u "* | *" du "*)
       start 0 "$work/noop-unix.log" "$bin/examples/noop_authz" "unix:$work/noop.sock"
       noop_unix_pid=$last_pid
@@ -496,7 +505,10 @@ load_scenarios() {
   for round in $(seq 1 "$ROUNDS"); do
     if [ "$FRESH" = 1 ] && [ "$round" -gt 1 ]; then restart_envoys; fi
     for s in $SCENARIOS; do
-      run_scenario "$s" "$round" "$results"
+      case "$s" in
+        *+*) run_pair "${s%+*}p" "${s#*+}p" "$round" "$results" ;;
+        *) run_scenario "$s" "$round" "$results" ;;
+      esac
     done
   done
   echo
@@ -508,27 +520,34 @@ load_scenarios() {
   echo "user-info calls during the whole load run (verification and warm-up included): $total_calls"
 }
 
-# One h2load run: a short unmeasured warm-up, then a timed run with CPU accounting.
-run_scenario() {
-  local s="$1" round="$2" results="$3" url servers=() args=()
+# What scenario $1 loads: sets url, servers (Envoy first, then the ext_authz server) and args.
+# d0p, dp, d0up, dup are d0, d, d0u, du when run together (run_pair).
+scenario_of() {
   local grpc=(-H 'content-type: application/grpc' -H 'te: trailers' -d "$work/check.bin")
   local rest=(-H "authorization: Bearer $jwt")
   local saturate=(-c "$CONNECTIONS" -m "$STREAMS")
   local paced=(-c 1 -m 1 --rps "$RATE")
-  case "$s" in
+  case "$1" in
     a) url="http://127.0.0.1:$P_NOOP/envoy.service.auth.v3.Authorization/Check" servers=("$noop_pid") args=("${grpc[@]}" "${saturate[@]}") ;;
     b) url="http://127.0.0.1:$P_CHECKPOINT/envoy.service.auth.v3.Authorization/Check" servers=("$checkpoint_pid") args=("${grpc[@]}" "${saturate[@]}") ;;
     bj) url="http://127.0.0.1:$P_CHECKPOINT_JWT/envoy.service.auth.v3.Authorization/Check" servers=("$checkpoint_jwt_pid") args=("${grpc[@]}" "${saturate[@]}") ;;
     a@1k) url="http://127.0.0.1:$P_NOOP/envoy.service.auth.v3.Authorization/Check" servers=("$noop_pid") args=("${grpc[@]}" "${paced[@]}") ;;
     b@1k) url="http://127.0.0.1:$P_CHECKPOINT/envoy.service.auth.v3.Authorization/Check" servers=("$checkpoint_pid") args=("${grpc[@]}" "${paced[@]}") ;;
     c) url="http://127.0.0.1:$P_ENVOY_C/api/users/42" servers=("${envoy_pid[c]}") args=("${rest[@]}" "${saturate[@]}") ;;
-    d0) url="http://127.0.0.1:$P_ENVOY_D0/api/users/42" servers=("${envoy_pid[d0]}" "$noop_pid") args=("${rest[@]}" "${saturate[@]}") ;;
+    d0 | d0p) url="http://127.0.0.1:$P_ENVOY_D0/api/users/42" servers=("${envoy_pid[d0]}" "$noop_pid") args=("${rest[@]}" "${saturate[@]}") ;;
     d0h) url="http://127.0.0.1:$P_ENVOY_D0H/api/users/42" servers=("${envoy_pid[d0h]}" "$noop_h_pid") args=("${rest[@]}" "${saturate[@]}") ;;
-    d) url="http://127.0.0.1:$P_ENVOY_D/api/users/42" servers=("${envoy_pid[d]}" "$checkpoint_pid") args=("${rest[@]}" "${saturate[@]}") ;;
-    d0u) url="http://127.0.0.1:$P_ENVOY_D0U/api/users/42" servers=("${envoy_pid[d0u]}" "$noop_unix_pid") args=("${rest[@]}" "${saturate[@]}") ;;
-    du) url="http://127.0.0.1:$P_ENVOY_DU/api/users/42" servers=("${envoy_pid[du]}" "$checkpoint_unix_pid") args=("${rest[@]}" "${saturate[@]}") ;;
+    d | dp) url="http://127.0.0.1:$P_ENVOY_D/api/users/42" servers=("${envoy_pid[d]}" "$checkpoint_pid") args=("${rest[@]}" "${saturate[@]}") ;;
+    d0u | d0up) url="http://127.0.0.1:$P_ENVOY_D0U/api/users/42" servers=("${envoy_pid[d0u]}" "$noop_unix_pid") args=("${rest[@]}" "${saturate[@]}") ;;
+    du | dup) url="http://127.0.0.1:$P_ENVOY_DU/api/users/42" servers=("${envoy_pid[du]}" "$checkpoint_unix_pid") args=("${rest[@]}" "${saturate[@]}") ;;
     e) url="http://127.0.0.1:$P_ENVOY_E/api/users/42" servers=("${envoy_pid[e]}") args=("${rest[@]}" "${saturate[@]}") ;;
+    *) die "unknown scenario $1" ;;
   esac
+}
+
+# One h2load run: a short unmeasured warm-up, then a timed run with CPU accounting.
+run_scenario() {
+  local s="$1" round="$2" results="$3" url servers=() args=()
+  scenario_of "$s"
   local tag="${s/@/_}.$round"
   local warmup=2000
   case "$s" in *@1k) warmup=300 ;; esac
@@ -557,6 +576,60 @@ run_scenario() {
   local foreign=$((busy1 - busy0 - (ticks1 - ticks0) - (ui1 - ui0) - $(times_to_ticks <<<"$h2load_times")))
   python3 bench/stats.py run "$s" "$round" "$work/$tag.out" "$work/$tag.log" "$((ticks1 - ticks0))" \
     "$((calls1 - calls0))" "$foreign" "$((authz1 - authz0))" "$((switches1 - switches0))" >>"$results"
+}
+
+# Two gateways loaded at the same time ("d0+d", "d0u+du"): both share core 0 for the same
+# seconds, so a host whose speed drifts from one second to the next slows both alike, and the
+# ratio of their CPU per request is free of that drift. Each gets part of the core, so their
+# req/s are not a saturated gateway's; their CPU per request is what the target compares.
+run_pair() {
+  local first="$1" second="$2" round="$3" results="$4" url servers=() args=()
+  local s i
+  local -a urls=() args_of=() server_sets=() tags=()
+  for s in "$first" "$second"; do
+    scenario_of "$s"
+    tags+=("$s.$round")
+    taskset -c 1 h2load -n 2000 "${args[@]}" "$url" >"$work/$s.$round.warmup" 2>&1 ||
+      die "$s: warm-up failed: $(tail -3 "$work/$s.$round.warmup")"
+    urls+=("$url")
+    args_of+=("$(printf '%q ' "${args[@]}")")
+    server_sets+=("${servers[*]}")
+  done
+  local -a ticks0=() authz0=() switches0=() ticks1=() authz1=() switches1=() pids=()
+  local calls0 calls1 ui0 ui1 busy0 busy1 set
+  calls0="$(userinfo_calls)"
+  ui0="$(cpu_ticks "$userinfo_pid")"
+  for i in 0 1; do
+    read -ra set <<<"${server_sets[i]}"
+    ticks0+=("$(cpu_ticks "${set[@]}")") authz0+=("$(cpu_ticks "${set[@]:1}")")
+    switches0+=("$(context_switches "${set[@]}")")
+  done
+  busy0="$(machine_busy)"
+  local h2ticks0 h2ticks1
+  h2ticks0="$(awk '{ print $14 + $15 + $16 + $17 }' /proc/$$/stat)"
+  for i in 0 1; do
+    eval "local -a run_args=(${args_of[i]})"
+    taskset -c 1 h2load -D "$DURATION" "${run_args[@]}" --log-file "$work/${tags[i]}.log" "${urls[i]}" \
+      >"$work/${tags[i]}.out" 2>&1 &
+    pids+=("$!")
+  done
+  for i in 0 1; do wait "${pids[i]}" || die "${tags[i]}: h2load failed: $(tail -3 "$work/${tags[i]}.out")"; done
+  busy1="$(machine_busy)"
+  h2ticks1="$(awk '{ print $14 + $15 + $16 + $17 }' /proc/$$/stat)"
+  for i in 0 1; do
+    read -ra set <<<"${server_sets[i]}"
+    ticks1+=("$(cpu_ticks "${set[@]}")") authz1+=("$(cpu_ticks "${set[@]:1}")")
+    switches1+=("$(context_switches "${set[@]}")")
+  done
+  ui1="$(cpu_ticks "$userinfo_pid")"
+  calls1="$(userinfo_calls)"
+  local foreign=$((busy1 - busy0 - (ticks1[0] - ticks0[0]) - (ticks1[1] - ticks0[1]) - (ui1 - ui0) - (h2ticks1 - h2ticks0)))
+  for i in 0 1; do
+    s="${tags[i]%.*}"
+    python3 bench/stats.py run "$s" "$round" "$work/${tags[i]}.out" "$work/${tags[i]}.log" \
+      "$((ticks1[i] - ticks0[i]))" "$((i == 0 ? calls1 - calls0 : 0))" "$foreign" \
+      "$((authz1[i] - authz0[i]))" "$((switches1[i] - switches0[i]))" >>"$results"
+  done
 }
 
 # ---- resident memory with 100,000 distinct identities --------------------------------------------------
