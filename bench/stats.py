@@ -31,6 +31,7 @@ SCENARIOS = {
     "du": "Envoy + checkpoint, Unix socket",
     "e": "Envoy jwt_authn (no cache) + rbac",
     "d0p": "d0, run together with dp",
+    "d0hp": "d0h, run together with d0p or dp",
     "dp": "d, run together with d0p",
     "d0up": "d0u, run together with dup",
     "dup": "du, run together with d0up",
@@ -84,6 +85,9 @@ def run(name, round_, stdout_file, log_file, ticks, userinfo_calls, other_ticks,
         # Clamped at 0: ticks are sampled, so the difference can come out slightly negative.
         "foreign_cpu_pct": max(0.0, 100 * int(other_ticks) / clk_tck / elapsed) if elapsed else 0.0,
     }
+    # Set by bench-load.sh for the two runs of a pair loaded together ("d0+d").
+    if os.environ.get("BENCH_PAIR"):
+        row["pair"] = os.environ["BENCH_PAIR"]
     print(json.dumps(row))
     print(f"bench: {name:>5} round {round_}: {row['rps']:8.0f} req/s  p50 {row['p50_us']} µs  "
           f"p99 {row['p99_us']} µs  CPU {row['cpu_us_per_request']:.1f} µs/req  "
@@ -155,11 +159,26 @@ def report(results_file):
     ratio("b/a p99 at 1,000 req/s", "b@1k", "a@1k", "p99_us", 1.5, False)
     ratio("d/d0 throughput (Envoy+checkpoint vs Envoy+noop)", "d", "d0", "rps", 0.95, True)
     ratio("du/d0u throughput (the same over a Unix socket)", "du", "d0u", "rps", 0.95, True)
-    # Pairs run together (BENCH_SCENARIOS "d0+d", "d0u+du"): in the same seconds, so the ratio of
-    # CPU per request is what a saturated core's throughput ratio would be, without the drift of
-    # the host's speed between two runs made one after the other.
-    ratio("d/d0 run together: CPU/req of d0p over dp", "d0p", "dp", "cpu_us_per_request", 0.95, True)
-    ratio("du/d0u run together: CPU/req of d0up over dup", "d0up", "dup", "cpu_us_per_request", 0.95, True)
+    # Pairs run together (BENCH_SCENARIOS "d0+d", "d0u+du", ...): in the same seconds, so the
+    # ratio of CPU per request is what a saturated core's throughput ratio would be, without the
+    # drift of the host's speed between two runs made one after the other. The first of a pair
+    # is the reference: the ratio is its CPU per request over the second's.
+    for pair in sorted({r["pair"] for r in rows if r.get("pair")}):
+        first, second = (name + "p" for name in pair.split("+"))
+        cpu = {(r["scenario"], r["round"]): r["cpu_us_per_request"] for r in rows if r.get("pair") == pair}
+        rounds = sorted({round_ for _, round_ in cpu})
+        by_round = [cpu[(first, n)] / cpu[(second, n)] for n in rounds if (first, n) in cpu and (second, n) in cpu]
+        if not by_round:
+            continue
+        firsts = [cpu[(first, n)] for n in rounds if (first, n) in cpu]
+        seconds = [cpu[(second, n)] for n in rounds if (second, n) in cpu]
+        value = mean(firsts) / mean(seconds)
+        target = pair in ("d0+d", "d0u+du")
+        mark = (lambda v: ("met" if v >= 0.95 else "NOT MET")) if target else (lambda v: "")
+        label = f"{pair} run together: CPU/req of {first} over {second}"
+        print(f"  {label:<52} {value:6.2f} {mark(value):<7} | {median(by_round):5.2f} "
+              f"({min(by_round):.2f}-{max(by_round):.2f}) {mark(median(by_round)):<7}"
+              f"{'  target >= 0.95' if target else '  (information)'}")
     print()
     print("other ratios")
     # Envoy's own jwt_authn + rbac (e) is information, not a target (issue 11).
@@ -175,7 +194,7 @@ def report(results_file):
         extra = means["d"]["cpu_us_per_request"] - means["d0"]["cpu_us_per_request"]
         print(f"  Envoy+checkpoint CPU above Envoy+noop: {extra:.1f} µs per request")
     split = [(name, [r for r in rows if r["scenario"] == name and r.get("authz_cpu_us_per_request") is not None])
-             for name in ("d0", "d0h", "d", "d0u", "du", "d0p", "dp", "d0up", "dup")]
+             for name in ("d0", "d0h", "d", "d0u", "du", "d0p", "d0hp", "dp", "d0up", "dup")]
     split = [(name, runs) for name, runs in split if runs]
     if split:
         print()

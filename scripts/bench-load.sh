@@ -35,7 +35,8 @@
 #        computing it
 #   d0+d, d0u+du   (not in the default list) a pair run together: both gateways loaded in the
 #        same seconds on core 0 (two h2loads on core 1), reported as d0p/dp and d0up/dup with the
-#        ratio of their CPU per request. On a host whose speed drifts from one second to the next,
+#        ratio of their CPU per request (also d0+d0h and d0h+d, reported as d0hp: what Envoy
+#        spends applying checkpoint's answer, and what checkpoint spends computing it). On a host whose speed drifts from one second to the next,
 #        two runs made one after the other differ by more than the 5% the targets are about; run
 #        together, both see the same drift. Each gateway gets part of the core (lower req/s, less
 #        batching, shared caches), so the CPU per request is higher than in d0 and d.
@@ -61,7 +62,7 @@
 # (4) and BENCH_STREAMS per connection (8) for the saturated runs, BENCH_FRESH (1: every Envoy is
 # started again before each round after the first; 0 keeps the same Envoys), BENCH_RATE (1000),
 # BENCH_SCENARIOS (a subset and order of "a b c d0 d d0u du e a@1k b@1k", plus "bj", "d0h",
-# "d0+d" and "d0u+du"),
+# "d0+d", "d0u+du", "d0+d0h" and "d0h+d"),
 # BENCH_LOG_LEVEL for checkpoint (info, its default: the decision log line is written for every
 # Check, to /dev/null), BENCH_PORT_BASE (47100), BENCH_KEEP=1 keeps the work folder, BENCH_BUILD=0
 # skips `cargo build` (uses target/release as it is), BENCH_BIN a folder laid out like
@@ -521,7 +522,7 @@ load_scenarios() {
 }
 
 # What scenario $1 loads: sets url, servers (Envoy first, then the ext_authz server) and args.
-# d0p, dp, d0up, dup are d0, d, d0u, du when run together (run_pair).
+# d0p, d0hp, dp, d0up, dup are d0, d0h, d, d0u, du when run together (run_pair).
 scenario_of() {
   local grpc=(-H 'content-type: application/grpc' -H 'te: trailers' -d "$work/check.bin")
   local rest=(-H "authorization: Bearer $jwt")
@@ -535,7 +536,7 @@ scenario_of() {
     b@1k) url="http://127.0.0.1:$P_CHECKPOINT/envoy.service.auth.v3.Authorization/Check" servers=("$checkpoint_pid") args=("${grpc[@]}" "${paced[@]}") ;;
     c) url="http://127.0.0.1:$P_ENVOY_C/api/users/42" servers=("${envoy_pid[c]}") args=("${rest[@]}" "${saturate[@]}") ;;
     d0 | d0p) url="http://127.0.0.1:$P_ENVOY_D0/api/users/42" servers=("${envoy_pid[d0]}" "$noop_pid") args=("${rest[@]}" "${saturate[@]}") ;;
-    d0h) url="http://127.0.0.1:$P_ENVOY_D0H/api/users/42" servers=("${envoy_pid[d0h]}" "$noop_h_pid") args=("${rest[@]}" "${saturate[@]}") ;;
+    d0h | d0hp) url="http://127.0.0.1:$P_ENVOY_D0H/api/users/42" servers=("${envoy_pid[d0h]}" "$noop_h_pid") args=("${rest[@]}" "${saturate[@]}") ;;
     d | dp) url="http://127.0.0.1:$P_ENVOY_D/api/users/42" servers=("${envoy_pid[d]}" "$checkpoint_pid") args=("${rest[@]}" "${saturate[@]}") ;;
     d0u | d0up) url="http://127.0.0.1:$P_ENVOY_D0U/api/users/42" servers=("${envoy_pid[d0u]}" "$noop_unix_pid") args=("${rest[@]}" "${saturate[@]}") ;;
     du | dup) url="http://127.0.0.1:$P_ENVOY_DU/api/users/42" servers=("${envoy_pid[du]}" "$checkpoint_unix_pid") args=("${rest[@]}" "${saturate[@]}") ;;
@@ -626,7 +627,7 @@ run_pair() {
   local foreign=$((busy1 - busy0 - (ticks1[0] - ticks0[0]) - (ticks1[1] - ticks0[1]) - (ui1 - ui0) - (h2ticks1 - h2ticks0)))
   for i in 0 1; do
     s="${tags[i]%.*}"
-    python3 bench/stats.py run "$s" "$round" "$work/${tags[i]}.out" "$work/${tags[i]}.log" \
+    BENCH_PAIR="${first%p}+${second%p}" python3 bench/stats.py run "$s" "$round" "$work/${tags[i]}.out" "$work/${tags[i]}.log" \
       "$((ticks1[i] - ticks0[i]))" "$((i == 0 ? calls1 - calls0 : 0))" "$foreign" \
       "$((authz1[i] - authz0[i]))" "$((switches1[i] - switches0[i]))" >>"$results"
   done
