@@ -36,9 +36,9 @@
 #   d0+d, d0u+du   (not in the default list) a pair run together: both gateways loaded in the
 #        same seconds on core 0 (two h2loads on core 1), reported as d0p/dp and d0up/dup with the
 #        ratio of their CPU per request (also d0+d0h and d0h+d, reported as d0hp: what Envoy
-#        spends applying checkpoint's answer, and what checkpoint spends computing it). On a host whose speed drifts from one second to the next,
-#        two runs made one after the other differ by more than the 5% the targets are about; run
-#        together, both see the same drift. Each gateway gets part of the core (lower req/s, less
+#        spends applying checkpoint's answer, and what checkpoint spends computing it). On a
+#        host whose speed drifts from one second to the next, two runs made one after the other
+#        differ by more than the 5% the targets are about; run together, both see the same drift. Each gateway gets part of the core (lower req/s, less
 #        batching, shared caches), so the CPU per request is higher than in d0 and d.
 #
 # Before loading anything, the script proves that the exact bytes it sends get an allow: the gRPC
@@ -606,8 +606,10 @@ run_pair() {
     switches0+=("$(context_switches "${set[@]}")")
   done
   busy0="$(machine_busy)"
+  # The two h2loads' CPU: this shell's own and its waited-for children's (utime, stime, cutime,
+  # cstime), as for cpu_ticks, the command name cut off first.
   local h2ticks0 h2ticks1
-  h2ticks0="$(awk '{ print $14 + $15 + $16 + $17 }' /proc/$$/stat)"
+  h2ticks0="$(awk '{ sub(/^.*\) /, ""); print $12 + $13 + $14 + $15 }' /proc/$$/stat)"
   for i in 0 1; do
     eval "local -a run_args=(${args_of[i]})"
     taskset -c 1 h2load -D "$DURATION" "${run_args[@]}" --log-file "$work/${tags[i]}.log" "${urls[i]}" \
@@ -616,7 +618,7 @@ run_pair() {
   done
   for i in 0 1; do wait "${pids[i]}" || die "${tags[i]}: h2load failed: $(tail -3 "$work/${tags[i]}.out")"; done
   busy1="$(machine_busy)"
-  h2ticks1="$(awk '{ print $14 + $15 + $16 + $17 }' /proc/$$/stat)"
+  h2ticks1="$(awk '{ sub(/^.*\) /, ""); print $12 + $13 + $14 + $15 }' /proc/$$/stat)"
   for i in 0 1; do
     read -ra set <<<"${server_sets[i]}"
     ticks1+=("$(cpu_ticks "${set[@]}")") authz1+=("$(cpu_ticks "${set[@]:1}")")
