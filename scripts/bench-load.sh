@@ -7,7 +7,9 @@
 #   scripts/bench-load.sh --all           all three
 #   scripts/bench-load.sh --profile       callgrind of the noop server, of checkpoint (scenario b) and of
 #                                         checkpoint with a local jwt source (scenario bj),
-#                                         BENCH_PROFILE_CHECKS Checks each (20000, about 3 min);
+#                                         BENCH_PROFILE_CHECKS Checks each (20000, about 3 min):
+#                                         instructions per Check, and for the servers the code
+#                                         a Check walks (bench/footprint.py);
 #                                         BENCH_PROFILE_TARGETS adds noop-envoy, checkpoint-envoy
 #                                         (the server under callgrind behind Envoy, as in d0 and d;
 #                                         noop-envoy-unix, checkpoint-envoy-unix as in d0u and du)
@@ -699,26 +701,26 @@ profile() {
     local via_envoy=0 token=profile-token helper="" noop_flag=()
     case "$which" in
       noop)
-        start 0 "$work/noop.log" valgrind --tool=callgrind --callgrind-out-file="$out" \
+        start 0 "$work/noop.log" valgrind --tool=callgrind --dump-instr=yes --callgrind-out-file="$out" \
           "$bin/examples/noop_authz" "127.0.0.1:$P_NOOP"
         pid=$last_pid
         wait_port_slow "$P_NOOP" "noop under valgrind"
         port=$P_NOOP
         ;;
       checkpoint)
-        start_checkpoint valgrind --tool=callgrind --callgrind-out-file="$out"
+        start_checkpoint valgrind --tool=callgrind --dump-instr=yes --callgrind-out-file="$out"
         pid=$checkpoint_pid
         port=$P_CHECKPOINT
         ;;
       checkpoint-jwt)
-        start_checkpoint_jwt valgrind --tool=callgrind --callgrind-out-file="$out"
+        start_checkpoint_jwt valgrind --tool=callgrind --dump-instr=yes --callgrind-out-file="$out"
         pid=$checkpoint_jwt_pid
         port=$P_CHECKPOINT_JWT
         frame="$work/jwt.bin"
         expect_lines "checkpoint-jwt" "$(grpc_post "$port" "$frame")" "status 0" "header miauserid=alice"
         ;;
       noop-envoy)
-        start 0 "$work/noop.log" valgrind --tool=callgrind --callgrind-out-file="$out" \
+        start 0 "$work/noop.log" valgrind --tool=callgrind --dump-instr=yes --callgrind-out-file="$out" \
           "$bin/examples/noop_authz" "127.0.0.1:$P_NOOP"
         pid=$last_pid
         wait_port_slow "$P_NOOP" "noop under valgrind"
@@ -727,7 +729,7 @@ profile() {
         ;;
       noop-envoy-unix)
         rm -f "$work/noop.sock"
-        start 0 "$work/noop.log" valgrind --tool=callgrind --callgrind-out-file="$out" \
+        start 0 "$work/noop.log" valgrind --tool=callgrind --dump-instr=yes --callgrind-out-file="$out" \
           "$bin/examples/noop_authz" "unix:$work/noop.sock"
         pid=$last_pid
         wait_socket "$work/noop.sock" "noop under valgrind (Unix socket)" "$pid" "$work/noop.log" 600
@@ -736,13 +738,13 @@ profile() {
         ;;
       checkpoint-envoy-unix)
         rm -f "$work/checkpoint.sock"
-        start_checkpoint_at "unix:$work/checkpoint.sock" "$P_CHECKPOINT_UNIX_HTTP" checkpoint-unix valgrind --tool=callgrind --callgrind-out-file="$out"
+        start_checkpoint_at "unix:$work/checkpoint.sock" "$P_CHECKPOINT_UNIX_HTTP" checkpoint-unix valgrind --tool=callgrind --dump-instr=yes --callgrind-out-file="$out"
         pid=$last_pid
         start_envoy du bench/envoy-ext-authz.yaml "$P_ENVOY_DU" "$P_ADMIN_DU" AUTHZ_ADDRESS="$(pipe_endpoint "$work/checkpoint.sock")"
         port=$P_ENVOY_DU via_envoy=1
         ;;
       checkpoint-envoy)
-        start_checkpoint valgrind --tool=callgrind --callgrind-out-file="$out"
+        start_checkpoint valgrind --tool=callgrind --dump-instr=yes --callgrind-out-file="$out"
         pid=$checkpoint_pid
         start_envoy d bench/envoy-ext-authz.yaml "$P_ENVOY_D" "$P_ADMIN_D" AUTHZ_ADDRESS="$(tcp_endpoint "$P_CHECKPOINT")"
         port=$P_ENVOY_D via_envoy=1
@@ -832,6 +834,8 @@ profile() {
     esac
     echo
     echo "$which: $((total / n)) instructions per Check ($n Checks, LOG_LEVEL=$LOG_LEVEL_CHECKPOINT for checkpoint)"
+    # The code a Check walks (bench/footprint.py says why it matters behind Envoy).
+    python3 bench/footprint.py "$out.1" "$n" 12
     echo "  top functions by inclusive cost, below the runtime's own frames (per Check):"
     callgrind_annotate --inclusive=yes --threshold=100 "$out.1" 2>/dev/null |
       awk -v n="$n" -v total="$total" '

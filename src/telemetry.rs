@@ -28,9 +28,9 @@ pub mod traces;
 pub use decision_id::DecisionId;
 pub use metrics::Metrics;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::io::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
 use std::thread::Thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -93,6 +93,15 @@ pub fn init_with_traces(
         }
     };
     log_panics();
+    let on = tracing::enabled!(target: DECISION_TARGET, tracing::Level::INFO);
+    DECISION_LINE.store(
+        if on {
+            DECISION_LINE_ON
+        } else {
+            DECISION_LINE_OFF
+        },
+        Ordering::Relaxed,
+    );
     Ok(exporter)
 }
 
@@ -189,8 +198,21 @@ pub struct Decision<'a> {
 /// Whether `LOG_LEVEL` asks for the decision line; check before gathering its fields.
 #[inline]
 pub fn decision_enabled() -> bool {
-    tracing::enabled!(target: DECISION_TARGET, tracing::Level::INFO)
+    match DECISION_LINE.load(Ordering::Relaxed) {
+        DECISION_LINE_OFF => false,
+        DECISION_LINE_ON => true,
+        _ => tracing::enabled!(target: DECISION_TARGET, tracing::Level::INFO),
+    }
 }
+
+/// [`decision_enabled`]'s answer, taken once when [`init_with_traces`] has installed the
+/// subscriber: its filter never changes afterwards. With per-layer filters `tracing` asks the
+/// subscriber again at every `enabled!`, which walks the filter's directives on every Check.
+/// Without [`init_with_traces`] (tests, embedders with their own subscriber) `tracing` is asked.
+static DECISION_LINE: AtomicU8 = AtomicU8::new(DECISION_LINE_ASK);
+const DECISION_LINE_ASK: u8 = 0;
+const DECISION_LINE_OFF: u8 = 1;
+const DECISION_LINE_ON: u8 = 2;
 
 /// Logs one decision at `info`, target `checkpoint::decision`. The caller checks
 /// [`decision_enabled`] first.
@@ -381,11 +403,36 @@ fn write_padded(out: &mut Vec<u8>, value: u64, width: usize) {
 }
 
 /// RFC 3339 in UTC with microseconds (`2026-01-31T09:05:00.123456Z`), as `tracing`'s default
-/// timer writes it.
+/// timer writes it. The date and time to the second come from [`SECOND`] when this thread
+/// wrote a line in the same second.
 fn write_timestamp(out: &mut Vec<u8>, now: SystemTime) {
     // Before 1970 only with a broken clock; written as the epoch rather than failing.
     let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
+    match SECOND.get() {
+        (second, text) if second == secs => out.extend_from_slice(&text),
+        _ => write_second(out, secs),
+    }
+    out.push(b'.');
+    write_padded(out, u64::from(since.subsec_micros()), 6);
+    out.push(b'Z');
+}
+
+/// `YYYY-MM-DDTHH:MM:SS` of a line written in `SECOND.0`.
+type SecondText = [u8; 19];
+
+thread_local! {
+    /// The second this thread last wrote a timestamp for, and its text: it changes once a second
+    /// and a line is written for every Check. Never a second with a five-digit year.
+    static SECOND: Cell<(u64, SecondText)> = const { Cell::new((u64::MAX, [0; 19])) };
+}
+
+/// The date and time of `secs` since the epoch, to the second; remembered in [`SECOND`]. Out
+/// of line: it runs once a second, and its code would otherwise be walked by every Check.
+#[cold]
+#[inline(never)]
+fn write_second(out: &mut Vec<u8>, secs: u64) {
+    let start = out.len();
     let (year, month, day) = civil_from_days(secs / 86_400);
     let of_day = secs % 86_400;
     if year > 9999 {
@@ -404,9 +451,9 @@ fn write_timestamp(out: &mut Vec<u8>, now: SystemTime) {
     write_padded(out, of_day / 60 % 60, 2);
     out.push(b':');
     write_padded(out, of_day % 60, 2);
-    out.push(b'.');
-    write_padded(out, u64::from(since.subsec_micros()), 6);
-    out.push(b'Z');
+    if let Some(Ok(text)) = out.get(start..).map(SecondText::try_from) {
+        SECOND.set((secs, text));
+    }
 }
 
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (Howard Hinnant's
@@ -717,10 +764,18 @@ mod tests {
             (4_107_542_399, "2100-02-28T23:59:59.000000Z"),
             (4_107_542_400, "2100-03-01T00:00:00.000000Z"),
             (1_767_225_599, "2025-12-31T23:59:59.000000Z"),
+            (253_402_300_800, "+10000-01-01T00:00:00.000000Z"),
+            (1_767_225_599, "2025-12-31T23:59:59.000000Z"),
         ] {
             let mut out = Vec::new();
             write_timestamp(&mut out, UNIX_EPOCH + Duration::from_secs(secs));
             assert_eq!(String::from_utf8(out).expect("UTF-8"), want, "{secs}");
+            // The same second again, as the next line in it writes it: from the thread's
+            // remembered second when it has one, with its own microseconds.
+            let mut out = Vec::new();
+            write_timestamp(&mut out, UNIX_EPOCH + Duration::new(secs, 123_456_789));
+            let want = want.replace(".000000Z", ".123456Z");
+            assert_eq!(String::from_utf8(out).expect("UTF-8"), want, "{secs} again");
         }
         let mut out = Vec::new();
         write_u64(&mut out, u64::MAX);
