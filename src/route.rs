@@ -277,7 +277,7 @@ impl<T> RouteTable<T> {
     /// The entry of the longest key that `path` equals or continues at a segment boundary, if
     /// it has at least `fewest` non-empty segments.
     fn longest_key(&self, path: &str, fewest: usize) -> Option<&Entry<T>> {
-        let lookup = |key: &str| self.index.get(key).and_then(|&i| self.entries.get(i));
+        let lookup = |key: &str| self.entry(key);
         // A normalised path has no empty segment but a trailing one: every `/` of a prefix
         // without its trailing slash starts one segment.
         let mut slashes = if fewest == 0 {
@@ -317,6 +317,13 @@ impl<T> RouteTable<T> {
             }
         }
         None
+    }
+
+    /// The entry of the key `key`. Out of line: [`RouteTable::longest_key`] looks up to three
+    /// candidates per segment, and one copy of the lookup is less code for a Check to walk.
+    #[inline(never)]
+    fn entry(&self, key: &str) -> Option<&Entry<T>> {
+        self.index.get(key).and_then(|&i| self.entries.get(i))
     }
 
     /// Every key that `path` equals or continues at a segment boundary, longest first, each
