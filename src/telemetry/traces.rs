@@ -160,10 +160,15 @@ where
 
 /// The span of one Check, its parent read from the call's metadata, then the request's headers;
 /// [`Span::none`] when tracing is off.
+#[inline]
 pub fn check_span(metadata: &tonic::metadata::MetadataMap, request: &Request) -> Span {
     if !enabled() {
         return Span::none();
     }
+    traced_check_span(metadata, request)
+}
+
+fn traced_check_span(metadata: &tonic::metadata::MetadataMap, request: &Request) -> Span {
     let span = tracing::info_span!(
         target: TARGET,
         CHECK_SPAN,
