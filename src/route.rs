@@ -277,7 +277,6 @@ impl<T> RouteTable<T> {
     /// The entry of the longest key that `path` equals or continues at a segment boundary, if
     /// it has at least `fewest` non-empty segments.
     fn longest_key(&self, path: &str, fewest: usize) -> Option<&Entry<T>> {
-        let lookup = |key: &str| self.entry(key);
         // A normalised path has no empty segment but a trailing one: every `/` of a prefix
         // without its trailing slash starts one segment.
         let mut slashes = if fewest == 0 {
@@ -289,7 +288,7 @@ impl<T> RouteTable<T> {
             }
             slashes
         };
-        if let Some(entry) = lookup(path) {
+        if let Some(entry) = self.entry(path) {
             return Some(entry);
         }
         // Candidates from longest to shortest: at each `/` from the right, the prefix with the
@@ -305,13 +304,13 @@ impl<T> RouteTable<T> {
             let with_slash = path.get(..=slash)?;
             // Equal to `path` only when the path ends with `/`: already looked up.
             if with_slash.len() < path.len()
-                && let Some(entry) = lookup(with_slash)
+                && let Some(entry) = self.entry(with_slash)
             {
                 return Some(entry);
             }
             rest = path.get(..slash)?;
             if !rest.is_empty()
-                && let Some(entry) = lookup(rest)
+                && let Some(entry) = self.entry(rest)
             {
                 return Some(entry);
             }
@@ -333,7 +332,7 @@ impl<T> RouteTable<T> {
     pub fn matching(&self, path: &str) -> Vec<(&str, Vec<(MethodKey, &T)>)> {
         let mut keys = Vec::new();
         each_key_candidate(path, |key| {
-            if let Some(entry) = self.index.get(key).and_then(|&i| self.entries.get(i)) {
+            if let Some(entry) = self.entry(key) {
                 let rules = entry
                     .rules
                     .iter()
@@ -348,7 +347,7 @@ impl<T> RouteTable<T> {
             .into_iter()
             .filter_map(|(key, rules)| {
                 // A literal key spelled like a template's canonical form is not a match.
-                let entry = self.entries.get(*self.index.get(key)?)?;
+                let entry = self.entry(key)?;
                 entry.template.is_none().then_some((entry, rules))
             })
             .collect();
