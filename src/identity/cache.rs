@@ -20,7 +20,9 @@
 //! coalesce as usual) while its copy waits for an outage.
 //!
 //! Entry lifetimes are checked against `tokio::time::Instant`, so tests drive them with
-//! `tokio::time::pause()`; moka's own expiry only bounds memory.
+//! `tokio::time::pause()`; moka's own expiry only bounds memory: the main cache drops an entry
+//! at the longest lifetime any answer may have (the TTL or the negative TTL), the stale cache
+//! at each copy's own end.
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
@@ -82,20 +84,6 @@ impl CacheStats {
 struct Entry {
     resolution: Resolution,
     expires: Instant,
-    ttl: Duration,
-}
-
-struct EntryExpiry;
-
-impl moka::Expiry<u128, Entry> for EntryExpiry {
-    fn expire_after_create(
-        &self,
-        _key: &u128,
-        value: &Entry,
-        _created_at: std::time::Instant,
-    ) -> Option<Duration> {
-        Some(value.ttl)
-    }
 }
 
 /// The copy of a user kept for `stale_if_error`.
@@ -110,7 +98,10 @@ struct StaleEntry {
     keep: Duration,
 }
 
-impl moka::Expiry<u128, StaleEntry> for EntryExpiry {
+/// The stale cache keeps each copy until its own end (`StaleEntry::keep`).
+struct StaleExpiry;
+
+impl moka::Expiry<u128, StaleEntry> for StaleExpiry {
     fn expire_after_create(
         &self,
         _key: &u128,
@@ -235,16 +226,20 @@ impl IdentityCache {
         if settings.ttl.is_zero() {
             return None;
         }
+        // One lifetime for every entry, the longest an answer may be kept: an entry's own,
+        // shorter expiry is `Entry::expires`, checked on every hit. A per-entry moka expiry
+        // would release memory sooner but costs every hit moka's clock conversions and timer
+        // bookkeeping (about 330 instructions and 30 lines of code walked per Check,
+        // bench/RESULTS.md); memory stays bounded by `max_entries` either way.
         let longest = settings.ttl.max(settings.negative_ttl);
         let entries = moka::future::Cache::builder()
             .max_capacity(settings.max_entries)
-            .expire_after(EntryExpiry)
             .time_to_live(longest)
             .build_with_hasher(Prehashed);
         let stale = (!settings.stale_if_error.is_zero()).then(|| {
             moka::future::Cache::builder()
                 .max_capacity(settings.max_entries)
-                .expire_after(EntryExpiry)
+                .expire_after(StaleExpiry)
                 .time_to_live(settings.ttl + settings.stale_if_error)
                 .build_with_hasher(Prehashed)
         });
@@ -337,7 +332,6 @@ impl IdentityCache {
                     Some(ttl) => Ok(Entry {
                         resolution,
                         expires: Instant::now() + ttl,
-                        ttl,
                     }),
                     None => Err(resolution),
                 }
