@@ -22,9 +22,11 @@ WORKDIR /src
 # rust-toolchain.toml pins the same toolchain as this image; the whole context is copied (see .dockerignore) so
 # that every target Cargo.toml may declare is present.
 COPY . .
+# scripts/build-release.sh: `cargo build --release --locked --bin checkpoint`, then the same binary linked again
+# with the code a Check runs placed together (bench/hot-functions.txt; the script says why).
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin checkpoint \
+    scripts/build-release.sh \
     && install -D -m 0755 target/release/checkpoint /out/checkpoint
 
 # ---- run -------------------------------------------------------------------------------------------------

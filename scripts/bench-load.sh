@@ -67,7 +67,8 @@
 # "d0+d", "d0u+du", "d0+d0h" and "d0h+d"),
 # BENCH_LOG_LEVEL for checkpoint (info, its default: the decision log line is written for every
 # Check, to /dev/null), BENCH_PORT_BASE (47100), BENCH_KEEP=1 keeps the work folder, BENCH_BUILD=0
-# skips `cargo build` (uses target/release as it is), BENCH_BIN a folder laid out like
+# skips the build (`cargo build --release --examples` and scripts/build-release.sh; uses
+# target/release as it is), BENCH_BIN a folder laid out like
 # target/release (checkpoint, examples/noop_authz, ...) to measure instead, e.g. a saved copy of
 # an earlier build for a before/after comparison (implies BENCH_BUILD=0), BENCH_PROFILE_TARGETS
 # (among "noop checkpoint checkpoint-jwt noop-envoy checkpoint-envoy noop-envoy-unix
@@ -150,12 +151,15 @@ if [ "$(nproc)" -lt 2 ]; then die "needs two cores: one for the server, one for 
 
 bin="${BENCH_BIN:-target/release}"
 if [ "${BENCH_BUILD:-1}" = 1 ] && [ -z "${BENCH_BIN:-}" ]; then
-  say "cargo build --release --locked --bin checkpoint --examples"
-  cargo build --quiet --release --locked --bin checkpoint --examples
+  # checkpoint as the image ships it (its hot code linked together), the no-op floor and the
+  # tools as cargo builds them.
+  say "cargo build --release --locked --examples; scripts/build-release.sh"
+  cargo build --quiet --release --locked --examples
+  scripts/build-release.sh
 fi
 for b in "$bin/checkpoint" "$bin/examples/noop_authz" "$bin/examples/check_request_frame" \
   "$bin/examples/distinct_identities"; do
-  [ -x "$b" ] || die "$b is missing: build with cargo build --release --locked --bin checkpoint --examples"
+  [ -x "$b" ] || die "$b is missing: build with cargo build --release --locked --examples and scripts/build-release.sh"
 done
 
 # ---- helpers ----------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ cargo clippy --locked --all-targets -- -D warnings
 # duplicate versions reported. Offline: the advisories need the RustSec database from GitHub,
 # which this command cannot reach; scripts/audit.sh checks them where the network is there.
 PATH="$root/.venv/bin:$PATH" cargo deny --locked check --hide-inclusion-graph licenses bans sources
-# The Dockerfile's build step, with the production features (no dev-dependency features).
-cargo build --release --locked
+# The Dockerfile's build step, with the production features (no dev-dependency features):
+# `cargo build --release --locked --bin checkpoint`, linked again with its hot code together.
+scripts/build-release.sh
 cargo test --release --locked --all-targets

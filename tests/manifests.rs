@@ -1082,18 +1082,33 @@ fn dockerfile_base_images_are_pinned_by_digest() {
 fn dockerfile_builds_locked_and_runs_unprivileged() {
     let instructions = dockerfile_instructions();
     let keyword = |i: &String| dockerfile_keyword(i);
+    // The image's binary is the release build script's: `cargo build --release --locked`, then
+    // linked again with its hot code together.
     let builds: Vec<&String> = instructions
         .iter()
-        .filter(|i| keyword(i) == "RUN" && i.contains("cargo build"))
+        .filter(|i| keyword(i) == "RUN" && (i.contains("cargo") || i.contains("build-release")))
         .collect();
-    assert_eq!(builds.len(), 1, "one cargo build: {builds:?}");
+    assert_eq!(builds.len(), 1, "one build: {builds:?}");
     let words: Vec<&str> = builds[0].split_whitespace().collect();
     assert!(
-        words.windows(2).any(|w| w == ["cargo", "build"])
-            && words.contains(&"--release")
-            && words.contains(&"--locked"),
-        "cargo build --release --locked: {}",
+        words.contains(&"scripts/build-release.sh"),
+        "the build runs scripts/build-release.sh: {}",
         builds[0]
+    );
+    let script = std::fs::read_to_string(repo().join("scripts/build-release.sh"))
+        .expect("read scripts/build-release.sh");
+    let cargo_lines: Vec<&str> = script
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("cargo "))
+        .collect();
+    assert!(
+        !cargo_lines.is_empty()
+            && cargo_lines.iter().all(|l| {
+                let words: Vec<&str> = l.split_whitespace().collect();
+                words.contains(&"--release") && words.contains(&"--locked")
+            }),
+        "every cargo command of the build script is --release --locked: {cargo_lines:?}"
     );
 
     // The final stage: after the last FROM.
