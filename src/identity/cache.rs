@@ -229,8 +229,8 @@ impl IdentityCache {
         // One lifetime for every entry, the longest an answer may be kept: an entry's own,
         // shorter expiry is `Entry::expires`, checked on every hit. A per-entry moka expiry
         // would release memory sooner but costs every hit moka's clock conversions and timer
-        // bookkeeping (about 330 instructions and 30 lines of code walked per Check,
-        // bench/RESULTS.md); memory stays bounded by `max_entries` either way.
+        // bookkeeping (bench/RESULTS.md, "Seventeenth round"); memory stays bounded by
+        // `max_entries` either way.
         let longest = settings.ttl.max(settings.negative_ttl);
         let entries = moka::future::Cache::builder()
             .max_capacity(settings.max_entries)
