@@ -165,5 +165,6 @@ def main():
             for symbol, demangled in hot_symbols(cost, checks, binary):
                 out.write(f"{symbol}\t{demangled}\n")
 
+
 if __name__ == "__main__":
     main()
