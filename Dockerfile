@@ -22,12 +22,13 @@ WORKDIR /src
 # rust-toolchain.toml pins the same toolchain as this image; the whole context is copied (see .dockerignore) so
 # that every target Cargo.toml may declare is present.
 COPY . .
-# scripts/build-release.sh: `cargo build --release --locked --bin checkpoint`, then the same binary linked again
-# with the code a Check runs placed together (bench/hot-functions.txt; the script says why).
+# scripts/build-release.sh: the release binary built with a profile of the Checks it answers (an instrumented build
+# run under a training load on loopback, then the optimised build; llvm-profdata comes from the rustup component
+# llvm-tools, which the script adds), its hot code linked together (bench/hot-functions.txt; the script says why).
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     scripts/build-release.sh \
-    && install -D -m 0755 target/release/checkpoint /out/checkpoint
+    && install -D -m 0755 target/dist/checkpoint /out/checkpoint
 
 # ---- run -------------------------------------------------------------------------------------------------
 # distroless/cc: glibc, libgcc and CA certificates, no shell; the :nonroot tag runs as uid/gid 65532.

@@ -68,7 +68,7 @@
 # BENCH_LOG_LEVEL for checkpoint (info, its default: the decision log line is written for every
 # Check, to /dev/null), BENCH_PORT_BASE (47100), BENCH_KEEP=1 keeps the work folder, BENCH_BUILD=0
 # skips the build (`cargo build --release --examples` and scripts/build-release.sh; uses
-# target/release as it is), BENCH_BIN a folder laid out like
+# target/dist/checkpoint and target/release/examples as they are), BENCH_BIN a folder laid out like
 # target/release (checkpoint, examples/noop_authz, ...) to measure instead, e.g. a saved copy of
 # an earlier build for a before/after comparison (implies BENCH_BUILD=0), BENCH_PROFILE_TARGETS
 # (among "noop checkpoint checkpoint-jwt noop-envoy checkpoint-envoy noop-envoy-unix
@@ -150,14 +150,17 @@ fi
 if [ "$(nproc)" -lt 2 ]; then die "needs two cores: one for the server, one for the load generator"; fi
 
 bin="${BENCH_BIN:-target/release}"
+# checkpoint as the image ships it: scripts/build-release.sh's target/dist/checkpoint.
+checkpoint_bin="${BENCH_BIN:+$BENCH_BIN/checkpoint}"
+checkpoint_bin="${checkpoint_bin:-${CARGO_TARGET_DIR:-target}/dist/checkpoint}"
 if [ "${BENCH_BUILD:-1}" = 1 ] && [ -z "${BENCH_BIN:-}" ]; then
-  # checkpoint as the image ships it (its hot code linked together), the no-op floor and the
-  # tools as cargo builds them.
+  # checkpoint as the image ships it (profile-guided, its hot code linked together), the no-op
+  # floor and the tools as cargo builds them.
   say "cargo build --release --locked --examples; scripts/build-release.sh"
   cargo build --quiet --release --locked --examples
   scripts/build-release.sh
 fi
-for b in "$bin/checkpoint" "$bin/examples/noop_authz" "$bin/examples/check_request_frame" \
+for b in "$checkpoint_bin" "$bin/examples/noop_authz" "$bin/examples/check_request_frame" \
   "$bin/examples/distinct_identities"; do
   [ -x "$b" ] || die "$b is missing: build with cargo build --release --locked --examples and scripts/build-release.sh"
 done
@@ -253,7 +256,7 @@ start_checkpoint_at() {
     CHECKPOINT_HTTP_ADDR="127.0.0.1:$http" \
     LOG_LEVEL="$LOG_LEVEL_CHECKPOINT" DELAY_SHUTDOWN_SECONDS=0 \
     "${passthrough[@]}" \
-    "$@" "$bin/checkpoint" >"$out" 2>"$work/$name.err" &
+    "$@" "$checkpoint_bin" >"$out" 2>"$work/$name.err" &
   last_pid=$!
   pids+=("$last_pid")
   for i in $(seq 1 600); do
@@ -290,7 +293,7 @@ identity:
     algorithms: [RS256]
 YAML
   taskset -c 0 env -i PATH="$PATH" CHECKPOINT_CONFIG="$work/checkpoint-jwt.yaml" \
-    "$@" "$bin/checkpoint" >"$out" 2>"$work/checkpoint-jwt.err" &
+    "$@" "$checkpoint_bin" >"$out" 2>"$work/checkpoint-jwt.err" &
   checkpoint_jwt_pid=$!
   pids+=("$checkpoint_jwt_pid")
   for i in $(seq 1 600); do
@@ -393,7 +396,7 @@ bench_allowed_headers() {
   done
   env -i PATH="$PATH" CONFIGURATION_PATH="$root/bench" CONFIGURATION_FILE_NAME=auth \
     USERINFO_URL="http://127.0.0.1:$P_USERINFO/userinfo" CUSTOM_PERMISSIONS_KEY=permissions \
-    "${passthrough[@]}" "$bin/checkpoint" allowed-headers
+    "${passthrough[@]}" "$checkpoint_bin" allowed-headers
 }
 ALLOWED_HEADERS="$(bench_allowed_headers)" || die "checkpoint allowed-headers failed"
 export ALLOWED_HEADERS

@@ -1082,8 +1082,8 @@ fn dockerfile_base_images_are_pinned_by_digest() {
 fn dockerfile_builds_locked_and_runs_unprivileged() {
     let instructions = dockerfile_instructions();
     let keyword = |i: &String| dockerfile_keyword(i);
-    // The image's binary is the release build script's: `cargo build --release --locked`, then
-    // linked again with its hot code together.
+    // The image's binary is the release build script's: built with a profile of its training
+    // load, then linked again with its hot code together, every cargo command locked.
     let builds: Vec<&String> = instructions
         .iter()
         .filter(|i| keyword(i) == "RUN" && (i.contains("cargo") || i.contains("build-release")))
@@ -1093,6 +1093,11 @@ fn dockerfile_builds_locked_and_runs_unprivileged() {
     assert!(
         words.contains(&"scripts/build-release.sh"),
         "the build runs scripts/build-release.sh: {}",
+        builds[0]
+    );
+    assert!(
+        words.contains(&"target/dist/checkpoint"),
+        "the image gets the script's binary, target/dist/checkpoint: {}",
         builds[0]
     );
     let script = std::fs::read_to_string(repo().join("scripts/build-release.sh"))
