@@ -107,6 +107,10 @@ link_ordered() {
 }
 
 if [ "$pgo" = 1 ]; then
+  # RUSTFLAGS is split on whitespace, and the profile's paths go into it.
+  case "$target" in
+    *[[:space:]]*) say "error: $target has whitespace, which RUSTFLAGS cannot carry: use --no-pgo or another CARGO_TARGET_DIR"; exit 1 ;;
+  esac
   host="$(rustc -vV | sed -n 's/^host: //p')"
   profdata="$(rustc --print sysroot)/lib/rustlib/$host/bin/llvm-profdata"
   if [ ! -x "$profdata" ] && command -v rustup >/dev/null 2>&1; then
